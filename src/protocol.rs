@@ -1,0 +1,111 @@
+//! Wire formats: the transport (framing) and protocol (encoding) a peer speaks.
+
+use std::io::{Read, Write};
+
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+    TInputProtocol, TOutputProtocol,
+};
+use thrift::TConfiguration;
+
+/// The input protocol handed to a generated client's constructor.
+///
+/// A generated client over this crate's connections has the type
+/// `CalculatorSyncClient<InputProtocol, OutputProtocol>`.
+pub type InputProtocol = Box<dyn TInputProtocol + Send>;
+
+/// The output protocol handed to a generated client's constructor.
+pub type OutputProtocol = Box<dyn TOutputProtocol + Send>;
+
+/// How messages are delimited on the connection.
+///
+/// Both sides of a connection must agree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// Each message is preceded by its length as a 4-byte big-endian integer
+    /// (Thrift's `TFramedTransport`). The default.
+    #[default]
+    Framed,
+    /// Messages follow each other with no delimiter (Thrift's `TBufferedTransport`).
+    Buffered,
+}
+
+/// How values are encoded inside a message.
+///
+/// Both sides of a connection must agree.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// Thrift's strict binary protocol. The default.
+    #[default]
+    Binary,
+    /// Thrift's compact protocol.
+    Compact,
+}
+
+impl std::str::FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "framed" => Ok(Transport::Framed),
+            "buffered" => Ok(Transport::Buffered),
+            other => Err(format!("unknown transport {other:?} (expected framed or buffered)")),
+        }
+    }
+}
+
+impl std::str::FromStr for Protocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "binary" => Ok(Protocol::Binary),
+            "compact" => Ok(Protocol::Compact),
+            other => Err(format!("unknown protocol {other:?} (expected binary or compact)")),
+        }
+    }
+}
+
+/// Size and depth limits applied while decoding a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    pub(crate) max_message_size: usize,
+    pub(crate) max_depth: usize,
+}
+
+impl Limits {
+    fn configuration(self) -> TConfiguration {
+        TConfiguration::builder()
+            .max_message_size(Some(self.max_message_size))
+            .max_frame_size(Some(self.max_message_size))
+            .max_recursion_depth(Some(self.max_depth))
+            // No string or container can be longer than the message that holds it.
+            .max_string_size(Some(self.max_message_size))
+            .max_container_size(Some(self.max_message_size))
+            .build()
+            .expect("frame size equals message size, which the builder accepts")
+    }
+}
+
+/// Builds the input protocol of `protocol` over `reader`.
+pub(crate) fn input<R>(protocol: Protocol, reader: R, limits: Limits) -> InputProtocol
+where
+    R: Read + Send + 'static,
+{
+    let config = limits.configuration();
+    match protocol {
+        Protocol::Binary => Box::new(TBinaryInputProtocol::with_config(reader, true, config)),
+        Protocol::Compact => Box::new(TCompactInputProtocol::with_config(reader, config)),
+    }
+}
+
+/// Builds the output protocol of `protocol` over `writer`.
+pub(crate) fn output<W>(protocol: Protocol, writer: W) -> OutputProtocol
+where
+    W: Write + Send + 'static,
+{
+    match protocol {
+        Protocol::Binary => Box::new(TBinaryOutputProtocol::new(writer, true)),
+        Protocol::Compact => Box::new(TCompactOutputProtocol::new(writer)),
+    }
+}
