@@ -1,0 +1,337 @@
+//! The circuit breaker: a small state machine behind a mutex.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::clock::Clock;
+use crate::config::ClientConfig;
+
+/// Where a circuit breaker stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakerState {
+    /// Calls go through; failures are being counted.
+    Closed,
+    /// Calls are rejected without touching the network until the reset timeout passes.
+    Open,
+    /// One probe call is under way or may start; everyone else is rejected.
+    HalfOpen,
+}
+
+/// Permission to make one call, from [`Breaker::acquire`].
+#[derive(Debug)]
+#[must_use]
+pub(crate) struct Permit {
+    probe: bool,
+}
+
+#[derive(Debug)]
+enum State {
+    Closed { failures: VecDeque<Instant> },
+    Open { until: Instant, trips: u32 },
+    HalfOpen { probing: bool, trips: u32 },
+}
+
+/// A state change worth logging, decided under the lock and logged after it.
+enum Change {
+    Opened(Duration),
+    Probing,
+    Reopened(Duration),
+    Closed,
+}
+
+/// Settings copied out of the client configuration.
+#[derive(Clone, Debug)]
+struct Settings {
+    maxfail: u32,
+    time_unit: Duration,
+    reset_timeout: Duration,
+    backoff: Option<(f64, Duration)>,
+    jitter: f64,
+}
+
+/// Counts failures of one endpoint and opens when more than `maxfail` of them fall within
+/// `time_unit`; after `reset_timeout` it lets exactly one probe through.
+pub(crate) struct Breaker {
+    endpoint: Arc<str>,
+    settings: Settings,
+    clock: Clock,
+    /// Mirrors `state` being `Closed`, so that healthy calls never take the lock.
+    closed: AtomicBool,
+    state: Mutex<State>,
+    rng: Mutex<u64>,
+}
+
+impl Breaker {
+    pub(crate) fn new(endpoint: Arc<str>, config: &ClientConfig) -> Breaker {
+        let seed = config.clock.now().elapsed().as_nanos() as u64
+            ^ endpoint.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        Breaker {
+            endpoint,
+            settings: Settings {
+                maxfail: config.maxfail,
+                time_unit: config.time_unit,
+                reset_timeout: config.reset_timeout,
+                backoff: config.backoff,
+                jitter: config.jitter,
+            },
+            clock: config.clock.clone(),
+            closed: AtomicBool::new(true),
+            state: Mutex::new(State::Closed {
+                failures: VecDeque::with_capacity(config.maxfail as usize + 1),
+            }),
+            rng: Mutex::new(seed | 1),
+        }
+    }
+
+    /// The current state.
+    pub(crate) fn state(&self) -> BreakerState {
+        match *self.state.lock() {
+            State::Closed { .. } => BreakerState::Closed,
+            State::Open { .. } => BreakerState::Open,
+            State::HalfOpen { .. } => BreakerState::HalfOpen,
+        }
+    }
+
+    /// Asks to make a call; `None` means the breaker rejects it.
+    pub(crate) fn acquire(&self) -> Option<Permit> {
+        if self.closed.load(Ordering::Acquire) {
+            return Some(Permit { probe: false });
+        }
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let (permit, change) = match &mut *state {
+            State::Closed { .. } => (Some(Permit { probe: false }), None),
+            State::Open { until, trips } if now >= *until => {
+                *state = State::HalfOpen { probing: true, trips: *trips };
+                (Some(Permit { probe: true }), Some(Change::Probing))
+            }
+            State::Open { .. } => (None, None),
+            State::HalfOpen { probing, .. } if !*probing => {
+                *probing = true;
+                (Some(Permit { probe: true }), None)
+            }
+            State::HalfOpen { .. } => (None, None),
+        };
+        drop(state);
+        self.log(change);
+        permit
+    }
+
+    /// Reports how the permitted call went.
+    pub(crate) fn record(&self, permit: Permit, failed: bool) {
+        if !permit.probe && !failed {
+            return;
+        }
+        let now = self.clock.now();
+        let mut state = self.state.lock();
+        let change = match &mut *state {
+            State::HalfOpen { trips, .. } if permit.probe => {
+                if failed {
+                    let trips = trips.saturating_add(1);
+                    let period = self.open_period(trips);
+                    *state = State::Open { until: now + period, trips };
+                    Some(Change::Reopened(period))
+                } else {
+                    *state = State::Closed {
+                        failures: VecDeque::with_capacity(self.settings.maxfail as usize + 1),
+                    };
+                    self.closed.store(true, Ordering::Release);
+                    Some(Change::Closed)
+                }
+            }
+            State::Closed { failures } if failed => {
+                while failures
+                    .front()
+                    .is_some_and(|&t| now.saturating_duration_since(t) >= self.settings.time_unit)
+                {
+                    failures.pop_front();
+                }
+                failures.push_back(now);
+                if failures.len() > self.settings.maxfail as usize {
+                    let period = self.open_period(0);
+                    *state = State::Open { until: now + period, trips: 0 };
+                    self.closed.store(false, Ordering::Release);
+                    Some(Change::Opened(period))
+                } else {
+                    None
+                }
+            }
+            // An ordinary call finishing after the breaker opened changes nothing.
+            _ => None,
+        };
+        drop(state);
+        self.log(change);
+    }
+
+    /// Gives back a permit whose call never reached an outcome (its caller panicked): a
+    /// probe's turn passes to the next caller.
+    pub(crate) fn release(&self, permit: Permit) {
+        if permit.probe {
+            if let State::HalfOpen { probing, .. } = &mut *self.state.lock() {
+                *probing = false;
+            }
+        }
+    }
+
+    fn open_period(&self, trips: u32) -> Duration {
+        let base = self.settings.reset_timeout;
+        let period = match self.settings.backoff {
+            Some((factor, cap)) => base.mul_f64(factor.powi(trips.min(64) as i32)).min(cap.max(base)),
+            None => base,
+        };
+        if self.settings.jitter == 0.0 {
+            return period;
+        }
+        let mut x = self.rng.lock();
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        let unit = (*x >> 11) as f64 / (1u64 << 53) as f64; // in [0, 1)
+        period.mul_f64(1.0 + self.settings.jitter * (2.0 * unit - 1.0))
+    }
+
+    fn log(&self, change: Option<Change>) {
+        let endpoint = &self.endpoint;
+        match change {
+            None => {}
+            Some(Change::Opened(period)) => log::warn!(
+                target: "blocking_thrift::breaker",
+                "{endpoint}: circuit opened after more than {} failures within {:?}; retrying in {period:?}",
+                self.settings.maxfail,
+                self.settings.time_unit
+            ),
+            Some(Change::Probing) => {
+                log::info!(target: "blocking_thrift::breaker", "{endpoint}: circuit half-open, sending one probe")
+            }
+            Some(Change::Reopened(period)) => log::warn!(
+                target: "blocking_thrift::breaker",
+                "{endpoint}: probe failed, circuit re-opened for {period:?}"
+            ),
+            Some(Change::Closed) => {
+                log::info!(target: "blocking_thrift::breaker", "{endpoint}: probe succeeded, circuit closed")
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Breaker")
+            .field("endpoint", &self.endpoint)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Manual(Arc<Mutex<Instant>>);
+
+    impl Manual {
+        fn new() -> (Manual, Clock) {
+            let now = Arc::new(Mutex::new(Instant::now()));
+            let read = now.clone();
+            (Manual(now), Clock::from_fn(move || *read.lock()))
+        }
+        fn advance(&self, by: Duration) {
+            *self.0.lock() += by;
+        }
+    }
+
+    fn breaker(config: ClientConfig) -> (Breaker, Manual) {
+        let (manual, clock) = Manual::new();
+        (Breaker::new("test:1".into(), &config.clock(clock)), manual)
+    }
+
+    fn fail(b: &Breaker) {
+        let permit = b.acquire().expect("breaker should let the call through");
+        b.record(permit, true);
+    }
+
+    #[test]
+    fn opens_on_more_than_maxfail_failures_within_the_window() {
+        let (b, _clock) = breaker(ClientConfig::default());
+        for _ in 0..3 {
+            fail(&b);
+            assert_eq!(b.state(), BreakerState::Closed);
+        }
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.acquire().is_none());
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_count() {
+        let (b, clock) = breaker(ClientConfig::default());
+        for _ in 0..3 {
+            fail(&b);
+        }
+        clock.advance(Duration::from_secs(60));
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn one_probe_after_reset_timeout_then_closes_on_success() {
+        let (b, clock) = breaker(ClientConfig::default().maxfail(0));
+        fail(&b);
+        clock.advance(Duration::from_millis(9_999));
+        assert!(b.acquire().is_none());
+        clock.advance(Duration::from_millis(1));
+        let probe = b.acquire().expect("probe");
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.acquire().is_none(), "only one probe at a time");
+        b.record(probe, false);
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.acquire().is_some());
+    }
+
+    #[test]
+    fn failed_probe_reopens_with_backoff_up_to_the_cap() {
+        let config = ClientConfig::default()
+            .maxfail(0)
+            .reset_backoff(2.0, Duration::from_secs(30));
+        let (b, clock) = breaker(config);
+        fail(&b);
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let mut waited = Duration::ZERO;
+            let probe = loop {
+                if let Some(p) = b.acquire() {
+                    break p;
+                }
+                clock.advance(Duration::from_secs(1));
+                waited += Duration::from_secs(1);
+            };
+            waits.push(waited.as_secs());
+            b.record(probe, true);
+        }
+        assert_eq!(waits, [10, 20, 30, 30]);
+    }
+
+    #[test]
+    fn jitter_stays_within_its_fraction() {
+        let (b, _clock) = breaker(ClientConfig::default().reset_jitter(0.5));
+        for _ in 0..100 {
+            let p = b.open_period(0);
+            assert!(p >= Duration::from_secs(5) && p <= Duration::from_secs(15), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn released_probe_lets_the_next_caller_probe() {
+        let (b, clock) = breaker(ClientConfig::default().maxfail(0));
+        fail(&b);
+        clock.advance(Duration::from_secs(10));
+        let probe = b.acquire().unwrap();
+        b.release(probe);
+        assert!(b.acquire().is_some());
+    }
+}

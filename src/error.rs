@@ -1,0 +1,234 @@
+//! The crate's error type.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+
+use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, TransportError};
+
+/// The phase of a call whose time ran out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Timeout {
+    /// The endpoint did not accept a connection within `connect_timeout`.
+    Connect,
+    /// Every pooled connection stayed busy for `pool_timeout`.
+    PoolWait,
+    /// The response did not arrive completely within `read_timeout` of sending the request.
+    Response,
+    /// The call's total deadline passed (multi-endpoint clients).
+    Deadline,
+}
+
+impl fmt::Display for Timeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Timeout::Connect => "connect",
+            Timeout::PoolWait => "pool wait",
+            Timeout::Response => "response",
+            Timeout::Deadline => "call deadline",
+        })
+    }
+}
+
+/// Everything a call can fail with.
+///
+/// The service's own IDL exceptions arrive as [`Error::User`], still typed: use
+/// [`Error::user_exception`] to get them back.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// Connecting to the endpoint failed (refused, unreachable, address did not resolve).
+    Connect {
+        /// The endpoint, as given to the client.
+        endpoint: Arc<str>,
+        /// What the operating system reported.
+        source: io::Error,
+    },
+    /// A phase of the call ran out of time.
+    Timeout(Timeout),
+    /// The endpoint's circuit breaker is open; no request was sent.
+    CircuitOpen {
+        /// The endpoint, as given to the client.
+        endpoint: Arc<str>,
+    },
+    /// The connection failed while the call was under way (reset, closed, I/O error).
+    Transport(TransportError),
+    /// The bytes on the connection did not decode as the expected message.
+    Protocol(ProtocolError),
+    /// The server answered with a `TApplicationException` (unknown method, internal error ...).
+    Application(ApplicationError),
+    /// The service raised one of its IDL exceptions; it is the generated type, boxed.
+    User(Box<dyn StdError + Send + Sync>),
+    /// The client was closed.
+    Closed,
+    /// A multi-endpoint call ran out of endpoints or retries; each attempt is listed.
+    Unavailable(Box<Unavailable>),
+}
+
+/// The attempts of a multi-endpoint call that found no endpoint able to answer.
+#[derive(Debug, Default)]
+pub struct Unavailable {
+    /// Every attempt in order: the endpoint and what went wrong there.
+    pub attempts: Vec<(Arc<str>, Error)>,
+}
+
+impl Error {
+    /// The service's IDL exception of type `T`, if that is what this error is.
+    ///
+    /// ```
+    /// # use blocking_thrift::Error;
+    /// # #[derive(Debug)] struct InvalidOperation;
+    /// # impl std::fmt::Display for InvalidOperation {
+    /// #     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("bad") }
+    /// # }
+    /// # impl std::error::Error for InvalidOperation {}
+    /// let err = Error::User(Box::new(InvalidOperation));
+    /// assert!(err.user_exception::<InvalidOperation>().is_some());
+    /// ```
+    pub fn user_exception<T: StdError + 'static>(&self) -> Option<&T> {
+        match self {
+            Error::User(e) => e.downcast_ref::<T>(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a timeout, of any phase.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Error::Timeout(_))
+    }
+
+    /// Whether the request certainly never reached the server: the connection could not be
+    /// made, no pooled connection was free, or the breaker rejected the call.
+    pub fn is_unsent(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. }
+                | Error::Timeout(Timeout::Connect | Timeout::PoolWait)
+                | Error::CircuitOpen { .. }
+        )
+    }
+
+    /// Turns an error coming out of a generated client back into this type.
+    ///
+    /// Errors raised by this crate inside a direct call travel through the generated code as
+    /// `thrift::Error::User(Box<Error>)`; they are unwrapped. `on_timeout` says whether the
+    /// connection's response deadline expired, which decides how a transport error reads.
+    pub(crate) fn from_thrift(err: thrift::Error, timed_out: bool) -> Error {
+        match err {
+            thrift::Error::Transport(_) if timed_out => Error::Timeout(Timeout::Response),
+            thrift::Error::Transport(e) => Error::Transport(e),
+            thrift::Error::Protocol(e) => Error::Protocol(e),
+            thrift::Error::Application(e) => Error::Application(e),
+            thrift::Error::User(e) => match e.downcast::<Error>() {
+                Ok(ours) => *ours,
+                Err(theirs) => Error::User(theirs),
+            },
+        }
+    }
+
+    /// Whether the connection that produced this error may hold unread or unexpected bytes,
+    /// so must not serve another call.
+    pub(crate) fn poisons_connection(&self) -> bool {
+        match self {
+            Error::Transport(_) | Error::Protocol(_) | Error::Timeout(Timeout::Response) => true,
+            // Raised by the generated code when the response is not the one it waits for.
+            Error::Application(e) => matches!(
+                e.kind,
+                ApplicationErrorKind::BadSequenceId
+                    | ApplicationErrorKind::WrongMethodName
+                    | ApplicationErrorKind::InvalidMessageType
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect { endpoint, source } => write!(f, "connect to {endpoint} failed: {source}"),
+            Error::Timeout(phase) => write!(f, "{phase} timed out"),
+            Error::CircuitOpen { endpoint } => write!(f, "circuit breaker for {endpoint} is open"),
+            Error::Transport(e) => write!(f, "transport failed: {}", e.message),
+            Error::Protocol(e) => write!(f, "protocol error: {}", e.message),
+            Error::Application(e) => write!(f, "server raised {:?}: {}", e.kind, e.message),
+            Error::User(e) => write!(f, "service exception: {e}"),
+            Error::Closed => f.write_str("client is closed"),
+            Error::Unavailable(u) => {
+                write!(f, "service unavailable after {} attempt(s)", u.attempts.len())?;
+                for (i, (endpoint, err)) in u.attempts.iter().enumerate() {
+                    let sep = if i == 0 { ": " } else { "; " };
+                    write!(f, "{sep}{endpoint}: {err}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Error::Connect { source, .. } => Some(source),
+            Error::User(e) => Some(&**e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Self {
+        match err.kind() {
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::Timeout(Timeout::Response),
+            _ => Error::from_thrift(err.into(), false),
+        }
+    }
+}
+
+impl From<thrift::Error> for Error {
+    fn from(err: thrift::Error) -> Self {
+        Error::from_thrift(err, false)
+    }
+}
+
+impl From<Error> for thrift::Error {
+    /// Carries the error through generated code unchanged; `Error::from` gets it back.
+    fn from(err: Error) -> Self {
+        match err {
+            Error::User(e) => thrift::Error::User(e),
+            ours => thrift::Error::User(Box::new(ours)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_stays_small() {
+        assert!(std::mem::size_of::<Error>() <= 40, "{}", std::mem::size_of::<Error>());
+    }
+
+    #[test]
+    fn survives_a_trip_through_generated_code() {
+        let err: thrift::Error = Error::Timeout(Timeout::PoolWait).into();
+        assert!(matches!(Error::from(err), Error::Timeout(Timeout::PoolWait)));
+    }
+
+    #[test]
+    fn unavailable_lists_attempts() {
+        let err = Error::Unavailable(Box::new(Unavailable {
+            attempts: vec![
+                ("a:1".into(), Error::Timeout(Timeout::Connect)),
+                ("b:2".into(), Error::CircuitOpen { endpoint: "b:2".into() }),
+            ],
+        }));
+        assert_eq!(
+            err.to_string(),
+            "service unavailable after 2 attempt(s): a:1: connect timed out; b:2: circuit breaker for b:2 is open"
+        );
+    }
+}
