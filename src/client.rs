@@ -1,0 +1,324 @@
+//! The single-endpoint client.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use scheduled_thread_pool::ScheduledThreadPool;
+
+use crate::breaker::{Breaker, BreakerState, Permit};
+use crate::config::ClientConfig;
+use crate::direct::Direct;
+use crate::error::{Error, Timeout};
+use crate::pool::{Checkout, MakeClient, Pool};
+use crate::protocol::{InputProtocol, OutputProtocol};
+
+/// A client for one Thrift endpoint, with a connection pool, a timeout on every phase of a
+/// call and a circuit breaker.
+///
+/// `C` is the client type that `thrift --gen rs` generates, over this crate's protocols:
+/// `CalculatorSyncClient<InputProtocol, OutputProtocol>`. Clones share the pool and breaker;
+/// the client is `Send + Sync` and meant to be shared between threads.
+///
+/// Building a client opens no connection; they are opened on demand, up to `pool_size`, and
+/// reused across calls and threads. Call [`close`](Self::close) when done.
+pub struct ThriftClient<C: Send + 'static> {
+    pub(crate) inner: Arc<Inner<C>>,
+}
+
+pub(crate) struct Inner<C: Send + 'static> {
+    pub(crate) endpoint: Arc<str>,
+    pub(crate) config: ClientConfig,
+    pub(crate) pool: Pool<C>,
+    pub(crate) breaker: Breaker,
+    stats: Counters,
+}
+
+impl<C: Send + 'static> Clone for ThriftClient<C> {
+    fn clone(&self) -> Self {
+        ThriftClient {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// A snapshot of a client's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClientStats {
+    /// Calls started, whatever became of them.
+    pub calls: u64,
+    /// Calls that returned a value.
+    pub successes: u64,
+    /// Calls answered with one of the service's own exceptions.
+    pub user_exceptions: u64,
+    /// Calls that failed in a way the breaker counts.
+    pub failures: u64,
+    /// Connections that could not be opened (refused, unreachable).
+    pub connect_errors: u64,
+    /// Connections that did not open within `connect_timeout`.
+    pub connect_timeouts: u64,
+    /// Calls that found no free connection within `pool_timeout`.
+    pub pool_timeouts: u64,
+    /// Calls whose response did not arrive within `read_timeout`.
+    pub response_timeouts: u64,
+    /// Calls whose connection failed under them.
+    pub transport_errors: u64,
+    /// Calls whose response did not decode.
+    pub protocol_errors: u64,
+    /// Calls the server answered with a `TApplicationException`.
+    pub application_errors: u64,
+    /// Calls rejected at once by the open breaker.
+    pub rejected: u64,
+    /// Connections open now.
+    pub connections_open: u64,
+    /// Open connections not serving a call now.
+    pub connections_idle: u64,
+    /// The breaker's state now.
+    pub breaker: BreakerState,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    successes: AtomicU64,
+    user_exceptions: AtomicU64,
+    failures: AtomicU64,
+    connect_errors: AtomicU64,
+    connect_timeouts: AtomicU64,
+    pool_timeouts: AtomicU64,
+    response_timeouts: AtomicU64,
+    transport_errors: AtomicU64,
+    protocol_errors: AtomicU64,
+    application_errors: AtomicU64,
+    rejected: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The one helper thread r2d2 needs per pool (or per set of pools) to make empty slots.
+pub(crate) fn pool_helpers() -> Arc<ScheduledThreadPool> {
+    Arc::new(
+        ScheduledThreadPool::builder()
+            .num_threads(1)
+            .thread_name_pattern("blocking-thrift-pool-{}")
+            .build(),
+    )
+}
+
+impl<C: Send + 'static> ThriftClient<C> {
+    /// A client for `endpoint` (`host:port`; every address it resolves to is tried in turn)
+    /// that builds its generated client with `make`, typically `CalculatorSyncClient::new`.
+    ///
+    /// Opens no connection.
+    pub fn new<F>(endpoint: &str, make: F, config: ClientConfig) -> Self
+    where
+        F: Fn(InputProtocol, OutputProtocol) -> C + Send + Sync + 'static,
+    {
+        Self::with_parts(endpoint.into(), Arc::new(make), config, pool_helpers())
+    }
+
+    pub(crate) fn with_parts(
+        endpoint: Arc<str>,
+        make: Arc<MakeClient<C>>,
+        config: ClientConfig,
+        helpers: Arc<ScheduledThreadPool>,
+    ) -> Self {
+        let pool = Pool::new(endpoint.clone(), config.clone(), make, helpers);
+        let breaker = Breaker::new(endpoint.clone(), &config);
+        ThriftClient {
+            inner: Arc::new(Inner {
+                endpoint,
+                config,
+                pool,
+                breaker,
+                stats: Counters::default(),
+            }),
+        }
+    }
+
+    /// Runs one remote call on a pooled connection: `f` gets the generated client.
+    ///
+    /// ```no_run
+    /// # fn demo<C: Send + 'static>(client: blocking_thrift::ThriftClient<C>) {}
+    /// // let sum = client.call(|c| c.add(1, 2))?;
+    /// ```
+    ///
+    /// The breaker is asked first; then a connection is taken from the pool (or opened); then
+    /// `f` runs with `read_timeout` for everything it sends and receives. A connection that saw
+    /// any transport or protocol error or a timeout is closed, never reused.
+    pub fn call<R, F>(&self, f: F) -> Result<R, Error>
+    where
+        F: FnOnce(&mut C) -> thrift::Result<R>,
+    {
+        let (permit, mut slot) = self.inner.begin()?;
+        let live = slot.live();
+        live.state.arm(self.inner.config.read_timeout);
+        let result = f(&mut live.client);
+        let timed_out = live.state.timed_out();
+        let broken = live.state.is_broken();
+        let result = result.map_err(|e| Error::from_thrift(e, timed_out));
+        if broken || result.as_ref().is_err_and(Error::poisons_connection) {
+            slot.discard();
+        }
+        self.inner.end(permit, slot, result)
+    }
+
+    /// A handle on which the generated methods are called directly, the original's
+    /// `wrap_client`: `client.direct().add(1, 2)`. Each call still goes through the pool,
+    /// the timeouts and the breaker.
+    ///
+    /// The generated code implements the service trait for any type that implements
+    /// `TThriftClient` and the service's marker trait; declare the marker once with
+    /// [`impl_direct!`](crate::impl_direct). Errors raised by this crate come out of the
+    /// generated methods as `thrift::Error::User`; [`Error::from`] turns them back.
+    pub fn direct(&self) -> Direct<C> {
+        Direct::new(self.clone())
+    }
+
+    /// Closes every idle connection now, and each busy one as soon as its call returns;
+    /// later calls fail with [`Error::Closed`]. Closing twice is harmless.
+    pub fn close(&self) {
+        if !self.inner.pool.is_closed() {
+            log::info!(target: "blocking_thrift::client", "{}: client closed", self.inner.endpoint);
+        }
+        self.inner.pool.close();
+    }
+
+    /// The endpoint this client talks to.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ClientStats {
+        let s = &self.inner.stats;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let counts = self.inner.pool.counts();
+        let open = get(&counts.open);
+        ClientStats {
+            calls: get(&s.calls),
+            successes: get(&s.successes),
+            user_exceptions: get(&s.user_exceptions),
+            failures: get(&s.failures),
+            connect_errors: get(&s.connect_errors),
+            connect_timeouts: get(&s.connect_timeouts),
+            pool_timeouts: get(&s.pool_timeouts),
+            response_timeouts: get(&s.response_timeouts),
+            transport_errors: get(&s.transport_errors),
+            protocol_errors: get(&s.protocol_errors),
+            application_errors: get(&s.application_errors),
+            rejected: get(&s.rejected),
+            connections_open: open,
+            connections_idle: open.saturating_sub(get(&counts.in_use)),
+            breaker: self.inner.breaker.state(),
+        }
+    }
+}
+
+impl<C: Send + 'static> Inner<C> {
+    /// The first half of every call: the breaker's permission and a connected slot.
+    pub(crate) fn begin(&self) -> Result<(Permit, Checkout<C>), Error> {
+        bump(&self.stats.calls);
+        if self.pool.is_closed() {
+            return Err(Error::Closed);
+        }
+        let Some(permit) = self.breaker.acquire() else {
+            bump(&self.stats.rejected);
+            return Err(Error::CircuitOpen {
+                endpoint: self.endpoint.clone(),
+            });
+        };
+        match self.pool.checkout() {
+            Ok(slot) => {
+                self.pool.counts().in_use.fetch_add(1, Ordering::Relaxed);
+                Ok((permit, slot))
+            }
+            Err(err) => Err(self.settle(permit, err)),
+        }
+    }
+
+    /// The second half: gives the slot back, tells the breaker, counts.
+    pub(crate) fn end<R>(&self, permit: Permit, slot: Checkout<C>, result: Result<R, Error>) -> Result<R, Error> {
+        self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+        match result {
+            Ok(value) => {
+                bump(&self.stats.successes);
+                self.breaker.record(permit, false);
+                Ok(value)
+            }
+            Err(err) => Err(self.settle(permit, err)),
+        }
+    }
+
+    /// Ends a direct call whose response was a service exception or a
+    /// `TApplicationException`: the connection is fine and the server healthy.
+    pub(crate) fn end_answered_with_error(&self, permit: Permit, slot: Checkout<C>, application: bool) {
+        self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+        bump(if application {
+            &self.stats.application_errors
+        } else {
+            &self.stats.user_exceptions
+        });
+        self.breaker.record(permit, false);
+    }
+
+    /// Ends a call that never reached an outcome.
+    pub(crate) fn abandon(&self, permit: Permit, slot: Checkout<C>) {
+        self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
+        drop(slot);
+        self.breaker.release(permit);
+    }
+
+    /// Counts a failed call and tells the breaker whether it was the endpoint's fault.
+    pub(crate) fn settle(&self, permit: Permit, err: Error) -> Error {
+        let s = &self.stats;
+        let (counter, failure) = match &err {
+            Error::Connect { .. } => (&s.connect_errors, true),
+            Error::Timeout(Timeout::Connect) => (&s.connect_timeouts, true),
+            Error::Timeout(Timeout::PoolWait) => (&s.pool_timeouts, true),
+            Error::Timeout(_) => (&s.response_timeouts, true),
+            Error::Transport(_) => (&s.transport_errors, true),
+            Error::Protocol(_) => (&s.protocol_errors, true),
+            Error::Application(_) if err.poisons_connection() => (&s.protocol_errors, true),
+            Error::Application(_) => (&s.application_errors, false),
+            Error::User(e) => (&s.user_exceptions, self.config.is_declared_failure(&**e)),
+            _ => {
+                self.breaker.record(permit, false);
+                return err;
+            }
+        };
+        bump(counter);
+        if failure {
+            bump(&s.failures);
+            log::debug!(target: "blocking_thrift::client", "{}: call failed: {err}", self.endpoint);
+        }
+        self.breaker.record(permit, failure);
+        err
+    }
+}
+
+impl<C: Send + 'static> fmt::Debug for ThriftClient<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThriftClient")
+            .field("endpoint", &self.inner.endpoint)
+            .field("breaker", &self.inner.breaker.state())
+            .field("config", &self.inner.config)
+            .finish()
+    }
+}
+
+impl<C: Send + 'static> Drop for Inner<C> {
+    fn drop(&mut self) {
+        self.pool.close();
+    }
+}

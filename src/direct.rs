@@ -1,0 +1,353 @@
+//! Direct method calls: a handle that the generated service trait is implemented for.
+
+use std::fmt;
+use std::sync::Arc;
+
+use thrift::protocol::{
+    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TMessageType,
+    TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
+};
+use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
+
+use crate::breaker::Permit;
+use crate::client::{Inner, ThriftClient};
+use crate::error::Error;
+use crate::pool::Checkout;
+
+/// Declares that [`Direct`] handles speak a service, so its generated methods can be called
+/// on them directly.
+///
+/// Pass the marker trait(s) that `thrift --gen rs` generated next to the service's client
+/// trait:
+///
+/// ```ignore
+/// blocking_thrift::impl_direct!(calculator::TCalculatorSyncClientMarker);
+///
+/// let calc = client.direct();
+/// let sum = calc.add(1, 2)?;
+/// ```
+#[macro_export]
+macro_rules! impl_direct {
+    ($($marker:path),+ $(,)?) => {
+        $(impl<C: ::std::marker::Send + 'static> $marker for $crate::Direct<C> {})+
+    };
+}
+
+/// A client handle on which the generated methods are called directly (the original's
+/// `wrap_client`), from [`ThriftClient::direct`].
+///
+/// Every call takes a pooled connection for its duration and goes through the breaker and the
+/// timeouts, exactly as [`ThriftClient::call`] does. The handle is cheap: make one per thread,
+/// or clone it.
+///
+/// A service exception comes back as the generated type inside `thrift::Error::User`, as the
+/// generated code returns it. It does not count as a breaker failure (the handle cannot see
+/// which type it is); use [`ThriftClient::call`] for exceptions declared with
+/// [`ClientConfig::failure_on`](crate::ClientConfig::failure_on).
+pub struct Direct<C: Send + 'static> {
+    call: Call<C>,
+}
+
+impl<C: Send + 'static> Direct<C> {
+    pub(crate) fn new(client: ThriftClient<C>) -> Self {
+        Direct {
+            call: Call {
+                inner: client.inner,
+                active: None,
+                sequence: 0,
+                method: String::new(),
+                oneway: false,
+                exception: false,
+                application_error: false,
+                depth: 0,
+            },
+        }
+    }
+}
+
+impl<C: Send + 'static> Clone for Direct<C> {
+    fn clone(&self) -> Self {
+        Direct::new(ThriftClient {
+            inner: self.call.inner.clone(),
+        })
+    }
+}
+
+impl<C: Send + 'static> fmt::Debug for Direct<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Direct")
+            .field("endpoint", &self.call.inner.endpoint)
+            .finish()
+    }
+}
+
+impl<C: TThriftClient + Send + 'static> TThriftClient for Direct<C> {
+    fn i_prot_mut(&mut self) -> &mut dyn TInputProtocol {
+        &mut self.call
+    }
+
+    fn o_prot_mut(&mut self) -> &mut dyn TOutputProtocol {
+        &mut self.call
+    }
+
+    fn sequence_number(&self) -> i32 {
+        self.call.sequence
+    }
+
+    fn increment_sequence_number(&mut self) -> i32 {
+        // Stays positive, as Thrift sequence numbers should.
+        self.call.sequence = self.call.sequence.checked_add(1).unwrap_or(1);
+        self.call.sequence
+    }
+}
+
+/// One call in progress: the slot it holds and the breaker's permit.
+struct Active<C: Send + 'static> {
+    permit: Permit,
+    slot: Checkout<C>,
+}
+
+/// Both protocols of a [`Direct`] handle: they start a call when its request begins, pass
+/// every operation to the pooled connection's generated client, and end the call when the
+/// response has been read (or, for a oneway method, sent).
+struct Call<C: Send + 'static> {
+    inner: Arc<Inner<C>>,
+    active: Option<Active<C>>,
+    sequence: i32,
+    method: String,
+    oneway: bool,
+    /// The response carries a service exception.
+    exception: bool,
+    /// The response is a `TApplicationException`.
+    application_error: bool,
+    depth: u32,
+}
+
+fn outside_call() -> thrift::Error {
+    thrift::Error::Protocol(ProtocolError::new(
+        ProtocolErrorKind::Unknown,
+        "message operation outside a call",
+    ))
+}
+
+impl<C: TThriftClient + Send + 'static> Call<C> {
+    fn begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
+        self.abandon();
+        let (permit, mut slot) = self.inner.begin()?;
+        slot.live().state.arm(self.inner.config.read_timeout);
+        self.method.clear();
+        self.method.push_str(&ident.name);
+        self.oneway = ident.message_type == TMessageType::OneWay;
+        self.active = Some(Active { permit, slot });
+        Ok(())
+    }
+
+    fn write<T>(&mut self, op: impl FnOnce(&mut dyn TOutputProtocol) -> thrift::Result<T>) -> thrift::Result<T> {
+        let Some(active) = &mut self.active else {
+            return Err(outside_call());
+        };
+        op(active.slot.live().client.o_prot_mut()).map_err(|e| self.fail(e))
+    }
+
+    fn read<T>(&mut self, op: impl FnOnce(&mut dyn TInputProtocol) -> thrift::Result<T>) -> thrift::Result<T> {
+        let Some(active) = &mut self.active else {
+            return Err(outside_call());
+        };
+        op(active.slot.live().client.i_prot_mut()).map_err(|e| self.fail(e))
+    }
+
+    /// Ends the call with an error; its connection is closed, since the message on it is cut
+    /// short.
+    fn fail(&mut self, err: thrift::Error) -> thrift::Error {
+        let Some(mut active) = self.active.take() else {
+            return err;
+        };
+        let err = Error::from_thrift(err, active.slot.live().state.timed_out());
+        active.slot.discard();
+        match self.inner.end::<()>(active.permit, active.slot, Err(err)) {
+            Err(err) => err.into(),
+            Ok(()) => unreachable!("an error stays an error"),
+        }
+    }
+
+    /// Ends the call normally: the message is complete on the wire.
+    fn complete(&mut self) {
+        if let Some(active) = self.active.take() {
+            if self.exception || self.application_error {
+                self.inner
+                    .end_answered_with_error(active.permit, active.slot, self.application_error);
+            } else {
+                let _ = self.inner.end(active.permit, active.slot, Ok(()));
+            }
+        }
+    }
+
+    fn check_response(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
+        let problem = if ident.sequence_number != self.sequence {
+            format!(
+                "response sequence id {} does not match request {}",
+                ident.sequence_number, self.sequence
+            )
+        } else if ident.name != self.method {
+            format!("response is for {:?}, not {:?}", ident.name, self.method)
+        } else if !matches!(ident.message_type, TMessageType::Reply | TMessageType::Exception) {
+            format!("response has message type {:?}", ident.message_type)
+        } else {
+            self.exception = false;
+            self.application_error = ident.message_type == TMessageType::Exception;
+            self.depth = 0;
+            return Ok(());
+        };
+        let err = ProtocolError::new(ProtocolErrorKind::InvalidData, problem);
+        Err(self.fail(thrift::Error::Protocol(err)))
+    }
+}
+
+impl<C: Send + 'static> Call<C> {
+    /// Drops a call that never finished (its caller went away mid-call): the connection
+    /// is closed and a probe's turn passes on.
+    fn abandon(&mut self) {
+        if let Some(mut active) = self.active.take() {
+            active.slot.discard();
+            self.inner.abandon(active.permit, active.slot);
+        }
+    }
+}
+
+impl<C: Send + 'static> Drop for Call<C> {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+macro_rules! forward_reads {
+    ($($name:ident -> $ty:ty;)*) => {
+        $(fn $name(&mut self) -> thrift::Result<$ty> {
+            self.read(|p| p.$name())
+        })*
+    };
+}
+
+macro_rules! forward_writes {
+    ($($name:ident($arg:ident: $ty:ty);)*) => {
+        $(fn $name(&mut self, $arg: $ty) -> thrift::Result<()> {
+            self.write(|p| p.$name($arg))
+        })*
+    };
+}
+
+impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
+    fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
+        let ident = self.read(|p| p.read_message_begin())?;
+        self.check_response(&ident)?;
+        Ok(ident)
+    }
+
+    fn read_message_end(&mut self) -> thrift::Result<()> {
+        self.read(|p| p.read_message_end())?;
+        self.complete();
+        Ok(())
+    }
+
+    fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
+        let ident = self.read(|p| p.read_struct_begin())?;
+        self.depth += 1;
+        Ok(ident)
+    }
+
+    fn read_struct_end(&mut self) -> thrift::Result<()> {
+        self.read(|p| p.read_struct_end())?;
+        self.depth = self.depth.saturating_sub(1);
+        Ok(())
+    }
+
+    fn read_field_begin(&mut self) -> thrift::Result<TFieldIdentifier> {
+        let field = self.read(|p| p.read_field_begin())?;
+        // In a result struct, field 0 is the return value and every other one an exception.
+        if self.depth == 1 && field.field_type != TType::Stop && field.id.is_some_and(|id| id > 0) {
+            self.exception = true;
+        }
+        Ok(field)
+    }
+
+    forward_reads! {
+        read_field_end -> ();
+        read_bool -> bool;
+        read_bytes -> Vec<u8>;
+        read_i8 -> i8;
+        read_i16 -> i16;
+        read_i32 -> i32;
+        read_i64 -> i64;
+        read_double -> f64;
+        read_uuid -> uuid::Uuid;
+        read_string -> String;
+        read_list_begin -> TListIdentifier;
+        read_list_end -> ();
+        read_set_begin -> TSetIdentifier;
+        read_set_end -> ();
+        read_map_begin -> TMapIdentifier;
+        read_map_end -> ();
+        read_byte -> u8;
+    }
+}
+
+impl<C: TThriftClient + Send + 'static> TOutputProtocol for Call<C> {
+    fn write_message_begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
+        self.begin(ident)?;
+        self.write(|p| p.write_message_begin(ident))
+    }
+
+    fn flush(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.flush())?;
+        if self.oneway {
+            self.complete();
+        }
+        Ok(())
+    }
+
+    fn write_field_stop(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.write_field_stop())
+    }
+
+    fn write_message_end(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.write_message_end())
+    }
+
+    fn write_struct_end(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.write_struct_end())
+    }
+
+    fn write_field_end(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.write_field_end())
+    }
+
+    fn write_list_end(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.write_list_end())
+    }
+
+    fn write_set_end(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.write_set_end())
+    }
+
+    fn write_map_end(&mut self) -> thrift::Result<()> {
+        self.write(|p| p.write_map_end())
+    }
+
+    forward_writes! {
+        write_struct_begin(ident: &TStructIdentifier);
+        write_field_begin(ident: &TFieldIdentifier);
+        write_bool(b: bool);
+        write_bytes(b: &[u8]);
+        write_i8(i: i8);
+        write_i16(i: i16);
+        write_i32(i: i32);
+        write_i64(i: i64);
+        write_double(d: f64);
+        write_uuid(uuid: &uuid::Uuid);
+        write_string(s: &str);
+        write_list_begin(ident: &TListIdentifier);
+        write_set_begin(ident: &TSetIdentifier);
+        write_map_begin(ident: &TMapIdentifier);
+        write_byte(b: u8);
+    }
+}

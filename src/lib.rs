@@ -1,0 +1,24 @@
+//! Blocking Apache Thrift clients and servers for ordinary threaded Rust programs.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+mod breaker;
+mod client;
+mod clock;
+mod config;
+mod direct;
+mod error;
+mod pool;
+mod protocol;
+mod server;
+mod transport;
+
+pub use crate::breaker::BreakerState;
+pub use crate::client::{ClientStats, ThriftClient};
+pub use crate::clock::Clock;
+pub use crate::config::ClientConfig;
+pub use crate::direct::Direct;
+pub use crate::error::{Error, Timeout, Unavailable};
+pub use crate::protocol::{InputProtocol, OutputProtocol, Protocol, Transport};
+pub use crate::server::{ServerConfig, ServerStats, ThriftServer};

@@ -1,0 +1,373 @@
+//! Client connections: connecting with a timeout, and the buffered, framed, deadline-bound
+//! reader and writer that the protocols sit on.
+
+use std::io::{self, Read, Write};
+use std::mem::MaybeUninit;
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, SockRef, Socket, Type};
+
+use crate::error::{Error, Timeout};
+use crate::protocol::Transport;
+
+/// Size of the read buffer, which also decides the largest read that is copied.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// A write buffer larger than this is given back after its message is sent.
+const KEEP_WRITE_BUFFER: usize = 64 * 1024;
+
+/// A socket timeout is only re-set when it overshoots the deadline by more than this,
+/// which spares a system call on every read of an ordinary call.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
+
+/// Connects to `endpoint`, trying each address it resolves to within `timeout` overall.
+pub(crate) fn connect(endpoint: &Arc<str>, timeout: Duration) -> Result<TcpStream, Error> {
+    let connect_error = |source| Error::Connect {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let addrs: Vec<SocketAddr> = endpoint.to_socket_addrs().map_err(connect_error)?.collect();
+    if addrs.is_empty() {
+        return Err(connect_error(io::Error::new(
+            io::ErrorKind::NotFound,
+            "address resolved to nothing",
+        )));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        match connect_one(addr, left) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last = Some(e),
+        }
+    }
+    match last {
+        Some(e) if e.kind() != io::ErrorKind::TimedOut && e.kind() != io::ErrorKind::WouldBlock => {
+            Err(connect_error(e))
+        }
+        _ => Err(Error::Timeout(Timeout::Connect)),
+    }
+}
+
+fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_tcp_nodelay(true)?;
+    socket.connect_timeout(&addr.into(), timeout)?;
+    Ok(socket.into())
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// What a connection's reader, writer and owner share.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    stream: TcpStream,
+    /// Nanoseconds after `epoch()` at which the current call's time runs out.
+    deadline: AtomicU64,
+    timed_out: AtomicBool,
+    broken: AtomicBool,
+}
+
+impl ConnState {
+    /// Starts the clock of a call: everything it sends and reads must be done within `budget`.
+    pub(crate) fn arm(&self, budget: Duration) {
+        let at = (Instant::now() + budget).saturating_duration_since(epoch());
+        self.deadline.store(at.as_nanos() as u64, Ordering::Relaxed);
+        self.timed_out.store(false, Ordering::Relaxed);
+    }
+
+    fn deadline(&self) -> Instant {
+        epoch() + Duration::from_nanos(self.deadline.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether an idle pooled connection can carry another call: the peer has not closed it
+    /// and sent nothing unasked. Costs one non-blocking `recv`.
+    pub(crate) fn is_reusable(&self) -> bool {
+        if self.is_broken() {
+            return false;
+        }
+        let mut byte = [MaybeUninit::<u8>::uninit()];
+        match SockRef::from(&self.stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+            // 0: the peer closed; more: bytes nobody asked for.
+            Ok(_) => false,
+        }
+    }
+
+    /// Closes both directions, so that a thread blocked on this connection wakes up.
+    pub(crate) fn shutdown(&self) {
+        self.mark_broken();
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// Wraps a connected stream for a client of the given transport.
+pub(crate) fn split(
+    stream: TcpStream,
+    transport: Transport,
+    read_timeout: Duration,
+    max_message_size: usize,
+) -> io::Result<(Arc<ConnState>, Reader, Writer)> {
+    stream.set_read_timeout(Some(read_timeout))?;
+    stream.set_write_timeout(Some(read_timeout))?;
+    let state = Arc::new(ConnState {
+        stream,
+        deadline: AtomicU64::new(u64::MAX),
+        timed_out: AtomicBool::new(false),
+        broken: AtomicBool::new(false),
+    });
+    let framed = transport == Transport::Framed;
+    let reader = Reader {
+        state: state.clone(),
+        buf: vec![0; READ_BUFFER].into_boxed_slice(),
+        pos: 0,
+        end: 0,
+        frame: framed.then_some(0),
+        max_message_size,
+        socket_timeout: read_timeout,
+    };
+    let writer = Writer {
+        state: state.clone(),
+        buf: if framed { vec![0; 4] } else { Vec::new() },
+        framed,
+        max_message_size,
+        socket_timeout: read_timeout,
+    };
+    Ok((state, reader, writer))
+}
+
+/// Which socket timeout a [`Deadline`] adjusts.
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// Runs one blocking socket operation so that it ends by the call's deadline.
+///
+/// The socket's own timeout starts at the full budget and is only lowered when the deadline
+/// is nearer than it by more than [`TIMEOUT_SLACK`], so an ordinary call costs no extra
+/// system call, while a peer that trickles bytes cannot stretch the call.
+fn bounded<T>(
+    state: &ConnState,
+    socket_timeout: &mut Duration,
+    direction: Direction,
+    mut op: impl FnMut(&TcpStream) -> io::Result<T>,
+) -> io::Result<T> {
+    let deadline = state.deadline();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out(state));
+        }
+        if *socket_timeout > left + TIMEOUT_SLACK {
+            set_timeout(&state.stream, direction, left)?;
+            *socket_timeout = left;
+        }
+        match op(&state.stream) {
+            Ok(v) => return Ok(v),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                // The socket timeout may have been lowered for an earlier call: widen it to
+                // what is left of this one and go on, or give up if nothing is left.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(timed_out(state));
+                }
+                set_timeout(&state.stream, direction, left)?;
+                *socket_timeout = left;
+            }
+            Err(e) => {
+                state.mark_broken();
+                return Err(e);
+            }
+        }
+    }
+}
+
+fn set_timeout(stream: &TcpStream, direction: Direction, timeout: Duration) -> io::Result<()> {
+    let timeout = Some(timeout.max(Duration::from_micros(1)));
+    match direction {
+        Direction::Read => stream.set_read_timeout(timeout),
+        Direction::Write => stream.set_write_timeout(timeout),
+    }
+}
+
+fn timed_out(state: &ConnState) -> io::Error {
+    state.timed_out.store(true, Ordering::Relaxed);
+    state.mark_broken();
+    io::Error::new(io::ErrorKind::TimedOut, "response timed out")
+}
+
+fn invalid(state: &ConnState, message: String) -> io::Error {
+    state.mark_broken();
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// The reading side of a client connection: buffered, and for the framed transport, aware of
+/// frame boundaries without allocating for a frame before its bytes arrive.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    state: Arc<ConnState>,
+    buf: Box<[u8]>,
+    pos: usize,
+    end: usize,
+    /// Bytes left in the current frame (framed transport only).
+    frame: Option<usize>,
+    max_message_size: usize,
+    socket_timeout: Duration,
+}
+
+impl Reader {
+    fn fill(&mut self) -> io::Result<usize> {
+        let buf = &mut self.buf;
+        let n = bounded(&self.state, &mut self.socket_timeout, Direction::Read, |mut s| s.read(buf))?;
+        if n == 0 {
+            self.state.mark_broken();
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+        }
+        self.pos = 0;
+        self.end = n;
+        Ok(n)
+    }
+
+    /// Reads from the buffer, refilling it (or reading straight into `out` when that is larger).
+    fn read_buffered(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.end {
+            if out.len() >= self.buf.len() {
+                let n = bounded(&self.state, &mut self.socket_timeout, Direction::Read, |mut s| s.read(out))?;
+                if n == 0 {
+                    self.state.mark_broken();
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+                }
+                return Ok(n);
+            }
+            self.fill()?;
+        }
+        let n = out.len().min(self.end - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+
+    fn read_frame_header(&mut self) -> io::Result<usize> {
+        let mut header = [0u8; 4];
+        let mut got = 0;
+        while got < 4 {
+            got += self.read_buffered(&mut header[got..])?;
+        }
+        let len = i32::from_be_bytes(header);
+        if len < 0 {
+            return Err(invalid(&self.state, format!("negative frame length {len}")));
+        }
+        if len as usize > self.max_message_size {
+            return Err(invalid(
+                &self.state,
+                format!("frame of {len} bytes exceeds the limit of {}", self.max_message_size),
+            ));
+        }
+        Ok(len as usize)
+    }
+}
+
+impl Read for Reader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        match self.frame {
+            None => self.read_buffered(out),
+            Some(mut left) => {
+                while left == 0 {
+                    left = self.read_frame_header()?;
+                }
+                let want = out.len().min(left);
+                let n = self.read_buffered(&mut out[..want])?;
+                self.frame = Some(left - n);
+                Ok(n)
+            }
+        }
+    }
+}
+
+/// The writing side of a client connection: collects a message and sends it, frame header
+/// included, with one `write`.
+#[derive(Debug)]
+pub(crate) struct Writer {
+    state: Arc<ConnState>,
+    buf: Vec<u8>,
+    framed: bool,
+    max_message_size: usize,
+    socket_timeout: Duration,
+}
+
+impl Writer {
+    fn reset(&mut self) {
+        if self.buf.capacity() > KEEP_WRITE_BUFFER {
+            self.buf = Vec::new();
+        }
+        self.buf.clear();
+        if self.framed {
+            self.buf.extend_from_slice(&[0; 4]);
+        }
+    }
+}
+
+impl Write for Writer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let header = if self.framed { 4 } else { 0 };
+        let len = self.buf.len() - header;
+        if len == 0 {
+            return Ok(());
+        }
+        if len > self.max_message_size {
+            self.reset();
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("request of {len} bytes exceeds the limit of {}", self.max_message_size),
+            ));
+        }
+        if self.framed {
+            self.buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
+        }
+        let mut sent = 0;
+        while sent < self.buf.len() {
+            let rest = &self.buf[sent..];
+            let n = bounded(&self.state, &mut self.socket_timeout, Direction::Write, |mut s| s.write(rest))?;
+            if n == 0 {
+                self.state.mark_broken();
+                return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while sending"));
+            }
+            sent += n;
+        }
+        self.reset();
+        Ok(())
+    }
+}

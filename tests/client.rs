@@ -1,0 +1,346 @@
+//! The single-endpoint client against a reference server on loopback.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use blocking_thrift::{BreakerState, ClientConfig, Error, Protocol, ThriftClient, Timeout, Transport};
+use support::calculator::{CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient};
+use support::{Calc, ManualClock, RefServer};
+
+blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
+
+fn client(endpoint: &str, config: ClientConfig) -> ThriftClient<Calc> {
+    ThriftClient::new(endpoint, CalculatorSyncClient::new, config)
+}
+
+fn server() -> RefServer {
+    RefServer::start(Transport::Framed, Protocol::Binary)
+}
+
+#[test]
+fn building_a_client_opens_nothing() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default());
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(calc.stats().connections_open, 0);
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+    assert_eq!(calc.stats().connections_open, 1);
+}
+
+#[test]
+fn eight_threads_share_at_most_pool_size_connections() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default().pool_timeout(Duration::from_secs(5)));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let calc = calc.clone();
+            std::thread::spawn(move || {
+                for i in 0..500 {
+                    assert_eq!(calc.call(|c| c.add(t, i)).unwrap(), t + i);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let accepted = server.accepted.load(Ordering::SeqCst);
+    assert!((1..=10).contains(&accepted), "server accepted {accepted} connections");
+    let stats = calc.stats();
+    assert_eq!(stats.successes, 4000);
+    assert_eq!(stats.connections_open as usize, accepted);
+}
+
+#[test]
+fn pool_wait_times_out_when_every_connection_is_busy() {
+    let server = server();
+    let config = ClientConfig::default()
+        .pool_size(1)
+        .pool_timeout(Duration::from_millis(50))
+        .read_timeout(Duration::from_secs(10));
+    let calc = client(&server.endpoint(), config);
+    let busy = Arc::new(Barrier::new(2));
+    let release = Arc::new(Barrier::new(2));
+    let holder = {
+        let (calc, busy, release) = (calc.clone(), busy.clone(), release.clone());
+        std::thread::spawn(move || {
+            calc.call(|c| {
+                busy.wait();
+                release.wait();
+                c.ping()
+            })
+        })
+    };
+    busy.wait();
+    let err = calc.call(|c| c.ping()).unwrap_err();
+    release.wait();
+    assert!(matches!(err, Error::Timeout(Timeout::PoolWait)), "{err}");
+    holder.join().unwrap().unwrap();
+    assert_eq!(calc.stats().pool_timeouts, 1);
+}
+
+#[test]
+fn response_timeout_fires_near_read_timeout_and_the_next_call_gets_its_own_answer() {
+    let server = server();
+    let config = ClientConfig::default().pool_size(1).read_timeout(Duration::from_millis(200));
+    let calc = client(&server.endpoint(), config);
+    assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+    let started = Instant::now();
+    let err = calc.call(|c| c.slow(1500)).unwrap_err();
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Timeout(Timeout::Response)), "{err}");
+    assert!(took >= Duration::from_millis(190), "gave up after {took:?}");
+    assert!(took < Duration::from_millis(1200), "gave up only after {took:?}");
+    // The late answer to slow() must never be read as the answer to this call.
+    assert_eq!(calc.call(|c| c.add(20, 22)).unwrap(), 42);
+    assert_eq!(calc.call(|c| c.echo(b"own".to_vec())).unwrap(), b"own");
+    let stats = calc.stats();
+    assert_eq!(stats.response_timeouts, 1);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 2, "the timed-out connection was replaced");
+}
+
+#[test]
+fn connection_refused_names_the_cause() {
+    let endpoint = support::refused_endpoint();
+    let calc = client(&endpoint, ClientConfig::default());
+    let err = calc.call(|c| c.ping()).unwrap_err();
+    match &err {
+        Error::Connect { source, .. } => assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused),
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&endpoint) && text.to_lowercase().contains("refused"), "{text}");
+    assert_eq!(calc.stats().connect_errors, 1);
+}
+
+#[test]
+fn connect_times_out_against_a_listener_that_never_accepts() {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue until the kernel stops answering handshakes.
+    let mut held = Vec::new();
+    let mut full = false;
+    for _ in 0..64 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        match s.connect_timeout(&addr.into(), Duration::from_millis(100)) {
+            Ok(()) => held.push(s),
+            Err(_) => {
+                full = true;
+                break;
+            }
+        }
+    }
+    assert!(full, "the accept queue never filled");
+    let calc = client(&addr.to_string(), ClientConfig::default().connect_timeout(Duration::from_millis(100)));
+    let started = Instant::now();
+    let err = calc.call(|c| c.ping()).unwrap_err();
+    assert!(matches!(err, Error::Timeout(Timeout::Connect)), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(calc.stats().connect_timeouts, 1);
+}
+
+#[test]
+fn service_exceptions_arrive_typed_and_keep_the_connection() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default());
+    for _ in 0..5 {
+        let err = calc.call(|c| c.retrieve(-7)).unwrap_err();
+        let op = err.user_exception::<InvalidOperation>().expect("InvalidOperation");
+        assert_eq!(op.what_op, Some(-7));
+    }
+    let stats = calc.stats();
+    assert_eq!(stats.user_exceptions, 5);
+    assert_eq!(stats.failures, 0);
+    assert_eq!(stats.breaker, BreakerState::Closed);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn declared_exceptions_count_as_failures() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default().failure_on::<InvalidOperation>());
+    for _ in 0..4 {
+        calc.call(|c| c.retrieve(-1)).unwrap_err();
+    }
+    assert_eq!(calc.breaker_state(), BreakerState::Open);
+    assert!(matches!(calc.call(|c| c.ping()), Err(Error::CircuitOpen { .. })));
+}
+
+#[test]
+fn oneway_calls_do_not_wait_for_a_response() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default().pool_size(1));
+    for _ in 0..3 {
+        calc.call(|c| c.zip()).unwrap();
+    }
+    calc.call(|c| c.ping()).unwrap();
+    assert!(support::wait_until(Duration::from_secs(5), || server.service.zips() == 3));
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_server_restart_between_calls_does_not_fail_the_next_call() {
+    let mut server = server();
+    let endpoint = server.endpoint();
+    let calc = client(&endpoint, ClientConfig::default());
+    assert_eq!(calc.call(|c| c.add(2, 2)).unwrap(), 4);
+    server.stop();
+    let restarted = RefServer::start_on(&endpoint, Transport::Framed, Protocol::Binary, server.service.clone());
+    // The pooled connection was closed by the old server; it is replaced on checkout.
+    assert_eq!(calc.call(|c| c.add(3, 3)).unwrap(), 6);
+    assert_eq!(calc.stats().failures, 0);
+    assert_eq!(restarted.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn close_ends_every_connection_and_later_calls_fail() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default());
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let calc = calc.clone();
+            std::thread::spawn(move || calc.call(|c| c.slow(50)).unwrap())
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(server.open.load(Ordering::SeqCst) >= 1);
+    calc.close();
+    calc.close();
+    assert!(matches!(calc.call(|c| c.ping()), Err(Error::Closed)));
+    assert!(
+        support::wait_until(Duration::from_secs(5), || server.open.load(Ordering::SeqCst) == 0),
+        "server still sees {} connections",
+        server.open.load(Ordering::SeqCst)
+    );
+    assert_eq!(calc.stats().connections_open, 0);
+}
+
+/// Opens the breaker of a client whose server has gone away.
+fn open_breaker(maxfail: u32) -> (ThriftClient<Calc>, ManualClock, RefServer) {
+    let mut server = server();
+    let clock = ManualClock::new();
+    let config = ClientConfig::default().maxfail(maxfail).clock(clock.clock());
+    let calc = client(&server.endpoint(), config);
+    calc.call(|c| c.ping()).unwrap();
+    server.stop();
+    for _ in 0..=maxfail {
+        let err = calc.call(|c| c.ping()).unwrap_err();
+        assert!(matches!(err, Error::Connect { .. } | Error::Transport(_)), "{err}");
+    }
+    assert_eq!(calc.breaker_state(), BreakerState::Open);
+    (calc, clock, server)
+}
+
+#[test]
+fn open_breaker_rejects_without_touching_the_network() {
+    let (calc, clock, old) = open_breaker(3);
+    let server = RefServer::start_on(&old.endpoint(), Transport::Framed, Protocol::Binary, old.service.clone());
+    clock.advance(Duration::from_millis(9_999));
+    for _ in 0..100 {
+        assert!(matches!(calc.call(|c| c.ping()), Err(Error::CircuitOpen { .. })));
+    }
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
+    assert_eq!(calc.stats().rejected, 100);
+    // After reset_timeout one probe goes through; its success closes the breaker.
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+    assert_eq!(calc.call(|c| c.add(2, 1)).unwrap(), 3);
+}
+
+#[test]
+fn failed_probe_reopens_the_breaker() {
+    let (calc, clock, _server) = open_breaker(1);
+    clock.advance(Duration::from_secs(10));
+    assert!(matches!(calc.call(|c| c.ping()), Err(Error::Connect { .. })));
+    assert_eq!(calc.breaker_state(), BreakerState::Open);
+    assert!(matches!(calc.call(|c| c.ping()), Err(Error::CircuitOpen { .. })));
+    clock.advance(Duration::from_secs(10));
+    assert!(matches!(calc.call(|c| c.ping()), Err(Error::Connect { .. })));
+}
+
+#[test]
+fn exactly_one_probe_among_eight_concurrent_callers() {
+    let (calc, clock, old) = open_breaker(3);
+    let server = RefServer::start_on(&old.endpoint(), Transport::Framed, Protocol::Binary, old.service.clone());
+    clock.advance(Duration::from_secs(10));
+    let rejected = Arc::new(AtomicUsize::new(0));
+    let start = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let (calc, rejected, start) = (calc.clone(), rejected.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let result = calc.call(|c| {
+                    // The probe holds its turn until every other caller has been turned away.
+                    support::wait_until(Duration::from_secs(10), || rejected.load(Ordering::SeqCst) == 7);
+                    c.add(1, 2)
+                });
+                if matches!(result, Err(Error::CircuitOpen { .. })) {
+                    rejected.fetch_add(1, Ordering::SeqCst);
+                }
+                result.is_ok()
+            })
+        })
+        .collect();
+    let passed = threads.into_iter().filter(|_| true).map(|t| t.join().unwrap()).filter(|ok| *ok).count();
+    assert_eq!(passed, 1);
+    assert_eq!(rejected.load(Ordering::SeqCst), 7);
+    assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+}
+
+#[test]
+fn direct_calls_go_through_pool_and_breaker() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default());
+    let mut direct = calc.direct();
+    assert_eq!(direct.add(40, 2).unwrap(), 42);
+    assert_eq!(direct.echo(vec![1, 2, 3]).unwrap(), vec![1, 2, 3]);
+    direct.zip().unwrap();
+    let profile = direct.retrieve(9).unwrap();
+    assert_eq!(profile.name.as_deref(), Some("Test User"));
+    let err = direct.retrieve(-3).unwrap_err();
+    match Error::from(err) {
+        Error::User(e) => assert_eq!(e.downcast_ref::<InvalidOperation>().unwrap().what_op, Some(-3)),
+        other => panic!("expected InvalidOperation, got {other:?}"),
+    }
+    assert_eq!(direct.add(1, 1).unwrap(), 2);
+    let stats = calc.stats();
+    assert_eq!(stats.successes, 5);
+    assert_eq!(stats.user_exceptions, 1);
+    assert_eq!(stats.connections_open, 1);
+    assert_eq!(stats.connections_idle, 1);
+}
+
+#[test]
+fn direct_call_errors_come_back_as_the_crate_error() {
+    let endpoint = support::refused_endpoint();
+    let calc = client(&endpoint, ClientConfig::default().read_timeout(Duration::from_millis(100)));
+    let err = calc.direct().ping().unwrap_err();
+    assert!(matches!(Error::from(err), Error::Connect { .. }));
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default().read_timeout(Duration::from_millis(100)));
+    let mut direct = calc.direct();
+    let err = direct.slow(1000).unwrap_err();
+    assert!(matches!(Error::from(err), Error::Timeout(Timeout::Response)));
+    assert_eq!(direct.add(5, 5).unwrap(), 10);
+}
+
+#[test]
+fn clients_are_send_sync_and_cheap_to_clone() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<ThriftClient<Calc>>();
+    fn assert_send<T: Send>() {}
+    assert_send::<blocking_thrift::Direct<Calc>>();
+    assert_send_sync::<ClientConfig>();
+}

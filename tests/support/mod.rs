@@ -1,0 +1,281 @@
+//! Helpers shared by the integration tests: a simple thread-per-connection reference server
+//! that counts what it sees, the Apache Thrift Python peers, and a clock stepped by hand.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use blocking_thrift::{Clock, InputProtocol, OutputProtocol, Protocol, Transport};
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+    TInputProtocol, TOutputProtocol,
+};
+use thrift::server::TProcessor;
+use thrift::transport::{
+    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport,
+};
+
+#[path = "../../idl/service.rs"]
+pub mod service;
+
+pub use service::calculator;
+pub use service::CalculatorService;
+
+/// The generated client over this crate's connections.
+pub type Calc = calculator::CalculatorSyncClient<InputProtocol, OutputProtocol>;
+
+pub const ALL_WIRE_FORMATS: [(Transport, Protocol); 4] = [
+    (Transport::Framed, Protocol::Binary),
+    (Transport::Framed, Protocol::Compact),
+    (Transport::Buffered, Protocol::Binary),
+    (Transport::Buffered, Protocol::Compact),
+];
+
+/// Polls `done` until it holds or `limit` passes; returns whether it held.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
+/// A reference Calculator server on its own threads, one per connection, built only from the
+/// `thrift` crate, which counts the connections it accepts and holds.
+pub struct RefServer {
+    pub addr: SocketAddr,
+    pub service: Arc<CalculatorService>,
+    /// Connections accepted since start.
+    pub accepted: Arc<AtomicUsize>,
+    /// Connections open now.
+    pub open: Arc<AtomicUsize>,
+    stopping: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl RefServer {
+    pub fn start(transport: Transport, protocol: Protocol) -> RefServer {
+        Self::start_on("127.0.0.1:0", transport, protocol, Arc::new(CalculatorService::new("ref")))
+    }
+
+    /// Starts on `addr`; retries for a while if the port is still held by a server just stopped.
+    pub fn start_on(
+        addr: &str,
+        transport: Transport,
+        protocol: Protocol,
+        service: Arc<CalculatorService>,
+    ) -> RefServer {
+        let mut listener = None;
+        wait_until(Duration::from_secs(10), || {
+            listener = TcpListener::bind(addr).ok();
+            listener.is_some()
+        });
+        let listener = listener.unwrap_or_else(|| panic!("could not bind {addr}"));
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let acceptor = {
+            let (accepted, open, stopping, streams, service) =
+                (accepted.clone(), open.clone(), stopping.clone(), streams.clone(), service.clone());
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    open.fetch_add(1, Ordering::SeqCst);
+                    streams.lock().unwrap().push(stream.try_clone().unwrap());
+                    let (open, service) = (open.clone(), service.clone());
+                    std::thread::spawn(move || {
+                        serve_connection(stream, transport, protocol, service);
+                        open.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
+            })
+        };
+        RefServer {
+            addr,
+            service,
+            accepted,
+            open,
+            stopping,
+            streams,
+            acceptor: Some(acceptor),
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Stops accepting, closes every connection and frees the port.
+    pub fn stop(&mut self) {
+        if let Some(acceptor) = self.acceptor.take() {
+            self.stopping.store(true, Ordering::SeqCst);
+            let _ = TcpStream::connect(self.addr);
+            acceptor.join().unwrap();
+            for stream in self.streams.lock().unwrap().drain(..) {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+impl Drop for RefServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn serve_connection(stream: TcpStream, transport: Transport, protocol: Protocol, service: Arc<CalculatorService>) {
+    let read = stream.try_clone().unwrap();
+    let (input, output): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = match transport {
+        Transport::Framed => (
+            Box::new(TFramedReadTransport::new(read)),
+            Box::new(TFramedWriteTransport::new(stream)),
+        ),
+        Transport::Buffered => (
+            Box::new(TBufferedReadTransport::new(read)),
+            Box::new(TBufferedWriteTransport::new(stream)),
+        ),
+    };
+    let (mut i_prot, mut o_prot): (Box<dyn TInputProtocol>, Box<dyn TOutputProtocol>) = match protocol {
+        Protocol::Binary => (
+            Box::new(TBinaryInputProtocol::new(input, true)),
+            Box::new(TBinaryOutputProtocol::new(output, true)),
+        ),
+        Protocol::Compact => (
+            Box::new(TCompactInputProtocol::new(input)),
+            Box::new(TCompactOutputProtocol::new(output)),
+        ),
+    };
+    let processor = calculator::CalculatorSyncProcessor::new(service);
+    while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
+}
+
+/// A clock that only moves when told to.
+#[derive(Clone)]
+pub struct ManualClock(Arc<Mutex<Instant>>);
+
+impl ManualClock {
+    pub fn new() -> ManualClock {
+        ManualClock(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    pub fn clock(&self) -> Clock {
+        let now = self.0.clone();
+        Clock::from_fn(move || *now.lock().unwrap())
+    }
+
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock().unwrap() += by;
+    }
+}
+
+/// An address on loopback where nothing listens.
+pub fn refused_endpoint() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    addr.to_string()
+}
+
+/// Whether Apache Thrift's Python library is importable. When it is not, the caller should
+/// skip, loudly, unless `BLOCKING_THRIFT_REQUIRE_PYTHON=1` makes it mandatory.
+pub fn python_peer_available(test: &str) -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import thrift"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var("BLOCKING_THRIFT_REQUIRE_PYTHON").as_deref() == Ok("1") {
+            panic!("{test}: Apache Thrift's Python library is required (pip install thrift)");
+        }
+        eprintln!("SKIPPED: {test}: Apache Thrift's Python library is not installed (pip install thrift)");
+    }
+    ok
+}
+
+fn peer_script(name: &str) -> String {
+    format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn wire_args(transport: Transport, protocol: Protocol) -> [&'static str; 4] {
+    let t = match transport {
+        Transport::Framed => "framed",
+        Transport::Buffered => "buffered",
+    };
+    let p = match protocol {
+        Protocol::Binary => "binary",
+        Protocol::Compact => "compact",
+    };
+    ["--transport", t, "--protocol", p]
+}
+
+/// Apache Thrift's own Python server for the reference service, killed on drop.
+pub struct PythonServer {
+    pub child: Child,
+    pub addr: String,
+}
+
+impl PythonServer {
+    pub fn start(transport: Transport, protocol: Protocol, name: &str) -> PythonServer {
+        let mut child = Command::new("python3")
+            .arg(peer_script("calculator_server.py"))
+            .args(["--host", "127.0.0.1", "--port", "0", "--name", name])
+            .args(wire_args(transport, protocol))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("python server said {line:?}"))
+            .trim();
+        PythonServer {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the Python client against `addr`; returns its combined output on failure.
+pub fn run_python_client(addr: &str, transport: Transport, protocol: Protocol, expect_name: &str) -> Result<(), String> {
+    let out = Command::new("python3")
+        .arg(peer_script("calculator_client.py"))
+        .args(["--addr", addr, "--expect-name", expect_name])
+        .args(wire_args(transport, protocol))
+        .output()
+        .expect("python3 starts");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
