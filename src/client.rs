@@ -261,7 +261,13 @@ impl<C: Send + 'static> Inner<C> {
 
     /// Ends a direct call whose response was a service exception or a
     /// `TApplicationException`: the connection is fine and the server healthy.
-    pub(crate) fn end_answered_with_error(&self, permit: Permit, slot: Checkout<C>, application: bool) {
+    pub(crate) fn end_answered_with_error(
+        &self,
+        permit: Permit,
+        slot: Checkout<C>,
+        application: bool,
+        declared_failure: bool,
+    ) {
         self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
         bump(if application {
@@ -269,7 +275,10 @@ impl<C: Send + 'static> Inner<C> {
         } else {
             &self.stats.user_exceptions
         });
-        self.breaker.record(permit, false);
+        if declared_failure {
+            bump(&self.stats.failures);
+        }
+        self.breaker.record(permit, declared_failure);
     }
 
     /// Ends a call that never reached an outcome.

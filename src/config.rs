@@ -4,14 +4,37 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol, TSerializable};
+
 use crate::clock::Clock;
 use crate::protocol::{Limits, Protocol, Transport};
 
-/// Decides whether an error is one of a user's exception types.
-pub(crate) type ErrorMatcher = fn(&(dyn StdError + Send + Sync + 'static)) -> bool;
+/// Recognises one of a user's exception types, as a value or as encoded bytes.
+#[derive(Clone, Copy)]
+pub(crate) struct ErrorMatcher {
+    name: &'static str,
+    /// Whether a boxed error is of the type.
+    is: fn(&(dyn StdError + Send + Sync + 'static)) -> bool,
+    /// Whether an exception struct, in the strict binary protocol, is of the type: it must
+    /// decode as the type and encode back to the very same bytes.
+    decodes: fn(&[u8]) -> bool,
+}
 
-fn is<T: StdError + 'static>(err: &(dyn StdError + Send + Sync + 'static)) -> bool {
-    err.is::<T>()
+impl ErrorMatcher {
+    fn of<T: StdError + TSerializable + 'static>() -> Self {
+        ErrorMatcher {
+            name: std::any::type_name::<T>(),
+            is: |err| err.is::<T>(),
+            decodes: |bytes| {
+                let mut input = TBinaryInputProtocol::new(bytes, true);
+                let Ok(value) = T::read_from_in_protocol(&mut input) else {
+                    return false;
+                };
+                let mut again = TBinaryOutputProtocol::new(Vec::with_capacity(bytes.len()), true);
+                value.write_to_out_protocol(&mut again).is_ok() && again.transport == bytes
+            },
+        }
+    }
 }
 
 /// How a client connects, waits and gives up; shared by [`ThriftClient`](crate::ThriftClient)
@@ -44,8 +67,8 @@ pub struct ClientConfig {
     pub(crate) protocol: Protocol,
     pub(crate) max_message_size: usize,
     pub(crate) clock: Clock,
-    pub(crate) failures: Vec<(&'static str, ErrorMatcher)>,
-    pub(crate) retryable: Vec<(&'static str, ErrorMatcher)>,
+    pub(crate) failures: Vec<ErrorMatcher>,
+    pub(crate) retryable: Vec<ErrorMatcher>,
     pub(crate) retries: u32,
     pub(crate) idle_timeout: Duration,
     pub(crate) deadline: Option<Duration>,
@@ -189,15 +212,15 @@ impl ClientConfig {
 
     /// Counts the service exception `T` as a breaker failure (the original's
     /// `handle_errors`). By default a service exception means the server is healthy.
-    pub fn failure_on<T: StdError + 'static>(mut self) -> Self {
-        self.failures.push((std::any::type_name::<T>(), is::<T>));
+    pub fn failure_on<T: StdError + TSerializable + 'static>(mut self) -> Self {
+        self.failures.push(ErrorMatcher::of::<T>());
         self
     }
 
     /// Lets a multi-endpoint call move on to the next endpoint when the service raises `T`
     /// (the original's `handle_retryable_errors`). Has no effect on a single-endpoint client.
-    pub fn retry_on<T: StdError + 'static>(mut self) -> Self {
-        self.retryable.push((std::any::type_name::<T>(), is::<T>));
+    pub fn retry_on<T: StdError + TSerializable + 'static>(mut self) -> Self {
+        self.retryable.push(ErrorMatcher::of::<T>());
         self
     }
 
@@ -235,19 +258,29 @@ impl ClientConfig {
     }
 
     pub(crate) fn is_declared_failure(&self, err: &(dyn StdError + Send + Sync + 'static)) -> bool {
-        self.failures.iter().any(|(_, matches)| matches(err))
+        self.failures.iter().any(|m| (m.is)(err))
     }
 
     pub(crate) fn is_declared_retryable(&self, err: &(dyn StdError + Send + Sync + 'static)) -> bool {
-        self.retryable.iter().any(|(_, matches)| matches(err))
+        self.retryable.iter().any(|m| (m.is)(err))
+    }
+
+    /// Whether an exception struct, encoded in the strict binary protocol, is of a type
+    /// declared with [`failure_on`](Self::failure_on).
+    pub(crate) fn encodes_declared_failure(&self, exception: &[u8]) -> bool {
+        self.failures.iter().any(|m| (m.decodes)(exception))
+    }
+
+    /// Whether an exception struct, encoded in the strict binary protocol, is of a type
+    /// declared with [`retry_on`](Self::retry_on).
+    pub(crate) fn encodes_declared_retryable(&self, exception: &[u8]) -> bool {
+        self.retryable.iter().any(|m| (m.decodes)(exception))
     }
 }
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = |list: &[(&'static str, ErrorMatcher)]| -> Vec<&'static str> {
-            list.iter().map(|(name, _)| *name).collect()
-        };
+        let names = |list: &[ErrorMatcher]| -> Vec<&'static str> { list.iter().map(|m| m.name).collect() };
         f.debug_struct("ClientConfig")
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
@@ -275,6 +308,7 @@ impl fmt::Debug for ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use thrift::protocol::{TFieldIdentifier, TInputProtocol, TOutputProtocol, TStructIdentifier, TType};
 
     #[test]
     fn defaults_are_the_originals() {
@@ -305,20 +339,75 @@ mod tests {
         assert_eq!(c.backoff, Some((1.0, Duration::from_secs(1))));
     }
 
+    /// A hand-written stand-in for a generated exception: `struct Busy { 1: string why }`.
+    #[derive(Debug, PartialEq)]
+    struct Busy(String);
+
+    impl fmt::Display for Busy {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl StdError for Busy {}
+
+    impl TSerializable for Busy {
+        fn read_from_in_protocol(i: &mut dyn TInputProtocol) -> thrift::Result<Self> {
+            i.read_struct_begin()?;
+            let mut why = String::new();
+            loop {
+                let field = i.read_field_begin()?;
+                match (field.field_type, field.id) {
+                    (TType::Stop, _) => break,
+                    (TType::String, Some(1)) => why = i.read_string()?,
+                    (other, _) => i.skip(other)?,
+                }
+                i.read_field_end()?;
+            }
+            i.read_struct_end()?;
+            Ok(Busy(why))
+        }
+
+        fn write_to_out_protocol(&self, o: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+            o.write_struct_begin(&TStructIdentifier::new("Busy"))?;
+            o.write_field_begin(&TFieldIdentifier::new("why", TType::String, 1))?;
+            o.write_string(&self.0)?;
+            o.write_field_end()?;
+            o.write_field_stop()?;
+            o.write_struct_end()
+        }
+    }
+
+    fn encode(write: impl FnOnce(&mut dyn TOutputProtocol) -> thrift::Result<()>) -> Vec<u8> {
+        let mut out = TBinaryOutputProtocol::new(Vec::new(), true);
+        write(&mut out).unwrap();
+        out.transport
+    }
+
     #[test]
     fn declared_exception_types_match_by_type() {
-        #[derive(Debug)]
-        struct Busy;
-        impl fmt::Display for Busy {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("busy")
-            }
-        }
-        impl StdError for Busy {}
         let c = ClientConfig::default().failure_on::<Busy>();
-        assert!(c.is_declared_failure(&Busy));
-        assert!(!c.is_declared_retryable(&Busy));
+        assert!(c.is_declared_failure(&Busy("x".into())));
+        assert!(!c.is_declared_retryable(&Busy("x".into())));
         let io = std::io::Error::other("x");
         assert!(!c.is_declared_failure(&io));
+    }
+
+    #[test]
+    fn declared_exception_types_match_by_encoding() {
+        let c = ClientConfig::default().retry_on::<Busy>();
+        let busy = encode(|o| Busy("later".into()).write_to_out_protocol(o));
+        assert!(c.encodes_declared_retryable(&busy));
+        assert!(!c.encodes_declared_failure(&busy));
+        // `struct Other { 1: i32 code }` has another shape, so it is not a Busy.
+        let other = encode(|o| {
+            o.write_struct_begin(&TStructIdentifier::new("Other"))?;
+            o.write_field_begin(&TFieldIdentifier::new("code", TType::I32, 1))?;
+            o.write_i32(7)?;
+            o.write_field_end()?;
+            o.write_field_stop()?;
+            o.write_struct_end()
+        });
+        assert!(!c.encodes_declared_retryable(&other));
     }
 }

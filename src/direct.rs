@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use thrift::protocol::{
-    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TMessageType,
+    TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TMessageType,
     TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
 use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
@@ -12,6 +12,7 @@ use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
 use crate::breaker::Permit;
 use crate::client::{Inner, ThriftClient};
 use crate::error::Error;
+use crate::mirror::Mirrored;
 use crate::pool::Checkout;
 
 /// Declares that [`Direct`] handles speak a service, so its generated methods can be called
@@ -41,9 +42,9 @@ macro_rules! impl_direct {
 /// or clone it.
 ///
 /// A service exception comes back as the generated type inside `thrift::Error::User`, as the
-/// generated code returns it. It does not count as a breaker failure (the handle cannot see
-/// which type it is); use [`ThriftClient::call`] for exceptions declared with
-/// [`ClientConfig::failure_on`](crate::ClientConfig::failure_on).
+/// generated code returns it; it counts as a breaker failure only when its type was declared
+/// with [`ClientConfig::failure_on`](crate::ClientConfig::failure_on), as with
+/// [`ThriftClient::call`].
 pub struct Direct<C: Send + 'static> {
     call: Call<C>,
 }
@@ -60,6 +61,8 @@ impl<C: Send + 'static> Direct<C> {
                 exception: false,
                 application_error: false,
                 depth: 0,
+                mirroring: false,
+                mirror: TBinaryOutputProtocol::new(Vec::new(), true),
             },
         }
     }
@@ -121,6 +124,10 @@ struct Call<C: Send + 'static> {
     /// The response is a `TApplicationException`.
     application_error: bool,
     depth: u32,
+    /// The service exception being read is copied into `mirror`, so that its type can be
+    /// told against the types declared as failures.
+    mirroring: bool,
+    mirror: TBinaryOutputProtocol<Vec<u8>>,
 }
 
 fn outside_call() -> thrift::Error {
@@ -153,7 +160,16 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
         let Some(active) = &mut self.active else {
             return Err(outside_call());
         };
-        op(active.slot.live().client.i_prot_mut()).map_err(|e| self.fail(e))
+        let input = active.slot.live().client.i_prot_mut();
+        let result = if self.mirroring {
+            op(&mut Mirrored {
+                input,
+                copy: &mut self.mirror,
+            })
+        } else {
+            op(input)
+        };
+        result.map_err(|e| self.fail(e))
     }
 
     /// Ends the call with an error; its connection is closed, since the message on it is cut
@@ -174,8 +190,15 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
     fn complete(&mut self) {
         if let Some(active) = self.active.take() {
             if self.exception || self.application_error {
-                self.inner
-                    .end_answered_with_error(active.permit, active.slot, self.application_error);
+                let declared_failure = self.exception
+                    && !self.mirror.transport.is_empty()
+                    && self.inner.config.encodes_declared_failure(&self.mirror.transport);
+                self.inner.end_answered_with_error(
+                    active.permit,
+                    active.slot,
+                    self.application_error,
+                    declared_failure,
+                );
             } else {
                 let _ = self.inner.end(active.permit, active.slot, Ok(()));
             }
@@ -196,6 +219,8 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
             self.exception = false;
             self.application_error = ident.message_type == TMessageType::Exception;
             self.depth = 0;
+            self.mirroring = false;
+            self.mirror.transport.clear();
             return Ok(());
         };
         let err = ProtocolError::new(ProtocolErrorKind::InvalidData, problem);
@@ -258,6 +283,9 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
     fn read_struct_end(&mut self) -> thrift::Result<()> {
         self.read(|p| p.read_struct_end())?;
         self.depth = self.depth.saturating_sub(1);
+        if self.depth == 1 {
+            self.mirroring = false;
+        }
         Ok(())
     }
 
@@ -266,6 +294,7 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
         // In a result struct, field 0 is the return value and every other one an exception.
         if self.depth == 1 && field.field_type != TType::Stop && field.id.is_some_and(|id| id > 0) {
             self.exception = true;
+            self.mirroring = !self.inner.config.failures.is_empty();
         }
         Ok(field)
     }

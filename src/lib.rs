@@ -9,6 +9,7 @@ mod clock;
 mod config;
 mod direct;
 mod error;
+mod mirror;
 mod pool;
 mod protocol;
 mod server;

@@ -344,3 +344,26 @@ fn clients_are_send_sync_and_cheap_to_clone() {
     assert_send::<blocking_thrift::Direct<Calc>>();
     assert_send_sync::<ClientConfig>();
 }
+
+#[test]
+fn direct_calls_count_declared_exceptions_as_failures() {
+    let server = server();
+    let clock = ManualClock::new();
+    let config = ClientConfig::default()
+        .maxfail(1)
+        .clock(clock.clock())
+        .failure_on::<support::calculator::TemporaryUnavailable>();
+    let calc = client(&server.endpoint(), config);
+    let mut direct = calc.direct();
+    // InvalidOperation is not declared: the breaker does not count it.
+    for _ in 0..3 {
+        direct.retrieve(-1).unwrap_err();
+    }
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+    direct.whoami(true).unwrap_err();
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+    direct.whoami(true).unwrap_err();
+    assert_eq!(calc.breaker_state(), BreakerState::Open);
+    assert_eq!(calc.stats().failures, 2);
+    assert_eq!(calc.stats().user_exceptions, 5);
+}

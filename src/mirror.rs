@@ -1,0 +1,153 @@
+//! Copies every value read from a protocol into another protocol, so that a message (or a
+//! part of one) that generated code reads can also be kept as bytes in a known encoding.
+
+use thrift::protocol::{
+    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TOutputProtocol,
+    TSetIdentifier, TStructIdentifier, TType,
+};
+
+/// Reads from `input` and writes each value read to `copy`.
+///
+/// `TInputProtocol::skip` on a `Mirrored` reads a whole value through it, which copies the
+/// value whatever its type.
+pub(crate) struct Mirrored<'a> {
+    pub(crate) input: &'a mut dyn TInputProtocol,
+    pub(crate) copy: &'a mut dyn TOutputProtocol,
+}
+
+macro_rules! mirror_values {
+    ($($read:ident -> $ty:ty => $write:ident;)*) => {
+        $(fn $read(&mut self) -> thrift::Result<$ty> {
+            let value = self.input.$read()?;
+            self.copy.$write(value)?;
+            Ok(value)
+        })*
+    };
+}
+
+macro_rules! mirror_ends {
+    ($($read:ident => $write:ident;)*) => {
+        $(fn $read(&mut self) -> thrift::Result<()> {
+            self.input.$read()?;
+            self.copy.$write()
+        })*
+    };
+}
+
+macro_rules! mirror_idents {
+    ($($read:ident -> $ty:ty => $write:ident;)*) => {
+        $(fn $read(&mut self) -> thrift::Result<$ty> {
+            let ident = self.input.$read()?;
+            self.copy.$write(&ident)?;
+            Ok(ident)
+        })*
+    };
+}
+
+impl TInputProtocol for Mirrored<'_> {
+    fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
+        let ident = self.input.read_struct_begin()?;
+        let named = ident.clone().unwrap_or_else(|| TStructIdentifier::new(""));
+        self.copy.write_struct_begin(&named)?;
+        Ok(ident)
+    }
+
+    fn read_field_begin(&mut self) -> thrift::Result<TFieldIdentifier> {
+        let field = self.input.read_field_begin()?;
+        if field.field_type == TType::Stop {
+            self.copy.write_field_stop()?;
+        } else {
+            self.copy.write_field_begin(&field)?;
+        }
+        Ok(field)
+    }
+
+    fn read_bytes(&mut self) -> thrift::Result<Vec<u8>> {
+        let value = self.input.read_bytes()?;
+        self.copy.write_bytes(&value)?;
+        Ok(value)
+    }
+
+    fn read_string(&mut self) -> thrift::Result<String> {
+        let value = self.input.read_string()?;
+        self.copy.write_string(&value)?;
+        Ok(value)
+    }
+
+    fn read_uuid(&mut self) -> thrift::Result<uuid::Uuid> {
+        let value = self.input.read_uuid()?;
+        self.copy.write_uuid(&value)?;
+        Ok(value)
+    }
+
+    mirror_values! {
+        read_bool -> bool => write_bool;
+        read_i8 -> i8 => write_i8;
+        read_i16 -> i16 => write_i16;
+        read_i32 -> i32 => write_i32;
+        read_i64 -> i64 => write_i64;
+        read_double -> f64 => write_double;
+        read_byte -> u8 => write_byte;
+    }
+
+    mirror_idents! {
+        read_message_begin -> TMessageIdentifier => write_message_begin;
+        read_list_begin -> TListIdentifier => write_list_begin;
+        read_set_begin -> TSetIdentifier => write_set_begin;
+        read_map_begin -> TMapIdentifier => write_map_begin;
+    }
+
+    mirror_ends! {
+        read_message_end => write_message_end;
+        read_struct_end => write_struct_end;
+        read_field_end => write_field_end;
+        read_list_end => write_list_end;
+        read_set_end => write_set_end;
+        read_map_end => write_map_end;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thrift::protocol::{TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol};
+
+    #[test]
+    fn skipping_through_a_mirror_reencodes_the_value() {
+        // struct { 1: i32 = 7, 2: list<string> = ["a", "bc"], 3: map<i8, bool> = {1: true} }
+        let write = |o: &mut dyn TOutputProtocol| -> thrift::Result<()> {
+            o.write_struct_begin(&TStructIdentifier::new("S"))?;
+            o.write_field_begin(&TFieldIdentifier::new("a", TType::I32, 1))?;
+            o.write_i32(7)?;
+            o.write_field_end()?;
+            o.write_field_begin(&TFieldIdentifier::new("b", TType::List, 2))?;
+            o.write_list_begin(&TListIdentifier::new(TType::String, 2))?;
+            o.write_string("a")?;
+            o.write_string("bc")?;
+            o.write_list_end()?;
+            o.write_field_end()?;
+            o.write_field_begin(&TFieldIdentifier::new("c", TType::Map, 3))?;
+            o.write_map_begin(&TMapIdentifier::new(TType::I08, TType::Bool, 1))?;
+            o.write_i8(1)?;
+            o.write_bool(true)?;
+            o.write_map_end()?;
+            o.write_field_end()?;
+            o.write_field_stop()?;
+            o.write_struct_end()
+        };
+        let mut wire = Vec::new();
+        write(&mut TCompactOutputProtocol::new(&mut wire)).unwrap();
+        let mut binary = TBinaryOutputProtocol::new(Vec::new(), true);
+        write(&mut binary).unwrap();
+
+        let mut input = TCompactInputProtocol::new(&wire[..]);
+        let mut copy = TBinaryOutputProtocol::new(Vec::new(), true);
+        Mirrored {
+            input: &mut input,
+            copy: &mut copy,
+        }
+        .skip(TType::Struct)
+        .unwrap();
+        assert_eq!(copy.transport, binary.transport);
+    }
+}
