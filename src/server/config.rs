@@ -1,0 +1,200 @@
+//! Settings of a [`ThriftServer`](crate::ThriftServer).
+
+use std::time::Duration;
+
+use thrift::TConfiguration;
+
+use crate::{Protocol, Transport};
+
+/// Settings of a [`ThriftServer`](crate::ThriftServer).
+///
+/// Start from [`ServerConfig::default()`] and change what you need with the consuming setters:
+///
+/// ```
+/// use std::time::Duration;
+/// use blocking_thrift::{Protocol, ServerConfig, Transport};
+///
+/// let config = ServerConfig::default()
+///     .workers(4)
+///     .transport(Transport::Buffered)
+///     .protocol(Protocol::Compact)
+///     .idle_timeout(Duration::from_secs(300));
+/// # let _ = config;
+/// ```
+///
+/// gevent-thrift's server spawned one greenlet per connection and had no limits of its own, so
+/// the defaults here are chosen for a thread-per-request server instead; each setter says why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub(super) workers: usize,
+    pub(super) transport: Transport,
+    pub(super) protocol: Protocol,
+    pub(super) max_message_size: usize,
+    pub(super) max_depth: usize,
+    pub(super) idle_timeout: Duration,
+    pub(super) request_timeout: Duration,
+    pub(super) max_connections: usize,
+    pub(super) drain_timeout: Duration,
+}
+
+/// The smallest timeout the server uses; sockets reject a zero timeout.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: 8,
+            transport: Transport::Framed,
+            protocol: Protocol::Binary,
+            max_message_size: 16 * 1024 * 1024,
+            max_depth: 64,
+            idle_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// How many threads run requests.
+    ///
+    /// Idle connections never hold a worker, so this bounds how many requests run at the same
+    /// time, not how many clients can stay connected. Defaults to 8: handlers of a blocking server
+    /// usually wait on I/O of their own, so a few more threads than a small machine has cores keep
+    /// it busy without much memory. 0 is treated as 1.
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// How messages are delimited on each connection.
+    ///
+    /// Defaults to [`Transport::Framed`]. With [`Transport::Buffered`] the server cannot find the
+    /// end of a request it failed to decode, so such a request closes its connection (after an
+    /// error reply), where a framed connection stays usable.
+    pub fn transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// How values are encoded inside each message.
+    ///
+    /// Defaults to [`Protocol::Binary`] (strict: requests must carry the version header, as every
+    /// current Thrift library writes it).
+    pub fn protocol(mut self, protocol: Protocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The largest request, in bytes, the server accepts.
+    ///
+    /// A framed request whose declared length is larger, and a buffered request that grows larger,
+    /// closes its connection. No single string, binary or container may be larger either, so this
+    /// also bounds what decoding a request can allocate. Defaults to 16 MiB, the limit of
+    /// Apache Thrift's other servers. 0 is treated as 1 (which rejects every request).
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// How deeply structs, lists, sets and maps may nest inside a request.
+    ///
+    /// A deeper request is answered with a protocol error. Defaults to 64, Apache Thrift's
+    /// default. 0 is treated as 1 (the arguments struct itself counts as one level).
+    pub fn max_depth(mut self, depth: usize) -> Self {
+        self.max_depth = depth.max(1);
+        self
+    }
+
+    /// How long a connection may stay open without sending a request before the server closes it.
+    ///
+    /// Defaults to 60 seconds, so that clients which vanish without closing their side do not
+    /// hold connection slots for ever, while pooled clients that call at least once a minute
+    /// keep their connections. Zero is treated as 1 ms.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// How long a client has to send the rest of a request once its first byte has arrived, and
+    /// to accept its response.
+    ///
+    /// A request that does not arrive in time closes its connection, so a client that sends half
+    /// a request and stalls holds a worker for at most this long. Defaults to 10 seconds.
+    /// Zero is treated as 1 ms.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// How many client connections may be open at once.
+    ///
+    /// A connection over the limit is accepted and closed at once, so its client sees the
+    /// connection closed instead of waiting. Defaults to 10 000, well under the file-descriptor
+    /// limit servers are usually given. 0 is treated as 1.
+    pub fn max_connections(mut self, connections: usize) -> Self {
+        self.max_connections = connections.max(1);
+        self
+    }
+
+    /// How long [`ThriftServer::stop`](crate::ThriftServer::stop) waits for requests that are
+    /// already running to finish and deliver their responses.
+    ///
+    /// Worker threads still busy when it expires are not joined: they finish their request on
+    /// their own and exit. Defaults to 30 seconds, longer than the default request timeout so a
+    /// request that is still arriving when the server stops can complete. Zero means stop does
+    /// not wait.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The decoding limits for one request of at most `request_bytes` bytes.
+    ///
+    /// No string or container can be longer than the request holding it, so bounding them by the
+    /// request's own size keeps a short request from making the decoder allocate a large buffer.
+    pub(super) fn decoding(&self, request_bytes: usize) -> TConfiguration {
+        let limit = request_bytes.min(self.max_message_size);
+        TConfiguration::builder()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit))
+            .max_recursion_depth(Some(self.max_depth))
+            .max_string_size(Some(limit))
+            .max_container_size(Some(limit))
+            .build()
+            .expect("frame size equals message size, which the builder accepts")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_values_are_raised_to_the_smallest_valid_one() {
+        let config = ServerConfig::default()
+            .workers(0)
+            .max_message_size(0)
+            .max_depth(0)
+            .idle_timeout(Duration::ZERO)
+            .request_timeout(Duration::ZERO)
+            .max_connections(0)
+            .drain_timeout(Duration::ZERO);
+        assert_eq!(config.workers, 1);
+        assert_eq!(config.max_message_size, 1);
+        assert_eq!(config.max_depth, 1);
+        assert_eq!(config.idle_timeout, MIN_TIMEOUT);
+        assert_eq!(config.request_timeout, MIN_TIMEOUT);
+        assert_eq!(config.max_connections, 1);
+        assert_eq!(config.drain_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn decoding_limits_never_exceed_the_request_or_the_maximum() {
+        let config = ServerConfig::default().max_message_size(1000);
+        assert_eq!(config.decoding(10).max_string_size(), Some(10));
+        assert_eq!(config.decoding(5000).max_container_size(), Some(1000));
+        assert_eq!(config.decoding(10).max_recursion_depth(), Some(64));
+    }
+}

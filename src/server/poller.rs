@@ -1,0 +1,313 @@
+//! The poller thread: accepts connections and watches idle ones, handing each connection that
+//! becomes readable to the workers.
+
+use std::io;
+use std::net::TcpListener;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use polling::{AsRawSource, AsSource, Event, Events, Poller};
+
+use super::conn::Conn;
+use super::{Shared, TARGET};
+
+/// The poller key of the listening socket; connections use their slot index.
+pub(super) const LISTENER: usize = usize::MAX - 1;
+
+/// How long accepting pauses after the system ran out of a resource (file descriptors, memory).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How many connections one readiness event of the listener may accept, so that a burst of new
+/// clients cannot delay dispatching requests on the connections already open.
+const ACCEPT_BATCH: usize = 256;
+
+/// A socket registered with the poller, removed from it before the socket is closed.
+pub(super) struct Registered<S: AsSource> {
+    poller: Arc<Poller>,
+    source: S,
+}
+
+impl<S: AsSource> Registered<S>
+where
+    for<'a> &'a S: AsRawSource,
+{
+    /// Registers `source` with `poller` for the one event `interest` (polling's oneshot mode).
+    #[allow(unsafe_code)]
+    pub(super) fn new(poller: Arc<Poller>, source: S, interest: Event) -> io::Result<Self> {
+        // SAFETY: `Poller::add` requires the source to be deleted from the poller before it is
+        // closed. The source moves into the returned value, which never gives it back by value,
+        // and whose `Drop` deletes it from the poller before the field itself is dropped (and the
+        // socket closed). If `add` fails nothing was registered.
+        unsafe { poller.add(&source, interest)? };
+        Ok(Registered { poller, source })
+    }
+}
+
+impl<S: AsSource> Registered<S> {
+    pub(super) fn get(&self) -> &S {
+        &self.source
+    }
+
+    /// Asks for the next event `interest`; polling disarms a source after each event.
+    pub(super) fn rearm(&self, interest: Event) -> io::Result<()> {
+        self.poller.modify(&self.source, interest)
+    }
+}
+
+impl<S: AsSource> Drop for Registered<S> {
+    fn drop(&mut self) {
+        // Fails only if the source was never registered, which `new` rules out.
+        let _ = self.poller.delete(&self.source);
+    }
+}
+
+/// Where every open connection is, indexed by its poller key.
+#[derive(Default)]
+pub(super) struct Table {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    idle: usize,
+    closed: bool,
+}
+
+enum Slot {
+    Free,
+    /// With a worker or in the workers' queue.
+    Busy,
+    /// Waiting for its next request, watched by the poller.
+    Parked {
+        conn: Conn,
+        since: Instant,
+    },
+}
+
+impl Table {
+    pub(super) fn open(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    pub(super) fn idle(&self) -> usize {
+        self.idle
+    }
+
+    fn reserve(&mut self) -> usize {
+        match self.free.pop() {
+            Some(key) => {
+                self.slots[key] = Slot::Busy;
+                key
+            }
+            None => {
+                self.slots.push(Slot::Busy);
+                self.slots.len() - 1
+            }
+        }
+    }
+
+    /// Frees the slot of a connection that is being closed.
+    pub(super) fn release(&mut self, key: usize) {
+        if let Some(slot) = self.slots.get_mut(key) {
+            if let Slot::Parked { .. } = std::mem::replace(slot, Slot::Free) {
+                self.idle -= 1;
+            }
+            self.free.push(key);
+        }
+    }
+
+    fn take_parked(&mut self, key: usize) -> Option<(Conn, Instant)> {
+        let slot = self.slots.get_mut(key)?;
+        if !matches!(slot, Slot::Parked { .. }) {
+            return None;
+        }
+        match std::mem::replace(slot, Slot::Busy) {
+            Slot::Parked { conn, since } => {
+                self.idle -= 1;
+                Some((conn, since))
+            }
+            _ => unreachable!("checked above"),
+        }
+    }
+
+    /// Parks `conn` and asks the poller to watch it. Gives the connection back, to be closed,
+    /// when the server is stopping or the poller refused it (with the poller's error).
+    pub(super) fn park(&mut self, conn: Conn, now: Instant) -> Option<(Conn, Option<io::Error>)> {
+        if self.closed {
+            return Some((conn, None));
+        }
+        // Re-armed under the table's lock (a quick, non-blocking epoll_ctl): the poller thread
+        // takes a connection out of its slot only under this lock, so the event cannot be handled
+        // before the connection is back in its slot.
+        if let Err(err) = conn.rearm() {
+            return Some((conn, Some(err)));
+        }
+        let key = conn.key();
+        self.slots[key] = Slot::Parked { conn, since: now };
+        self.idle += 1;
+        None
+    }
+
+    /// Takes out every parked connection idle since `cutoff` or earlier, freeing their slots.
+    fn take_idle_since(&mut self, cutoff: Instant) -> Vec<Conn> {
+        let expired: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| matches!(slot, Slot::Parked { since, .. } if *since <= cutoff))
+            .map(|(key, _)| key)
+            .collect();
+        let mut conns = Vec::with_capacity(expired.len());
+        for key in expired {
+            if let Some((conn, _)) = self.take_parked(key) {
+                self.release(key);
+                conns.push(conn);
+            }
+        }
+        conns
+    }
+}
+
+/// The poller thread's loop; returns once the server is stopping, after closing the listener and
+/// every idle connection.
+pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
+    let idle_timeout = shared.config.idle_timeout;
+    // Idle connections are closed at most a quarter of the idle timeout late (and at most a
+    // second), without a timer per connection.
+    let sweep_every = (idle_timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let mut next_sweep = Instant::now() + sweep_every;
+    let mut accept_paused_until: Option<Instant> = None;
+    let mut events = Events::new();
+
+    while !shared.stopping.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        let wake_at = accept_paused_until.map_or(next_sweep, |until| until.min(next_sweep));
+        events.clear();
+        if let Err(err) = shared
+            .poller
+            .wait(&mut events, Some(wake_at.saturating_duration_since(now)))
+        {
+            if err.kind() != io::ErrorKind::Interrupted {
+                error!(target: TARGET, "waiting for socket events failed: {err}");
+                std::thread::sleep(ACCEPT_BACKOFF);
+            }
+            continue;
+        }
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        for event in events.iter() {
+            if event.key == LISTENER {
+                accept_paused_until = accept(&shared, &listener);
+            } else {
+                dispatch(&shared, event.key);
+            }
+        }
+
+        let now = Instant::now();
+        if accept_paused_until.is_some_and(|until| until <= now) {
+            accept_paused_until = None;
+            if let Err(err) = listener.rearm(Event::readable(LISTENER)) {
+                error!(target: TARGET, "cannot watch the listening socket: {err}");
+            }
+        }
+        if next_sweep <= now {
+            next_sweep = now + sweep_every;
+            if let Some(cutoff) = now.checked_sub(idle_timeout) {
+                let expired = shared.table.lock().take_idle_since(cutoff);
+                for conn in expired {
+                    debug!(target: TARGET, "closing connection from {}: idle for {idle_timeout:?}", conn.peer());
+                }
+            }
+        }
+    }
+
+    let addr = listener.get().local_addr();
+    drop(listener);
+    let idle = {
+        let mut table = shared.table.lock();
+        table.closed = true;
+        table.take_idle_since(Instant::now())
+    };
+    if let Ok(addr) = addr {
+        info!(target: TARGET, "stopped accepting on {addr}; closed {} idle connections", idle.len());
+    }
+}
+
+/// Hands a connection that became readable to the workers.
+fn dispatch(shared: &Shared, key: usize) {
+    let taken = shared.table.lock().take_parked(key);
+    if let Some((conn, _)) = taken {
+        if let Err(returned) = shared.work_tx.send(conn) {
+            // Only when every worker is gone, which the server never lets happen while running.
+            shared.discard(returned.into_inner());
+        }
+    }
+}
+
+/// Accepts waiting connections; returns when to try again if accepting had to pause.
+fn accept(shared: &Shared, listener: &Registered<TcpListener>) -> Option<Instant> {
+    for _ in 0..ACCEPT_BATCH {
+        let (stream, peer) = match listener.get().accept() {
+            Ok(accepted) => accepted,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::Interrupted
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                continue
+            }
+            Err(err) => {
+                error!(target: TARGET, "accepting connections failed, pausing for {ACCEPT_BACKOFF:?}: {err}");
+                return Some(Instant::now() + ACCEPT_BACKOFF);
+            }
+        };
+        shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+        if let Err(err) = Conn::configure(&stream, &shared.config) {
+            debug!(target: TARGET, "dropping connection from {peer}: {err}");
+            continue;
+        }
+        let rejected = {
+            let mut table = shared.table.lock();
+            if table.open() >= shared.config.max_connections {
+                Some(stream)
+            } else {
+                let key = table.reserve();
+                match Conn::new(key, peer, stream, Arc::clone(&shared.poller)) {
+                    Ok(conn) => {
+                        table.slots[key] = Slot::Parked {
+                            conn,
+                            since: Instant::now(),
+                        };
+                        table.idle += 1;
+                    }
+                    Err(err) => {
+                        table.release(key);
+                        error!(target: TARGET, "cannot watch connection from {peer}: {err}");
+                    }
+                }
+                None
+            }
+        };
+        match rejected {
+            Some(stream) => {
+                shared.counters.rejected.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    target: TARGET,
+                    "closing connection from {peer}: {} connections are already open",
+                    shared.config.max_connections
+                );
+                drop(stream);
+            }
+            None => debug!(target: TARGET, "accepted connection from {peer}"),
+        }
+    }
+    if let Err(err) = listener.rearm(Event::readable(LISTENER)) {
+        error!(target: TARGET, "cannot watch the listening socket, pausing: {err}");
+        return Some(Instant::now() + ACCEPT_BACKOFF);
+    }
+    None
+}
