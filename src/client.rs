@@ -158,7 +158,7 @@ impl<C: Send + 'static> ThriftClient<C> {
         live.state.arm(self.inner.config.read_timeout);
         let result = f(&mut live.client);
         let timed_out = live.state.timed_out();
-        let broken = live.state.is_broken();
+        let broken = live.state.is_broken() || !live.state.is_clean();
         let result = result.map_err(|e| Error::from_thrift(e, timed_out));
         if broken || result.as_ref().is_err_and(Error::poisons_connection) {
             slot.discard();
@@ -246,7 +246,12 @@ impl<C: Send + 'static> Inner<C> {
     }
 
     /// The second half: gives the slot back, tells the breaker, counts.
-    pub(crate) fn end<R>(&self, permit: Permit, slot: Checkout<C>, result: Result<R, Error>) -> Result<R, Error> {
+    pub(crate) fn end<R>(
+        &self,
+        permit: Permit,
+        slot: Checkout<C>,
+        result: Result<R, Error>,
+    ) -> Result<R, Error> {
         self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
         match result {
@@ -298,7 +303,6 @@ impl<C: Send + 'static> Inner<C> {
             Error::Timeout(_) => (&s.response_timeouts, true),
             Error::Transport(_) => (&s.transport_errors, true),
             Error::Protocol(_) => (&s.protocol_errors, true),
-            Error::Application(_) if err.poisons_connection() => (&s.protocol_errors, true),
             Error::Application(_) => (&s.application_errors, false),
             Error::User(e) => (&s.user_exceptions, self.config.is_declared_failure(&**e)),
             _ => {

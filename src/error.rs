@@ -5,7 +5,9 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use thrift::{ApplicationError, ApplicationErrorKind, ProtocolError, TransportError};
+use thrift::{
+    ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind, TransportError,
+};
 
 /// The phase of a call whose time ran out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -120,6 +122,20 @@ impl Error {
             thrift::Error::Transport(_) if timed_out => Error::Timeout(Timeout::Response),
             thrift::Error::Transport(e) => Error::Transport(e),
             thrift::Error::Protocol(e) => Error::Protocol(e),
+            // Raised by the generated code itself when the response is not the one it waits for.
+            thrift::Error::Application(e)
+                if matches!(
+                    e.kind,
+                    ApplicationErrorKind::BadSequenceId
+                        | ApplicationErrorKind::WrongMethodName
+                        | ApplicationErrorKind::InvalidMessageType
+                ) =>
+            {
+                Error::Protocol(ProtocolError::new(
+                    ProtocolErrorKind::InvalidData,
+                    format!("response does not match the request: {}", e.message),
+                ))
+            }
             thrift::Error::Application(e) => Error::Application(e),
             thrift::Error::User(e) => match e.downcast::<Error>() {
                 Ok(ours) => *ours,
@@ -133,13 +149,6 @@ impl Error {
     pub(crate) fn poisons_connection(&self) -> bool {
         match self {
             Error::Transport(_) | Error::Protocol(_) | Error::Timeout(Timeout::Response) => true,
-            // Raised by the generated code when the response is not the one it waits for.
-            Error::Application(e) => matches!(
-                e.kind,
-                ApplicationErrorKind::BadSequenceId
-                    | ApplicationErrorKind::WrongMethodName
-                    | ApplicationErrorKind::InvalidMessageType
-            ),
             _ => false,
         }
     }
@@ -148,7 +157,9 @@ impl Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Connect { endpoint, source } => write!(f, "connect to {endpoint} failed: {source}"),
+            Error::Connect { endpoint, source } => {
+                write!(f, "connect to {endpoint} failed: {source}")
+            }
             Error::Timeout(phase) => write!(f, "{phase} timed out"),
             Error::CircuitOpen { endpoint } => write!(f, "circuit breaker for {endpoint} is open"),
             Error::Transport(e) => write!(f, "transport failed: {}", e.message),
@@ -157,7 +168,11 @@ impl fmt::Display for Error {
             Error::User(e) => write!(f, "service exception: {e}"),
             Error::Closed => f.write_str("client is closed"),
             Error::Unavailable(u) => {
-                write!(f, "service unavailable after {} attempt(s)", u.attempts.len())?;
+                write!(
+                    f,
+                    "service unavailable after {} attempt(s)",
+                    u.attempts.len()
+                )?;
                 for (i, (endpoint, err)) in u.attempts.iter().enumerate() {
                     let sep = if i == 0 { ": " } else { "; " };
                     write!(f, "{sep}{endpoint}: {err}")?;
@@ -181,7 +196,9 @@ impl StdError for Error {
 impl From<io::Error> for Error {
     fn from(err: io::Error) -> Self {
         match err.kind() {
-            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::Timeout(Timeout::Response),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                Error::Timeout(Timeout::Response)
+            }
             _ => Error::from_thrift(err.into(), false),
         }
     }
@@ -209,13 +226,20 @@ mod tests {
 
     #[test]
     fn error_stays_small() {
-        assert!(std::mem::size_of::<Error>() <= 40, "{}", std::mem::size_of::<Error>());
+        assert!(
+            std::mem::size_of::<Error>() <= 40,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
     }
 
     #[test]
     fn survives_a_trip_through_generated_code() {
         let err: thrift::Error = Error::Timeout(Timeout::PoolWait).into();
-        assert!(matches!(Error::from(err), Error::Timeout(Timeout::PoolWait)));
+        assert!(matches!(
+            Error::from(err),
+            Error::Timeout(Timeout::PoolWait)
+        ));
     }
 
     #[test]
@@ -223,7 +247,12 @@ mod tests {
         let err = Error::Unavailable(Box::new(Unavailable {
             attempts: vec![
                 ("a:1".into(), Error::Timeout(Timeout::Connect)),
-                ("b:2".into(), Error::CircuitOpen { endpoint: "b:2".into() }),
+                (
+                    "b:2".into(),
+                    Error::CircuitOpen {
+                        endpoint: "b:2".into(),
+                    },
+                ),
             ],
         }));
         assert_eq!(

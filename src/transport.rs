@@ -57,7 +57,11 @@ pub(crate) fn connect(endpoint: &Arc<str>, timeout: Duration) -> Result<TcpStrea
 }
 
 fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_tcp_nodelay(true)?;
     socket.connect_timeout(&addr.into(), timeout)?;
     Ok(socket.into())
@@ -76,6 +80,8 @@ pub(crate) struct ConnState {
     deadline: AtomicU64,
     timed_out: AtomicBool,
     broken: AtomicBool,
+    /// The reader holds bytes, or owes bytes of a frame, that no call has asked for.
+    leftover: AtomicBool,
 }
 
 impl ConnState {
@@ -98,6 +104,11 @@ impl ConnState {
         self.broken.load(Ordering::Relaxed)
     }
 
+    /// Whether the last call read its response to the end and nothing else.
+    pub(crate) fn is_clean(&self) -> bool {
+        !self.leftover.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn mark_broken(&self) {
         self.broken.store(true, Ordering::Relaxed);
     }
@@ -105,11 +116,13 @@ impl ConnState {
     /// Whether an idle pooled connection can carry another call: the peer has not closed it
     /// and sent nothing unasked. Costs one non-blocking `recv`.
     pub(crate) fn is_reusable(&self) -> bool {
-        if self.is_broken() {
+        if self.is_broken() || self.leftover.load(Ordering::Relaxed) {
             return false;
         }
         let mut byte = [MaybeUninit::<u8>::uninit()];
-        match SockRef::from(&self.stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        match SockRef::from(&self.stream)
+            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
+        {
             Err(e) => e.kind() == io::ErrorKind::WouldBlock,
             // 0: the peer closed; more: bytes nobody asked for.
             Ok(_) => false,
@@ -137,6 +150,7 @@ pub(crate) fn split(
         deadline: AtomicU64::new(u64::MAX),
         timed_out: AtomicBool::new(false),
         broken: AtomicBool::new(false),
+        leftover: AtomicBool::new(false),
     });
     let framed = transport == Transport::Framed;
     let reader = Reader {
@@ -189,7 +203,12 @@ fn bounded<T>(
         match op(&state.stream) {
             Ok(v) => return Ok(v),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 // The socket timeout may have been lowered for an earlier call: widen it to
                 // what is left of this one and go on, or give up if nothing is left.
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -243,10 +262,18 @@ pub(crate) struct Reader {
 impl Reader {
     fn fill(&mut self) -> io::Result<usize> {
         let buf = &mut self.buf;
-        let n = bounded(&self.state, &mut self.socket_timeout, Direction::Read, |mut s| s.read(buf))?;
+        let n = bounded(
+            &self.state,
+            &mut self.socket_timeout,
+            Direction::Read,
+            |mut s| s.read(buf),
+        )?;
         if n == 0 {
             self.state.mark_broken();
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "server closed the connection",
+            ));
         }
         self.pos = 0;
         self.end = n;
@@ -257,10 +284,18 @@ impl Reader {
     fn read_buffered(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.end {
             if out.len() >= self.buf.len() {
-                let n = bounded(&self.state, &mut self.socket_timeout, Direction::Read, |mut s| s.read(out))?;
+                let n = bounded(
+                    &self.state,
+                    &mut self.socket_timeout,
+                    Direction::Read,
+                    |mut s| s.read(out),
+                )?;
                 if n == 0 {
                     self.state.mark_broken();
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "server closed the connection",
+                    ));
                 }
                 return Ok(n);
             }
@@ -285,7 +320,10 @@ impl Reader {
         if len as usize > self.max_message_size {
             return Err(invalid(
                 &self.state,
-                format!("frame of {len} bytes exceeds the limit of {}", self.max_message_size),
+                format!(
+                    "frame of {len} bytes exceeds the limit of {}",
+                    self.max_message_size
+                ),
             ));
         }
         Ok(len as usize)
@@ -297,8 +335,8 @@ impl Read for Reader {
         if out.is_empty() {
             return Ok(0);
         }
-        match self.frame {
-            None => self.read_buffered(out),
+        let n = match self.frame {
+            None => self.read_buffered(out)?,
             Some(mut left) => {
                 while left == 0 {
                     left = self.read_frame_header()?;
@@ -306,9 +344,12 @@ impl Read for Reader {
                 let want = out.len().min(left);
                 let n = self.read_buffered(&mut out[..want])?;
                 self.frame = Some(left - n);
-                Ok(n)
+                n
             }
-        }
+        };
+        let leftover = self.pos < self.end || self.frame.is_some_and(|left| left > 0);
+        self.state.leftover.store(leftover, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -351,7 +392,10 @@ impl Write for Writer {
             self.reset();
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("request of {len} bytes exceeds the limit of {}", self.max_message_size),
+                format!(
+                    "request of {len} bytes exceeds the limit of {}",
+                    self.max_message_size
+                ),
             ));
         }
         if self.framed {
@@ -360,10 +404,18 @@ impl Write for Writer {
         let mut sent = 0;
         while sent < self.buf.len() {
             let rest = &self.buf[sent..];
-            let n = bounded(&self.state, &mut self.socket_timeout, Direction::Write, |mut s| s.write(rest))?;
+            let n = bounded(
+                &self.state,
+                &mut self.socket_timeout,
+                Direction::Write,
+                |mut s| s.write(rest),
+            )?;
             if n == 0 {
                 self.state.mark_broken();
-                return Err(io::Error::new(io::ErrorKind::WriteZero, "connection closed while sending"));
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "connection closed while sending",
+                ));
             }
             sent += n;
         }

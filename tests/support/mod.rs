@@ -64,7 +64,12 @@ pub struct RefServer {
 
 impl RefServer {
     pub fn start(transport: Transport, protocol: Protocol) -> RefServer {
-        Self::start_on("127.0.0.1:0", transport, protocol, Arc::new(CalculatorService::new("ref")))
+        Self::start_on(
+            "127.0.0.1:0",
+            transport,
+            protocol,
+            Arc::new(CalculatorService::new("ref")),
+        )
     }
 
     /// Starts on `addr`; retries for a while if the port is still held by a server just stopped.
@@ -86,14 +91,21 @@ impl RefServer {
         let stopping = Arc::new(AtomicBool::new(false));
         let streams = Arc::new(Mutex::new(Vec::new()));
         let acceptor = {
-            let (accepted, open, stopping, streams, service) =
-                (accepted.clone(), open.clone(), stopping.clone(), streams.clone(), service.clone());
+            let (accepted, open, stopping, streams, service) = (
+                accepted.clone(),
+                open.clone(),
+                stopping.clone(),
+                streams.clone(),
+                service.clone(),
+            );
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     if stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     let Ok(stream) = stream else { continue };
+                    // The thrift crate's framed writer sends header and payload separately.
+                    stream.set_nodelay(true).unwrap();
                     accepted.fetch_add(1, Ordering::SeqCst);
                     open.fetch_add(1, Ordering::SeqCst);
                     streams.lock().unwrap().push(stream.try_clone().unwrap());
@@ -139,9 +151,17 @@ impl Drop for RefServer {
     }
 }
 
-fn serve_connection(stream: TcpStream, transport: Transport, protocol: Protocol, service: Arc<CalculatorService>) {
+fn serve_connection(
+    stream: TcpStream,
+    transport: Transport,
+    protocol: Protocol,
+    service: Arc<CalculatorService>,
+) {
     let read = stream.try_clone().unwrap();
-    let (input, output): (Box<dyn std::io::Read + Send>, Box<dyn std::io::Write + Send>) = match transport {
+    let (input, output): (
+        Box<dyn std::io::Read + Send>,
+        Box<dyn std::io::Write + Send>,
+    ) = match transport {
         Transport::Framed => (
             Box::new(TFramedReadTransport::new(read)),
             Box::new(TFramedWriteTransport::new(stream)),
@@ -151,16 +171,17 @@ fn serve_connection(stream: TcpStream, transport: Transport, protocol: Protocol,
             Box::new(TBufferedWriteTransport::new(stream)),
         ),
     };
-    let (mut i_prot, mut o_prot): (Box<dyn TInputProtocol>, Box<dyn TOutputProtocol>) = match protocol {
-        Protocol::Binary => (
-            Box::new(TBinaryInputProtocol::new(input, true)),
-            Box::new(TBinaryOutputProtocol::new(output, true)),
-        ),
-        Protocol::Compact => (
-            Box::new(TCompactInputProtocol::new(input)),
-            Box::new(TCompactOutputProtocol::new(output)),
-        ),
-    };
+    let (mut i_prot, mut o_prot): (Box<dyn TInputProtocol>, Box<dyn TOutputProtocol>) =
+        match protocol {
+            Protocol::Binary => (
+                Box::new(TBinaryInputProtocol::new(input, true)),
+                Box::new(TBinaryOutputProtocol::new(output, true)),
+            ),
+            Protocol::Compact => (
+                Box::new(TCompactInputProtocol::new(input)),
+                Box::new(TCompactOutputProtocol::new(output)),
+            ),
+        };
     let processor = calculator::CalculatorSyncProcessor::new(service);
     while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
 }
@@ -205,7 +226,9 @@ pub fn python_peer_available(test: &str) -> bool {
         if std::env::var("BLOCKING_THRIFT_REQUIRE_PYTHON").as_deref() == Ok("1") {
             panic!("{test}: Apache Thrift's Python library is required (pip install thrift)");
         }
-        eprintln!("SKIPPED: {test}: Apache Thrift's Python library is not installed (pip install thrift)");
+        eprintln!(
+            "SKIPPED: {test}: Apache Thrift's Python library is not installed (pip install thrift)"
+        );
     }
     ok
 }
@@ -242,7 +265,9 @@ impl PythonServer {
             .spawn()
             .expect("python3 starts");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
         let port = line
             .strip_prefix("LISTENING ")
             .unwrap_or_else(|| panic!("python server said {line:?}"))
@@ -262,7 +287,12 @@ impl Drop for PythonServer {
 }
 
 /// Runs the Python client against `addr`; returns its combined output on failure.
-pub fn run_python_client(addr: &str, transport: Transport, protocol: Protocol, expect_name: &str) -> Result<(), String> {
+pub fn run_python_client(
+    addr: &str,
+    transport: Transport,
+    protocol: Protocol,
+    expect_name: &str,
+) -> Result<(), String> {
     let out = Command::new("python3")
         .arg(peer_script("calculator_client.py"))
         .args(["--addr", addr, "--expect-name", expect_name])
