@@ -11,8 +11,13 @@ mod service;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use blocking_thrift::{ClientConfig, Error, InputProtocol, OutputProtocol, Protocol, ThriftClient, Transport};
-use service::calculator::{CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient, TemporaryUnavailable, UserProfile};
+use blocking_thrift::{
+    ClientConfig, Error, InputProtocol, OutputProtocol, Protocol, ThriftClient, Transport,
+};
+use service::calculator::{
+    CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient, TemporaryUnavailable,
+    UserProfile,
+};
 
 type Calc = CalculatorSyncClient<InputProtocol, OutputProtocol>;
 
@@ -47,7 +52,11 @@ fn parse_args() -> Result<Args, String> {
 }
 
 /// Compares an answer with what it should be, printing the outcome.
-fn check<T: PartialEq + std::fmt::Debug>(what: &str, got: Result<T, Error>, want: T) -> Result<(), String> {
+fn check<T: PartialEq + std::fmt::Debug>(
+    what: &str,
+    got: Result<T, Error>,
+    want: T,
+) -> Result<(), String> {
     match got {
         Ok(v) if v == want => {
             println!("ok   {what} = {v:?}");
@@ -64,13 +73,22 @@ fn run(args: Args) -> Result<(), String> {
         .protocol(args.protocol)
         .read_timeout(Duration::from_secs(2))
         .connect_timeout(Duration::from_secs(1));
-    let client: ThriftClient<Calc> = ThriftClient::new(&args.addr, CalculatorSyncClient::new, config);
+    let client: ThriftClient<Calc> =
+        ThriftClient::new(&args.addr, CalculatorSyncClient::new, config);
 
     check("ping()", client.call(|c| c.ping()), ())?;
     check("add(1, 2)", client.call(|c| c.add(1, 2)), 3)?;
-    check("add(i32::MAX, 1)", client.call(|c| c.add(i32::MAX, 1)), i32::MIN)?;
+    check(
+        "add(i32::MAX, 1)",
+        client.call(|c| c.add(i32::MAX, 1)),
+        i32::MIN,
+    )?;
     let payload: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
-    check("echo(64 KiB)", client.call(|c| c.echo(payload.clone())), payload)?;
+    check(
+        "echo(64 KiB)",
+        client.call(|c| c.echo(payload.clone())),
+        payload,
+    )?;
     check("slow(10)", client.call(|c| c.slow(10)), 10)?;
     let default = UserProfile::new(5, "Test User".to_owned(), "Thrift is great".to_owned());
     check("retrieve(5)", client.call(|c| c.retrieve(5)), default)?;
@@ -79,22 +97,41 @@ fn run(args: Args) -> Result<(), String> {
     check("store(profile)", client.call(|c| c.store(mine.clone())), ())?;
     check("retrieve(stored)", client.call(|c| c.retrieve(uid)), mine)?;
     match client.call(|c| c.retrieve(-1)) {
-        Err(e) if e.user_exception::<InvalidOperation>().is_some_and(|op| op.what_op == Some(-1)) => {
+        Err(e)
+            if e.user_exception::<InvalidOperation>()
+                .is_some_and(|op| op.what_op == Some(-1)) =>
+        {
             println!("ok   retrieve(-1) raised {e}")
         }
-        other => return Err(format!("retrieve(-1): expected InvalidOperation, got {other:?}")),
+        other => {
+            return Err(format!(
+                "retrieve(-1): expected InvalidOperation, got {other:?}"
+            ))
+        }
     }
-    let name = client.call(|c| c.whoami(false)).map_err(|e| format!("whoami(false): {e}"))?;
+    let name = client
+        .call(|c| c.whoami(false))
+        .map_err(|e| format!("whoami(false): {e}"))?;
     println!("ok   whoami(false) = {name:?}");
     match client.call(|c| c.whoami(true)) {
-        Err(e) if e.user_exception::<TemporaryUnavailable>().is_some() => println!("ok   whoami(true) raised {e}"),
-        other => return Err(format!("whoami(true): expected TemporaryUnavailable, got {other:?}")),
+        Err(e) if e.user_exception::<TemporaryUnavailable>().is_some() => {
+            println!("ok   whoami(true) raised {e}")
+        }
+        other => {
+            return Err(format!(
+                "whoami(true): expected TemporaryUnavailable, got {other:?}"
+            ))
+        }
     }
     check("zip() (oneway)", client.call(|c| c.zip()), ())?;
 
     // The same service through direct method calls.
     let mut direct = client.direct();
-    check("direct add(40, 2)", direct.add(40, 2).map_err(Error::from), 42)?;
+    check(
+        "direct add(40, 2)",
+        direct.add(40, 2).map_err(Error::from),
+        42,
+    )?;
     check("direct ping()", direct.ping().map_err(Error::from), ())?;
 
     let stats = client.stats();

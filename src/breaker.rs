@@ -69,7 +69,9 @@ pub(crate) struct Breaker {
 impl Breaker {
     pub(crate) fn new(endpoint: Arc<str>, config: &ClientConfig) -> Breaker {
         let seed = config.clock.now().elapsed().as_nanos() as u64
-            ^ endpoint.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+            ^ endpoint.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
         Breaker {
             endpoint,
             settings: Settings {
@@ -107,7 +109,10 @@ impl Breaker {
         let (permit, change) = match &mut *state {
             State::Closed { .. } => (Some(Permit { probe: false }), None),
             State::Open { until, trips } if now >= *until => {
-                *state = State::HalfOpen { probing: true, trips: *trips };
+                *state = State::HalfOpen {
+                    probing: true,
+                    trips: *trips,
+                };
                 (Some(Permit { probe: true }), Some(Change::Probing))
             }
             State::Open { .. } => (None, None),
@@ -134,7 +139,10 @@ impl Breaker {
                 if failed {
                     let trips = trips.saturating_add(1);
                     let period = self.open_period(trips);
-                    *state = State::Open { until: now + period, trips };
+                    *state = State::Open {
+                        until: now + period,
+                        trips,
+                    };
                     Some(Change::Reopened(period))
                 } else {
                     *state = State::Closed {
@@ -154,7 +162,10 @@ impl Breaker {
                 failures.push_back(now);
                 if failures.len() > self.settings.maxfail as usize {
                     let period = self.open_period(0);
-                    *state = State::Open { until: now + period, trips: 0 };
+                    *state = State::Open {
+                        until: now + period,
+                        trips: 0,
+                    };
                     self.closed.store(false, Ordering::Release);
                     Some(Change::Opened(period))
                 } else {
@@ -181,7 +192,9 @@ impl Breaker {
     fn open_period(&self, trips: u32) -> Duration {
         let base = self.settings.reset_timeout;
         let period = match self.settings.backoff {
-            Some((factor, cap)) => base.mul_f64(factor.powi(trips.min(64) as i32)).min(cap.max(base)),
+            Some((factor, cap)) => base
+                .mul_f64(factor.powi(trips.min(64) as i32))
+                .min(cap.max(base)),
             None => base,
         };
         if self.settings.jitter == 0.0 {
@@ -321,7 +334,10 @@ mod tests {
         let (b, _clock) = breaker(ClientConfig::default().reset_jitter(0.5));
         for _ in 0..100 {
             let p = b.open_period(0);
-            assert!(p >= Duration::from_secs(5) && p <= Duration::from_secs(15), "{p:?}");
+            assert!(
+                p >= Duration::from_secs(5) && p <= Duration::from_secs(15),
+                "{p:?}"
+            );
         }
     }
 

@@ -178,7 +178,11 @@ impl ClientConfig {
     ///
     /// Clamped to `0.0..=1.0`.
     pub fn reset_jitter(mut self, fraction: f64) -> Self {
-        self.jitter = if fraction.is_nan() { 0.0 } else { fraction.clamp(0.0, 1.0) };
+        self.jitter = if fraction.is_nan() {
+            0.0
+        } else {
+            fraction.clamp(0.0, 1.0)
+        };
         self
     }
 
@@ -261,7 +265,10 @@ impl ClientConfig {
         self.failures.iter().any(|m| (m.is)(err))
     }
 
-    pub(crate) fn is_declared_retryable(&self, err: &(dyn StdError + Send + Sync + 'static)) -> bool {
+    pub(crate) fn is_declared_retryable(
+        &self,
+        err: &(dyn StdError + Send + Sync + 'static),
+    ) -> bool {
         self.retryable.iter().any(|m| (m.is)(err))
     }
 
@@ -280,7 +287,8 @@ impl ClientConfig {
 
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names = |list: &[ErrorMatcher]| -> Vec<&'static str> { list.iter().map(|m| m.name).collect() };
+        let names =
+            |list: &[ErrorMatcher]| -> Vec<&'static str> { list.iter().map(|m| m.name).collect() };
         f.debug_struct("ClientConfig")
             .field("connect_timeout", &self.connect_timeout)
             .field("read_timeout", &self.read_timeout)
@@ -308,7 +316,9 @@ impl fmt::Debug for ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use thrift::protocol::{TFieldIdentifier, TInputProtocol, TOutputProtocol, TStructIdentifier, TType};
+    use thrift::protocol::{
+        TFieldIdentifier, TInputProtocol, TOutputProtocol, TStructIdentifier, TType,
+    };
 
     #[test]
     fn defaults_are_the_originals() {

@@ -4,8 +4,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use thrift::protocol::{
-    TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TMessageType,
-    TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
+    TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier,
+    TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
 use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
 
@@ -149,14 +149,20 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
         Ok(())
     }
 
-    fn write<T>(&mut self, op: impl FnOnce(&mut dyn TOutputProtocol) -> thrift::Result<T>) -> thrift::Result<T> {
+    fn write<T>(
+        &mut self,
+        op: impl FnOnce(&mut dyn TOutputProtocol) -> thrift::Result<T>,
+    ) -> thrift::Result<T> {
         let Some(active) = &mut self.active else {
             return Err(outside_call());
         };
         op(active.slot.live().client.o_prot_mut()).map_err(|e| self.fail(e))
     }
 
-    fn read<T>(&mut self, op: impl FnOnce(&mut dyn TInputProtocol) -> thrift::Result<T>) -> thrift::Result<T> {
+    fn read<T>(
+        &mut self,
+        op: impl FnOnce(&mut dyn TInputProtocol) -> thrift::Result<T>,
+    ) -> thrift::Result<T> {
         let Some(active) = &mut self.active else {
             return Err(outside_call());
         };
@@ -192,7 +198,10 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
             if self.exception || self.application_error {
                 let declared_failure = self.exception
                     && !self.mirror.transport.is_empty()
-                    && self.inner.config.encodes_declared_failure(&self.mirror.transport);
+                    && self
+                        .inner
+                        .config
+                        .encodes_declared_failure(&self.mirror.transport);
                 self.inner.end_answered_with_error(
                     active.permit,
                     active.slot,
@@ -213,7 +222,10 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
             )
         } else if ident.name != self.method {
             format!("response is for {:?}, not {:?}", ident.name, self.method)
-        } else if !matches!(ident.message_type, TMessageType::Reply | TMessageType::Exception) {
+        } else if !matches!(
+            ident.message_type,
+            TMessageType::Reply | TMessageType::Exception
+        ) {
             format!("response has message type {:?}", ident.message_type)
         } else {
             self.exception = false;

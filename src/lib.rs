@@ -1,5 +1,5 @@
 //! Blocking Apache Thrift clients and servers for ordinary threaded Rust programs.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)] // One audited exception: registering sockets with `polling` (src/server/poller.rs).
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 

@@ -2,8 +2,8 @@
 //! part of one) that generated code reads can also be kept as bytes in a known encoding.
 
 use thrift::protocol::{
-    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TOutputProtocol,
-    TSetIdentifier, TStructIdentifier, TType,
+    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
+    TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
 
 /// Reads from `input` and writes each value read to `copy`.

@@ -49,7 +49,9 @@ impl<C> Slot<C> {
     }
 
     pub(crate) fn live(&mut self) -> &mut Live<C> {
-        self.live.as_mut().expect("a checked-out slot holds a connection")
+        self.live
+            .as_mut()
+            .expect("a checked-out slot holds a connection")
     }
 }
 
@@ -136,7 +138,9 @@ impl<C: Send + 'static> Pool<C> {
     pub(crate) fn checkout(&self) -> Result<Checkout<C>, Error> {
         let mut slot = match self.pool.try_get() {
             Some(slot) => slot,
-            None if self.config.pool_timeout.is_zero() => return Err(Error::Timeout(Timeout::PoolWait)),
+            None if self.config.pool_timeout.is_zero() => {
+                return Err(Error::Timeout(Timeout::PoolWait))
+            }
             None => self
                 .pool
                 .get_timeout(self.config.pool_timeout)

@@ -49,7 +49,9 @@ impl std::str::FromStr for Transport {
         match s {
             "framed" => Ok(Transport::Framed),
             "buffered" => Ok(Transport::Buffered),
-            other => Err(format!("unknown transport {other:?} (expected framed or buffered)")),
+            other => Err(format!(
+                "unknown transport {other:?} (expected framed or buffered)"
+            )),
         }
     }
 }
@@ -61,7 +63,9 @@ impl std::str::FromStr for Protocol {
         match s {
             "binary" => Ok(Protocol::Binary),
             "compact" => Ok(Protocol::Compact),
-            other => Err(format!("unknown protocol {other:?} (expected binary or compact)")),
+            other => Err(format!(
+                "unknown protocol {other:?} (expected binary or compact)"
+            )),
         }
     }
 }

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use blocking_thrift::{BreakerState, ClientConfig, Error, Protocol, ThriftClient, Timeout, Transport};
+use blocking_thrift::{
+    BreakerState, ClientConfig, Error, Protocol, ThriftClient, Timeout, Transport,
+};
 use support::calculator::{CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient};
 use support::{Calc, ManualClock, RefServer};
 
@@ -34,7 +36,10 @@ fn building_a_client_opens_nothing() {
 #[test]
 fn eight_threads_share_at_most_pool_size_connections() {
     let server = server();
-    let calc = client(&server.endpoint(), ClientConfig::default().pool_timeout(Duration::from_secs(5)));
+    let calc = client(
+        &server.endpoint(),
+        ClientConfig::default().pool_timeout(Duration::from_secs(5)),
+    );
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let calc = calc.clone();
@@ -49,7 +54,10 @@ fn eight_threads_share_at_most_pool_size_connections() {
         t.join().unwrap();
     }
     let accepted = server.accepted.load(Ordering::SeqCst);
-    assert!((1..=10).contains(&accepted), "server accepted {accepted} connections");
+    assert!(
+        (1..=10).contains(&accepted),
+        "server accepted {accepted} connections"
+    );
     let stats = calc.stats();
     assert_eq!(stats.successes, 4000);
     assert_eq!(stats.connections_open as usize, accepted);
@@ -86,7 +94,9 @@ fn pool_wait_times_out_when_every_connection_is_busy() {
 #[test]
 fn response_timeout_fires_near_read_timeout_and_the_next_call_gets_its_own_answer() {
     let server = server();
-    let config = ClientConfig::default().pool_size(1).read_timeout(Duration::from_millis(200));
+    let config = ClientConfig::default()
+        .pool_size(1)
+        .read_timeout(Duration::from_millis(200));
     let calc = client(&server.endpoint(), config);
     assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
     let started = Instant::now();
@@ -94,13 +104,20 @@ fn response_timeout_fires_near_read_timeout_and_the_next_call_gets_its_own_answe
     let took = started.elapsed();
     assert!(matches!(err, Error::Timeout(Timeout::Response)), "{err}");
     assert!(took >= Duration::from_millis(190), "gave up after {took:?}");
-    assert!(took < Duration::from_millis(1200), "gave up only after {took:?}");
+    assert!(
+        took < Duration::from_millis(1200),
+        "gave up only after {took:?}"
+    );
     // The late answer to slow() must never be read as the answer to this call.
     assert_eq!(calc.call(|c| c.add(20, 22)).unwrap(), 42);
     assert_eq!(calc.call(|c| c.echo(b"own".to_vec())).unwrap(), b"own");
     let stats = calc.stats();
     assert_eq!(stats.response_timeouts, 1);
-    assert_eq!(server.accepted.load(Ordering::SeqCst), 2, "the timed-out connection was replaced");
+    assert_eq!(
+        server.accepted.load(Ordering::SeqCst),
+        2,
+        "the timed-out connection was replaced"
+    );
 }
 
 #[test]
@@ -109,11 +126,16 @@ fn connection_refused_names_the_cause() {
     let calc = client(&endpoint, ClientConfig::default());
     let err = calc.call(|c| c.ping()).unwrap_err();
     match &err {
-        Error::Connect { source, .. } => assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused),
+        Error::Connect { source, .. } => {
+            assert_eq!(source.kind(), std::io::ErrorKind::ConnectionRefused)
+        }
         other => panic!("expected a connect error, got {other:?}"),
     }
     let text = err.to_string();
-    assert!(text.contains(&endpoint) && text.to_lowercase().contains("refused"), "{text}");
+    assert!(
+        text.contains(&endpoint) && text.to_lowercase().contains("refused"),
+        "{text}"
+    );
     assert_eq!(calc.stats().connect_errors, 1);
 }
 
@@ -121,7 +143,14 @@ fn connection_refused_names_the_cause() {
 fn connect_times_out_against_a_listener_that_never_accepts() {
     use socket2::{Domain, Socket, Type};
     let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    listener
+        .bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
     listener.listen(0).unwrap();
     let addr = listener.local_addr().unwrap().as_socket().unwrap();
     // Fill the accept queue until the kernel stops answering handshakes.
@@ -138,7 +167,10 @@ fn connect_times_out_against_a_listener_that_never_accepts() {
         }
     }
     assert!(full, "the accept queue never filled");
-    let calc = client(&addr.to_string(), ClientConfig::default().connect_timeout(Duration::from_millis(100)));
+    let calc = client(
+        &addr.to_string(),
+        ClientConfig::default().connect_timeout(Duration::from_millis(100)),
+    );
     let started = Instant::now();
     let err = calc.call(|c| c.ping()).unwrap_err();
     assert!(matches!(err, Error::Timeout(Timeout::Connect)), "{err}");
@@ -152,7 +184,9 @@ fn service_exceptions_arrive_typed_and_keep_the_connection() {
     let calc = client(&server.endpoint(), ClientConfig::default());
     for _ in 0..5 {
         let err = calc.call(|c| c.retrieve(-7)).unwrap_err();
-        let op = err.user_exception::<InvalidOperation>().expect("InvalidOperation");
+        let op = err
+            .user_exception::<InvalidOperation>()
+            .expect("InvalidOperation");
         assert_eq!(op.what_op, Some(-7));
     }
     let stats = calc.stats();
@@ -165,12 +199,18 @@ fn service_exceptions_arrive_typed_and_keep_the_connection() {
 #[test]
 fn declared_exceptions_count_as_failures() {
     let server = server();
-    let calc = client(&server.endpoint(), ClientConfig::default().failure_on::<InvalidOperation>());
+    let calc = client(
+        &server.endpoint(),
+        ClientConfig::default().failure_on::<InvalidOperation>(),
+    );
     for _ in 0..4 {
         calc.call(|c| c.retrieve(-1)).unwrap_err();
     }
     assert_eq!(calc.breaker_state(), BreakerState::Open);
-    assert!(matches!(calc.call(|c| c.ping()), Err(Error::CircuitOpen { .. })));
+    assert!(matches!(
+        calc.call(|c| c.ping()),
+        Err(Error::CircuitOpen { .. })
+    ));
 }
 
 #[test]
@@ -181,7 +221,10 @@ fn oneway_calls_do_not_wait_for_a_response() {
         calc.call(|c| c.zip()).unwrap();
     }
     calc.call(|c| c.ping()).unwrap();
-    assert!(support::wait_until(Duration::from_secs(5), || server.service.zips() == 3));
+    assert!(support::wait_until(Duration::from_secs(5), || server
+        .service
+        .zips()
+        == 3));
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
 }
 
@@ -192,7 +235,12 @@ fn a_server_restart_between_calls_does_not_fail_the_next_call() {
     let calc = client(&endpoint, ClientConfig::default());
     assert_eq!(calc.call(|c| c.add(2, 2)).unwrap(), 4);
     server.stop();
-    let restarted = RefServer::start_on(&endpoint, Transport::Framed, Protocol::Binary, server.service.clone());
+    let restarted = RefServer::start_on(
+        &endpoint,
+        Transport::Framed,
+        Protocol::Binary,
+        server.service.clone(),
+    );
     // The pooled connection was closed by the old server; it is replaced on checkout.
     assert_eq!(calc.call(|c| c.add(3, 3)).unwrap(), 6);
     assert_eq!(calc.stats().failures, 0);
@@ -217,7 +265,10 @@ fn close_ends_every_connection_and_later_calls_fail() {
     calc.close();
     assert!(matches!(calc.call(|c| c.ping()), Err(Error::Closed)));
     assert!(
-        support::wait_until(Duration::from_secs(5), || server.open.load(Ordering::SeqCst) == 0),
+        support::wait_until(Duration::from_secs(5), || server
+            .open
+            .load(Ordering::SeqCst)
+            == 0),
         "server still sees {} connections",
         server.open.load(Ordering::SeqCst)
     );
@@ -228,13 +279,18 @@ fn close_ends_every_connection_and_later_calls_fail() {
 fn open_breaker(maxfail: u32) -> (ThriftClient<Calc>, ManualClock, RefServer) {
     let mut server = server();
     let clock = ManualClock::new();
-    let config = ClientConfig::default().maxfail(maxfail).clock(clock.clock());
+    let config = ClientConfig::default()
+        .maxfail(maxfail)
+        .clock(clock.clock());
     let calc = client(&server.endpoint(), config);
     calc.call(|c| c.ping()).unwrap();
     server.stop();
     for _ in 0..=maxfail {
         let err = calc.call(|c| c.ping()).unwrap_err();
-        assert!(matches!(err, Error::Connect { .. } | Error::Transport(_)), "{err}");
+        assert!(
+            matches!(err, Error::Connect { .. } | Error::Transport(_)),
+            "{err}"
+        );
     }
     assert_eq!(calc.breaker_state(), BreakerState::Open);
     (calc, clock, server)
@@ -243,10 +299,18 @@ fn open_breaker(maxfail: u32) -> (ThriftClient<Calc>, ManualClock, RefServer) {
 #[test]
 fn open_breaker_rejects_without_touching_the_network() {
     let (calc, clock, old) = open_breaker(3);
-    let server = RefServer::start_on(&old.endpoint(), Transport::Framed, Protocol::Binary, old.service.clone());
+    let server = RefServer::start_on(
+        &old.endpoint(),
+        Transport::Framed,
+        Protocol::Binary,
+        old.service.clone(),
+    );
     clock.advance(Duration::from_millis(9_999));
     for _ in 0..100 {
-        assert!(matches!(calc.call(|c| c.ping()), Err(Error::CircuitOpen { .. })));
+        assert!(matches!(
+            calc.call(|c| c.ping()),
+            Err(Error::CircuitOpen { .. })
+        ));
     }
     assert_eq!(server.accepted.load(Ordering::SeqCst), 0);
     assert_eq!(calc.stats().rejected, 100);
@@ -261,17 +325,31 @@ fn open_breaker_rejects_without_touching_the_network() {
 fn failed_probe_reopens_the_breaker() {
     let (calc, clock, _server) = open_breaker(1);
     clock.advance(Duration::from_secs(10));
-    assert!(matches!(calc.call(|c| c.ping()), Err(Error::Connect { .. })));
+    assert!(matches!(
+        calc.call(|c| c.ping()),
+        Err(Error::Connect { .. })
+    ));
     assert_eq!(calc.breaker_state(), BreakerState::Open);
-    assert!(matches!(calc.call(|c| c.ping()), Err(Error::CircuitOpen { .. })));
+    assert!(matches!(
+        calc.call(|c| c.ping()),
+        Err(Error::CircuitOpen { .. })
+    ));
     clock.advance(Duration::from_secs(10));
-    assert!(matches!(calc.call(|c| c.ping()), Err(Error::Connect { .. })));
+    assert!(matches!(
+        calc.call(|c| c.ping()),
+        Err(Error::Connect { .. })
+    ));
 }
 
 #[test]
 fn exactly_one_probe_among_eight_concurrent_callers() {
     let (calc, clock, old) = open_breaker(3);
-    let server = RefServer::start_on(&old.endpoint(), Transport::Framed, Protocol::Binary, old.service.clone());
+    let server = RefServer::start_on(
+        &old.endpoint(),
+        Transport::Framed,
+        Protocol::Binary,
+        old.service.clone(),
+    );
     clock.advance(Duration::from_secs(10));
     let rejected = Arc::new(AtomicUsize::new(0));
     let start = Arc::new(Barrier::new(8));
@@ -282,7 +360,9 @@ fn exactly_one_probe_among_eight_concurrent_callers() {
                 start.wait();
                 let result = calc.call(|c| {
                     // The probe holds its turn until every other caller has been turned away.
-                    support::wait_until(Duration::from_secs(10), || rejected.load(Ordering::SeqCst) == 7);
+                    support::wait_until(Duration::from_secs(10), || {
+                        rejected.load(Ordering::SeqCst) == 7
+                    });
                     c.add(1, 2)
                 });
                 if matches!(result, Err(Error::CircuitOpen { .. })) {
@@ -292,7 +372,12 @@ fn exactly_one_probe_among_eight_concurrent_callers() {
             })
         })
         .collect();
-    let passed = threads.into_iter().filter(|_| true).map(|t| t.join().unwrap()).filter(|ok| *ok).count();
+    let passed = threads
+        .into_iter()
+        .filter(|_| true)
+        .map(|t| t.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
     assert_eq!(passed, 1);
     assert_eq!(rejected.load(Ordering::SeqCst), 7);
     assert_eq!(server.accepted.load(Ordering::SeqCst), 1);
@@ -311,7 +396,10 @@ fn direct_calls_go_through_pool_and_breaker() {
     assert_eq!(profile.name.as_deref(), Some("Test User"));
     let err = direct.retrieve(-3).unwrap_err();
     match Error::from(err) {
-        Error::User(e) => assert_eq!(e.downcast_ref::<InvalidOperation>().unwrap().what_op, Some(-3)),
+        Error::User(e) => assert_eq!(
+            e.downcast_ref::<InvalidOperation>().unwrap().what_op,
+            Some(-3)
+        ),
         other => panic!("expected InvalidOperation, got {other:?}"),
     }
     assert_eq!(direct.add(1, 1).unwrap(), 2);
@@ -325,14 +413,23 @@ fn direct_calls_go_through_pool_and_breaker() {
 #[test]
 fn direct_call_errors_come_back_as_the_crate_error() {
     let endpoint = support::refused_endpoint();
-    let calc = client(&endpoint, ClientConfig::default().read_timeout(Duration::from_millis(100)));
+    let calc = client(
+        &endpoint,
+        ClientConfig::default().read_timeout(Duration::from_millis(100)),
+    );
     let err = calc.direct().ping().unwrap_err();
     assert!(matches!(Error::from(err), Error::Connect { .. }));
     let server = server();
-    let calc = client(&server.endpoint(), ClientConfig::default().read_timeout(Duration::from_millis(100)));
+    let calc = client(
+        &server.endpoint(),
+        ClientConfig::default().read_timeout(Duration::from_millis(100)),
+    );
     let mut direct = calc.direct();
     let err = direct.slow(1000).unwrap_err();
-    assert!(matches!(Error::from(err), Error::Timeout(Timeout::Response)));
+    assert!(matches!(
+        Error::from(err),
+        Error::Timeout(Timeout::Response)
+    ));
     assert_eq!(direct.add(5, 5).unwrap(), 10);
 }
 

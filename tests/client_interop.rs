@@ -6,7 +6,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use blocking_thrift::{ClientConfig, Error, ThriftClient};
-use support::calculator::{CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient, TemporaryUnavailable, UserProfile};
+use support::calculator::{
+    CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient, TemporaryUnavailable,
+    UserProfile,
+};
 use support::{Calc, PythonServer, ALL_WIRE_FORMATS};
 
 blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
@@ -24,35 +27,67 @@ fn every_wire_format_against_the_python_server() {
             .protocol(protocol)
             .read_timeout(Duration::from_secs(5))
             .connect_timeout(Duration::from_secs(2));
-        let calc: ThriftClient<Calc> = ThriftClient::new(&server.addr, CalculatorSyncClient::new, config);
+        let calc: ThriftClient<Calc> =
+            ThriftClient::new(&server.addr, CalculatorSyncClient::new, config);
         assert_eq!(calc.call(|c| c.add(2, 3)).unwrap(), 5, "{label}");
-        assert_eq!(calc.call(|c| c.add(i32::MAX, 1)).unwrap(), i32::MIN, "{label}");
+        assert_eq!(
+            calc.call(|c| c.add(i32::MAX, 1)).unwrap(),
+            i32::MIN,
+            "{label}"
+        );
         let payload: Vec<u8> = (0..70_000u32).map(|i| (i % 253) as u8).collect();
-        assert_eq!(calc.call(|c| c.echo(payload.clone())).unwrap(), payload, "{label}");
+        assert_eq!(
+            calc.call(|c| c.echo(payload.clone())).unwrap(),
+            payload,
+            "{label}"
+        );
         let profile = UserProfile::new(77, "Grace".to_owned(), "compiler".to_owned());
         calc.call(|c| c.store(profile.clone())).unwrap();
         assert_eq!(calc.call(|c| c.retrieve(77)).unwrap(), profile, "{label}");
         let err = calc.call(|c| c.retrieve(-4)).unwrap_err();
-        assert_eq!(err.user_exception::<InvalidOperation>().unwrap().what_op, Some(-4), "{label}");
+        assert_eq!(
+            err.user_exception::<InvalidOperation>().unwrap().what_op,
+            Some(-4),
+            "{label}"
+        );
         let err = calc.call(|c| c.whoami(true)).unwrap_err();
-        assert!(err.user_exception::<TemporaryUnavailable>().is_some(), "{label}: {err}");
+        assert!(
+            err.user_exception::<TemporaryUnavailable>().is_some(),
+            "{label}: {err}"
+        );
         assert_eq!(calc.call(|c| c.whoami(false)).unwrap(), label);
         calc.call(|c| c.zip()).unwrap();
         let mut direct = calc.direct();
         assert_eq!(direct.add(20, 22).unwrap(), 42, "{label}");
-        assert!(matches!(Error::from(direct.retrieve(-1).unwrap_err()), Error::User(_)));
+        assert!(matches!(
+            Error::from(direct.retrieve(-1).unwrap_err()),
+            Error::User(_)
+        ));
         assert_eq!(direct.slow(5).unwrap(), 5, "{label}");
         let stats = calc.stats();
         assert_eq!(stats.failures, 0, "{label}: {stats:?}");
-        assert_eq!(stats.connections_open, 1, "{label}: one connection serves every call");
+        assert_eq!(
+            stats.connections_open, 1,
+            "{label}: one connection serves every call"
+        );
     }
 }
 
 /// The path of an example binary, which `cargo test` builds next to the test binaries.
 fn example(name: &str) -> std::path::PathBuf {
     let deps = std::env::current_exe().unwrap();
-    let path = deps.parent().unwrap().parent().unwrap().join("examples").join(name);
-    assert!(path.exists(), "{} was not built (run through cargo test)", path.display());
+    let path = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} was not built (run through cargo test)",
+        path.display()
+    );
     path
 }
 
