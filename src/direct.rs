@@ -19,13 +19,12 @@ use crate::pool::Checkout;
 /// on them directly.
 ///
 /// Pass the marker trait(s) that `thrift --gen rs` generated next to the service's client
-/// trait:
+/// trait (for a service `Calculator`, `TCalculatorSyncClientMarker`):
 ///
-/// ```ignore
+/// ```
+/// # mod calculator { pub trait TCalculatorSyncClientMarker {} }
 /// blocking_thrift::impl_direct!(calculator::TCalculatorSyncClientMarker);
-///
-/// let calc = client.direct();
-/// let sum = calc.add(1, 2)?;
+/// // Now `client.direct().add(1, 2)` calls the generated `add` through the client.
 /// ```
 #[macro_export]
 macro_rules! impl_direct {
