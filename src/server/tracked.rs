@@ -14,7 +14,10 @@ use thrift::protocol::{
 pub(super) struct Tracked<P> {
     inner: P,
     began: bool,
-    ended: bool,
+    /// How many structs are open; the arguments are the outermost one.
+    depth: usize,
+    /// Whether the arguments struct was read to its end.
+    arguments_read: bool,
     failed: bool,
 }
 
@@ -23,7 +26,8 @@ impl<P: TInputProtocol> Tracked<P> {
         Tracked {
             inner,
             began: false,
-            ended: false,
+            depth: 0,
+            arguments_read: false,
             failed: false,
         }
     }
@@ -33,10 +37,13 @@ impl<P: TInputProtocol> Tracked<P> {
         self.failed
     }
 
-    /// Reads the arguments of a request whose header the processor read but whose body it
+    /// Reads the arguments of a request whose header the processor read but whose arguments it
     /// left, so the next request starts where the protocol stands. Does nothing otherwise.
+    ///
+    /// Generated processors never call `read_message_end` (a no-op in the binary and compact
+    /// protocols), so the end of the arguments struct is what marks a request as read.
     pub(super) fn skip_unread_arguments(&mut self) -> thrift::Result<()> {
-        if self.began && !self.ended && !self.failed {
+        if self.began && !self.arguments_read && self.depth == 0 && !self.failed {
             self.skip(TType::Struct)?;
             self.read_message_end()?;
         }
@@ -67,15 +74,21 @@ impl<P: TInputProtocol> TInputProtocol for Tracked<P> {
         self.track(result)
     }
 
-    fn read_message_end(&mut self) -> thrift::Result<()> {
-        self.ended = true;
-        let result = self.inner.read_message_end();
+    fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
+        self.depth += 1;
+        let result = self.inner.read_struct_begin();
+        self.track(result)
+    }
+
+    fn read_struct_end(&mut self) -> thrift::Result<()> {
+        self.depth = self.depth.saturating_sub(1);
+        self.arguments_read |= self.began && self.depth == 0;
+        let result = self.inner.read_struct_end();
         self.track(result)
     }
 
     delegate! {
-        read_struct_begin -> Option<TStructIdentifier>;
-        read_struct_end -> ();
+        read_message_end -> ();
         read_field_begin -> TFieldIdentifier;
         read_field_end -> ();
         read_bool -> bool;

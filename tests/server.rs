@@ -1,0 +1,939 @@
+//! ThriftServer end to end, over real sockets on 127.0.0.1: the thrift crate's own generated
+//! client for well-behaved calls, raw sockets for pipelining and hostile bytes.
+
+#[path = "../idl/service.rs"]
+mod service;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Barrier, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use blocking_thrift::{Protocol, ServerConfig, ServerStats, ThriftServer, Transport};
+use service::calculator::{
+    CalculatorSyncClient, CalculatorSyncHandler, CalculatorSyncProcessor, TCalculatorSyncClient,
+    TemporaryUnavailable, UserProfile,
+};
+use service::CalculatorService;
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+    TFieldIdentifier, TInputProtocol, TMessageIdentifier, TMessageType, TMultiplexedOutputProtocol,
+    TOutputProtocol, TStructIdentifier, TType,
+};
+use thrift::server::TMultiplexedProcessor;
+use thrift::transport::{
+    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport,
+    TIoChannel, TTcpChannel,
+};
+use thrift::{ApplicationErrorKind, TConfiguration};
+
+/// Bound on anything a test waits for; far beyond what a loaded machine needs.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+const ALL_WIRE_FORMATS: [(Transport, Protocol); 4] = [
+    (Transport::Framed, Protocol::Binary),
+    (Transport::Framed, Protocol::Compact),
+    (Transport::Buffered, Protocol::Binary),
+    (Transport::Buffered, Protocol::Compact),
+];
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// Every test shares this lock; the one that counts the process's threads takes it alone, so no
+/// other test starts or stops threads meanwhile.
+static THREADS: RwLock<()> = RwLock::new(());
+
+fn shared_lock() -> RwLockReadGuard<'static, ()> {
+    THREADS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn exclusive_lock() -> RwLockWriteGuard<'static, ()> {
+    THREADS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A started server for `handler` on a free port of 127.0.0.1.
+fn serve<H>(handler: H, config: ServerConfig) -> ThriftServer
+where
+    H: CalculatorSyncHandler + Send + Sync + 'static,
+{
+    let _ = env_logger::builder().is_test(true).try_init();
+    let server = ThriftServer::bind("127.0.0.1:0", CalculatorSyncProcessor::new(handler), config)
+        .expect("bind 127.0.0.1:0");
+    server.start().expect("start the server");
+    server
+}
+
+fn calculator(config: ServerConfig) -> (ThriftServer, Arc<CalculatorService>) {
+    let service = Arc::new(CalculatorService::new("test-server"));
+    (serve(Arc::clone(&service), config), service)
+}
+
+type Client = CalculatorSyncClient<Box<dyn TInputProtocol + Send>, Box<dyn TOutputProtocol + Send>>;
+
+/// The thrift crate's plain client (TTcpChannel, its framed or buffered transports).
+fn client(addr: SocketAddr, transport: Transport, protocol: Protocol) -> Client {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    let (reader, writer) = TTcpChannel::with_stream(stream).split().unwrap();
+    let (input, output): (Box<dyn io::Read + Send>, Box<dyn io::Write + Send>) = match transport {
+        Transport::Framed => (
+            Box::new(TFramedReadTransport::new(reader)),
+            Box::new(TFramedWriteTransport::new(writer)),
+        ),
+        Transport::Buffered => (
+            Box::new(TBufferedReadTransport::new(reader)),
+            Box::new(TBufferedWriteTransport::new(writer)),
+        ),
+    };
+    let (input, output): (
+        Box<dyn TInputProtocol + Send>,
+        Box<dyn TOutputProtocol + Send>,
+    ) = match protocol {
+        Protocol::Binary => (
+            Box::new(TBinaryInputProtocol::new(input, true)),
+            Box::new(TBinaryOutputProtocol::new(output, true)),
+        ),
+        Protocol::Compact => (
+            Box::new(TCompactInputProtocol::new(input)),
+            Box::new(TCompactOutputProtocol::new(output)),
+        ),
+    };
+    CalculatorSyncClient::new(input, output)
+}
+
+fn framed_binary(addr: SocketAddr) -> Client {
+    client(addr, Transport::Framed, Protocol::Binary)
+}
+
+/// Polls `done` until it holds or `PATIENCE` passes; returns whether it held.
+fn wait_until(mut done: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + PATIENCE;
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
+fn wait_for_stats(server: &ThriftServer, what: &str, done: impl Fn(&ServerStats) -> bool) {
+    let mut last = server.stats();
+    let held = wait_until(|| {
+        last = server.stats();
+        done(&last)
+    });
+    assert!(held, "{what}: never held; last stats {last:?}");
+}
+
+/// A raw connection for hand-made and hostile bytes.
+fn raw(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream
+}
+
+/// Whether the server closes `stream` within `PATIENCE` (reading nothing more from it).
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut byte = [0u8; 1];
+    match stream.read(&mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(err) => err.kind() == io::ErrorKind::ConnectionReset,
+    }
+}
+
+/// An argument of a hand-encoded call.
+#[derive(Clone, Copy)]
+enum Arg {
+    I32(i16, i32),
+}
+
+/// Encodes a call without the transport's framing.
+fn encode(protocol: Protocol, name: &str, kind: TMessageType, seq: i32, args: &[Arg]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut o: Box<dyn TOutputProtocol + '_> = match protocol {
+        Protocol::Binary => Box::new(TBinaryOutputProtocol::new(&mut out, true)),
+        Protocol::Compact => Box::new(TCompactOutputProtocol::new(&mut out)),
+    };
+    o.write_message_begin(&TMessageIdentifier::new(name, kind, seq))
+        .unwrap();
+    o.write_struct_begin(&TStructIdentifier::new("args"))
+        .unwrap();
+    for arg in args {
+        match *arg {
+            Arg::I32(id, value) => {
+                o.write_field_begin(&TFieldIdentifier::new("arg", TType::I32, id))
+                    .unwrap();
+                o.write_i32(value).unwrap();
+                o.write_field_end().unwrap();
+            }
+        }
+    }
+    o.write_field_stop().unwrap();
+    o.write_struct_end().unwrap();
+    o.write_message_end().unwrap();
+    o.flush().unwrap();
+    drop(o);
+    out
+}
+
+/// Frames a message for the framed transport, or leaves it as is for the buffered one.
+fn wire(transport: Transport, message: Vec<u8>) -> Vec<u8> {
+    match transport {
+        Transport::Framed => {
+            let mut framed = (message.len() as i32).to_be_bytes().to_vec();
+            framed.extend(message);
+            framed
+        }
+        Transport::Buffered => message,
+    }
+}
+
+fn call(transport: Transport, protocol: Protocol, name: &str, seq: i32, args: &[Arg]) -> Vec<u8> {
+    wire(
+        transport,
+        encode(protocol, name, TMessageType::Call, seq, args),
+    )
+}
+
+fn add(seq: i32, a: i32, b: i32) -> Vec<u8> {
+    call(
+        Transport::Framed,
+        Protocol::Binary,
+        "add",
+        seq,
+        &[Arg::I32(1, a), Arg::I32(2, b)],
+    )
+}
+
+/// A decoded reply: its header and either the i32 result (field 0) or the application error.
+#[derive(Debug)]
+struct Reply {
+    name: String,
+    kind: TMessageType,
+    seq: i32,
+    result: Option<i32>,
+    error: Option<ApplicationErrorKind>,
+}
+
+/// Reads one reply off `stream`.
+fn read_reply(stream: &mut TcpStream, transport: Transport, protocol: Protocol) -> Reply {
+    let body: Box<dyn Read + '_> = match transport {
+        Transport::Framed => {
+            let mut header = [0u8; 4];
+            stream.read_exact(&mut header).expect("read a frame header");
+            let mut frame = vec![0u8; i32::from_be_bytes(header) as usize];
+            stream.read_exact(&mut frame).expect("read a frame");
+            Box::new(io::Cursor::new(frame))
+        }
+        // Reads byte by byte, so nothing past this reply is taken off the socket.
+        Transport::Buffered => Box::new(ByteReader(stream)),
+    };
+    let mut i: Box<dyn TInputProtocol + '_> = match protocol {
+        Protocol::Binary => Box::new(TBinaryInputProtocol::with_config(
+            body,
+            true,
+            TConfiguration::default(),
+        )),
+        Protocol::Compact => Box::new(TCompactInputProtocol::with_config(
+            body,
+            TConfiguration::default(),
+        )),
+    };
+    let ident = i.read_message_begin().expect("read a reply header");
+    let mut reply = Reply {
+        name: ident.name,
+        kind: ident.message_type,
+        seq: ident.sequence_number,
+        result: None,
+        error: None,
+    };
+    if reply.kind == TMessageType::Exception {
+        let err = thrift::Error::read_application_error_from_in_protocol(&mut *i).unwrap();
+        reply.error = Some(err.kind);
+    } else {
+        i.read_struct_begin().unwrap();
+        loop {
+            let field = i.read_field_begin().unwrap();
+            match (field.field_type, field.id) {
+                (TType::Stop, _) => break,
+                (TType::I32, Some(0)) => reply.result = Some(i.read_i32().unwrap()),
+                (other, _) => i.skip(other).unwrap(),
+            }
+            i.read_field_end().unwrap();
+        }
+        i.read_struct_end().unwrap();
+    }
+    i.read_message_end().unwrap();
+    reply
+}
+
+struct ByteReader<'a>(&'a mut TcpStream);
+
+impl Read for ByteReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let len = buf.len().min(1);
+        self.0.read(&mut buf[..len])
+    }
+}
+
+/// Asserts the server (framed, binary) still answers a new client.
+fn assert_serving(server: &ThriftServer) {
+    assert_serving_over(server, Transport::Framed);
+}
+
+fn assert_serving_over(server: &ThriftServer, transport: Transport) {
+    let mut fresh = client(server.local_addr(), transport, Protocol::Binary);
+    assert_eq!(fresh.add(40, 2).expect("a fresh client's call"), 42);
+}
+
+/// How many threads of this process a server started (they are named `thrift-...`).
+///
+/// Counting all threads would also count the test harness's, which come and go as other
+/// tests finish.
+fn server_threads() -> usize {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("/proc/self/task lists threads");
+    tasks
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("thrift-"))
+        .count()
+}
+
+/// A Calculator whose `add(666, _)` panics; everything else as the reference service.
+struct Panicky(CalculatorService);
+
+impl CalculatorSyncHandler for Panicky {
+    fn handle_ping(&self) -> thrift::Result<()> {
+        self.0.handle_ping()
+    }
+    fn handle_add(&self, num1: i32, num2: i32) -> thrift::Result<i32> {
+        if num1 == 666 {
+            panic!("add(666) is cursed");
+        }
+        self.0.handle_add(num1, num2)
+    }
+    fn handle_echo(&self, data: Vec<u8>) -> thrift::Result<Vec<u8>> {
+        self.0.handle_echo(data)
+    }
+    fn handle_slow(&self, millis: i32) -> thrift::Result<i32> {
+        self.0.handle_slow(millis)
+    }
+    fn handle_retrieve(&self, uid: i32) -> thrift::Result<UserProfile> {
+        self.0.handle_retrieve(uid)
+    }
+    fn handle_store(&self, user: UserProfile) -> thrift::Result<()> {
+        self.0.handle_store(user)
+    }
+    fn handle_whoami(&self, fail: bool) -> thrift::Result<String> {
+        self.0.handle_whoami(fail)
+    }
+    fn handle_zip(&self) -> thrift::Result<()> {
+        self.0.handle_zip()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn shared_types_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ThriftServer>();
+    send_sync::<ServerConfig>();
+    send_sync::<ServerStats>();
+}
+
+#[test]
+fn every_wire_format_serves_every_method() {
+    let _lock = shared_lock();
+    for (transport, protocol) in ALL_WIRE_FORMATS {
+        let config = ServerConfig::default()
+            .workers(2)
+            .transport(transport)
+            .protocol(protocol);
+        let (server, service) = calculator(config);
+        let mut c = client(server.local_addr(), transport, protocol);
+        let format = format!("{transport:?}/{protocol:?}");
+
+        c.ping().unwrap();
+        assert_eq!(c.add(i32::MAX, 1).unwrap(), i32::MIN, "{format}");
+        let big: Vec<u8> = (0..1024 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+        assert_eq!(c.echo(big.clone()).unwrap(), big, "{format}");
+        assert_eq!(c.echo(Vec::new()).unwrap(), Vec::<u8>::new(), "{format}");
+        assert_eq!(c.slow(1).unwrap(), 1, "{format}");
+        let profile = UserProfile::new(7, "Seven".to_owned(), "stored".to_owned());
+        c.store(profile.clone()).unwrap();
+        assert_eq!(c.retrieve(7).unwrap(), profile, "{format}");
+        match c.retrieve(-3) {
+            Err(thrift::Error::User(err)) => {
+                let err = err
+                    .downcast_ref::<service::calculator::InvalidOperation>()
+                    .unwrap();
+                assert_eq!(err.what_op, Some(-3), "{format}");
+            }
+            other => panic!("{format}: retrieve(-3) gave {other:?}"),
+        }
+        assert_eq!(c.whoami(false).unwrap(), "test-server", "{format}");
+        match c.whoami(true) {
+            Err(thrift::Error::User(err)) => assert!(err.is::<TemporaryUnavailable>(), "{format}"),
+            other => panic!("{format}: whoami(true) gave {other:?}"),
+        }
+        c.zip().unwrap();
+        c.ping().unwrap();
+        assert!(
+            wait_until(|| service.zips() == 1),
+            "{format}: zip never ran"
+        );
+        let stats = server.stats();
+        assert_eq!(stats.errors, 0, "{format}: {stats:?}");
+        assert_eq!(stats.requests, 12, "{format}: {stats:?}");
+    }
+}
+
+#[test]
+fn idle_connections_do_not_starve_a_new_client() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(2));
+    let addr = server.local_addr();
+    let mut idle: Vec<Client> = (0..100).map(|_| framed_binary(addr)).collect();
+    for (n, c) in idle.iter_mut().enumerate() {
+        assert_eq!(c.add(n as i32, 1).unwrap(), n as i32 + 1);
+    }
+    wait_for_stats(&server, "100 idle connections", |s| {
+        s.idle_connections == 100
+    });
+
+    let (answered_tx, answered) = crossbeam_channel::bounded(1);
+    let newcomer = thread::spawn(move || {
+        let mut fresh = framed_binary(addr);
+        answered_tx
+            .send(fresh.add(2, 3).map_err(|err| err.to_string()))
+            .unwrap();
+    });
+    let answer = answered.recv_timeout(Duration::from_secs(5));
+    assert_eq!(
+        answer,
+        Ok(Ok(5)),
+        "a fresh client must be answered while 100 connections idle"
+    );
+    newcomer.join().unwrap();
+
+    // The idle connections are still served too.
+    for c in &mut idle {
+        c.ping().unwrap();
+    }
+}
+
+#[test]
+fn many_concurrent_clients_get_their_own_answers() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(4));
+    let addr = server.local_addr();
+    let start = Arc::new(Barrier::new(16));
+    let clients: Vec<_> = (0..16)
+        .map(|t| {
+            let start = Arc::clone(&start);
+            thread::spawn(move || {
+                let (transport, protocol) = (Transport::Framed, Protocol::Binary);
+                let mut c = client(addr, transport, protocol);
+                start.wait();
+                for n in 0..200 {
+                    assert_eq!(c.add(t * 1000, n).unwrap(), t * 1000 + n);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("a client thread failed");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.requests, 16 * 200, "{stats:?}");
+    assert_eq!(stats.errors, 0, "{stats:?}");
+}
+
+#[test]
+fn stop_lets_running_requests_finish_and_deliver_their_responses() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(4));
+    let addr = server.local_addr();
+    let callers: Vec<_> = (0..3)
+        .map(|_| thread::spawn(move || framed_binary(addr).slow(300).map_err(|e| e.to_string())))
+        .collect();
+    let idle = framed_binary(addr);
+    wait_for_stats(&server, "three slow calls running", |s| s.busy_workers == 3);
+
+    server.stop();
+    for caller in callers {
+        assert_eq!(caller.join().unwrap(), Ok(300));
+    }
+    drop(idle);
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "the server still accepts after stop"
+    );
+    assert_eq!(server.stats().open_connections, 0);
+}
+
+#[test]
+fn stop_joins_every_thread_and_frees_the_port() {
+    // No other test runs a server meanwhile.
+    let _lock = exclusive_lock();
+    assert_eq!(
+        server_threads(),
+        0,
+        "a server of another test is still running"
+    );
+    let (server, _) = calculator(ServerConfig::default().workers(3));
+    let addr = server.local_addr();
+    // A thread names itself once it runs, so its name may show a moment after `start`.
+    assert!(
+        wait_until(|| server_threads() == 4),
+        "expected a poller and three workers"
+    );
+    // An idle connection is still open when the server stops.
+    let mut idle = raw(addr);
+    idle.write_all(&add(1, 1, 1)).unwrap();
+    assert_eq!(
+        read_reply(&mut idle, Transport::Framed, Protocol::Binary).result,
+        Some(2)
+    );
+
+    server.stop();
+    assert!(
+        closed_by_server(&mut idle),
+        "the idle connection stays open"
+    );
+    assert!(
+        wait_until(|| server_threads() == 0),
+        "{} threads left after stop",
+        server_threads()
+    );
+
+    let again = ThriftServer::bind(
+        addr,
+        CalculatorSyncProcessor::new(CalculatorService::new("again")),
+        ServerConfig::default().workers(1),
+    )
+    .expect("the port is free after stop");
+    again.start().unwrap();
+    assert_eq!(framed_binary(addr).whoami(false).unwrap(), "again");
+    drop(again);
+    assert!(
+        wait_until(|| server_threads() == 0),
+        "dropping the server joins its threads"
+    );
+}
+
+#[test]
+fn serve_blocks_until_another_thread_stops_the_server() {
+    let _lock = shared_lock();
+    let server = Arc::new(
+        ThriftServer::bind(
+            "127.0.0.1:0",
+            CalculatorSyncProcessor::new(CalculatorService::new("serve")),
+            ServerConfig::default().workers(1),
+        )
+        .unwrap(),
+    );
+    let serving = {
+        let server = Arc::clone(&server);
+        thread::spawn(move || server.serve())
+    };
+    let addr = server.local_addr();
+    assert!(wait_until(|| TcpStream::connect(addr).is_ok()));
+    assert_eq!(framed_binary(addr).add(1, 1).unwrap(), 2);
+    server.stop();
+    serving
+        .join()
+        .unwrap()
+        .expect("serve returns Ok after stop");
+    assert!(
+        server.start().is_err(),
+        "a stopped server cannot start again"
+    );
+}
+
+#[test]
+fn from_listener_serves_on_the_given_socket() {
+    let _lock = shared_lock();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = ThriftServer::from_listener(
+        listener,
+        CalculatorSyncProcessor::new(CalculatorService::new("listener")),
+        ServerConfig::default().workers(1),
+    )
+    .unwrap();
+    assert_eq!(server.local_addr(), addr);
+    server.start().unwrap();
+    assert_eq!(framed_binary(addr).whoami(false).unwrap(), "listener");
+}
+
+#[test]
+fn a_multiplexed_processor_is_served() {
+    let _lock = shared_lock();
+    let mut processor = TMultiplexedProcessor::new();
+    let calc = CalculatorSyncProcessor::new(CalculatorService::new("multiplexed"));
+    processor
+        .register("Calculator", Box::new(calc), false)
+        .unwrap();
+    let server =
+        ThriftServer::bind("127.0.0.1:0", processor, ServerConfig::default().workers(1)).unwrap();
+    server.start().unwrap();
+
+    let (reader, writer) = TTcpChannel::with_stream(raw(server.local_addr()))
+        .split()
+        .unwrap();
+    let input = TBinaryInputProtocol::new(TFramedReadTransport::new(reader), true);
+    let output = TMultiplexedOutputProtocol::new(
+        "Calculator",
+        TBinaryOutputProtocol::new(TFramedWriteTransport::new(writer), true),
+    );
+    let mut c = CalculatorSyncClient::new(input, output);
+    assert_eq!(c.whoami(false).unwrap(), "multiplexed");
+    assert_eq!(c.add(2, 2).unwrap(), 4);
+}
+
+#[test]
+fn a_panicking_handler_fails_only_its_own_call() {
+    let _lock = shared_lock();
+    for transport in [Transport::Framed, Transport::Buffered] {
+        let handler = Panicky(CalculatorService::new("panicky"));
+        let server = serve(
+            handler,
+            ServerConfig::default().workers(1).transport(transport),
+        );
+        let addr = server.local_addr();
+        let mut bystander = client(addr, transport, Protocol::Binary);
+        bystander.ping().unwrap();
+
+        let mut victim = client(addr, transport, Protocol::Binary);
+        match victim.add(666, 0) {
+            Err(thrift::Error::Application(err)) => {
+                assert_eq!(transport, Transport::Framed);
+                assert_eq!(err.kind, ApplicationErrorKind::InternalError);
+                // The frame's end is known, so the connection carries on.
+                assert_eq!(victim.add(1, 2).unwrap(), 3);
+            }
+            // A buffered connection is closed: where the next request starts is unknown.
+            Err(thrift::Error::Transport(_)) => assert_eq!(transport, Transport::Buffered),
+            other => panic!("{transport:?}: add(666) gave {other:?}"),
+        }
+
+        // The only worker survived: the bystander and a new client are served.
+        assert_eq!(bystander.add(2, 2).unwrap(), 4);
+        assert_eq!(
+            client(addr, transport, Protocol::Binary).add(3, 3).unwrap(),
+            6
+        );
+        let stats = server.stats();
+        assert_eq!(stats.panics, 1, "{transport:?}: {stats:?}");
+    }
+}
+
+#[test]
+fn oneway_calls_run_and_answer_nothing() {
+    let _lock = shared_lock();
+    let (server, service) = calculator(ServerConfig::default().workers(1));
+    let mut stream = raw(server.local_addr());
+    let (transport, protocol) = (Transport::Framed, Protocol::Binary);
+    let mut bytes = wire(
+        transport,
+        encode(protocol, "zip", TMessageType::OneWay, 1, &[]),
+    );
+    bytes.extend(call(transport, protocol, "ping", 2, &[]));
+    stream.write_all(&bytes).unwrap();
+    // The first reply is ping's: zip wrote nothing.
+    let reply = read_reply(&mut stream, transport, protocol);
+    assert_eq!((reply.name.as_str(), reply.seq), ("ping", 2));
+    assert!(wait_until(|| service.zips() == 1));
+
+    let mut c = framed_binary(server.local_addr());
+    for _ in 0..5 {
+        c.zip().unwrap();
+    }
+    c.ping().unwrap();
+    assert!(wait_until(|| service.zips() == 6));
+}
+
+#[test]
+fn an_unknown_method_is_answered_and_the_connection_stays_usable() {
+    let _lock = shared_lock();
+    for (transport, protocol) in ALL_WIRE_FORMATS {
+        let config = ServerConfig::default()
+            .workers(1)
+            .transport(transport)
+            .protocol(protocol);
+        let (server, _) = calculator(config);
+        let mut stream = raw(server.local_addr());
+        // Arguments the processor never reads must not be taken for the next request.
+        let args = [Arg::I32(1, 5), Arg::I32(2, 6)];
+        stream
+            .write_all(&call(transport, protocol, "nosuch", 7, &args))
+            .unwrap();
+        let reply = read_reply(&mut stream, transport, protocol);
+        assert_eq!(
+            reply.kind,
+            TMessageType::Exception,
+            "{transport:?}/{protocol:?}"
+        );
+        assert_eq!(reply.error, Some(ApplicationErrorKind::UnknownMethod));
+        assert_eq!((reply.name.as_str(), reply.seq), ("nosuch", 7));
+
+        let args = [Arg::I32(1, 20), Arg::I32(2, 22)];
+        stream
+            .write_all(&call(transport, protocol, "add", 8, &args))
+            .unwrap();
+        let reply = read_reply(&mut stream, transport, protocol);
+        assert_eq!(
+            (reply.seq, reply.result),
+            (8, Some(42)),
+            "{transport:?}/{protocol:?}"
+        );
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let _lock = shared_lock();
+    for (transport, protocol) in ALL_WIRE_FORMATS {
+        let config = ServerConfig::default()
+            .workers(2)
+            .transport(transport)
+            .protocol(protocol);
+        let (server, _) = calculator(config);
+        let mut stream = raw(server.local_addr());
+        let mut bytes = Vec::new();
+        for seq in 1..=3 {
+            bytes.extend(call(
+                transport,
+                protocol,
+                "add",
+                seq,
+                &[Arg::I32(1, seq), Arg::I32(2, 100)],
+            ));
+        }
+        stream.write_all(&bytes).unwrap();
+        for seq in 1..=3 {
+            let reply = read_reply(&mut stream, transport, protocol);
+            assert_eq!(
+                (reply.seq, reply.result),
+                (seq, Some(seq + 100)),
+                "{transport:?}/{protocol:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let _lock = shared_lock();
+    let config = ServerConfig::default()
+        .workers(1)
+        .idle_timeout(Duration::from_millis(200));
+    let (server, _) = calculator(config);
+    let mut stream = raw(server.local_addr());
+    stream.write_all(&add(1, 1, 1)).unwrap();
+    assert_eq!(
+        read_reply(&mut stream, Transport::Framed, Protocol::Binary).result,
+        Some(2)
+    );
+    assert!(
+        closed_by_server(&mut stream),
+        "the idle connection was not closed"
+    );
+    wait_for_stats(&server, "no connection open", |s| s.open_connections == 0);
+    assert_eq!(server.stats().errors, 0);
+}
+
+#[test]
+fn connections_over_the_limit_are_closed_at_once() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(1).max_connections(2));
+    let addr = server.local_addr();
+    let mut held: Vec<Client> = (0..2).map(|_| framed_binary(addr)).collect();
+    for c in &mut held {
+        c.ping().unwrap();
+    }
+    let mut over = raw(addr);
+    assert!(
+        closed_by_server(&mut over),
+        "the connection over the limit was left open"
+    );
+    assert_eq!(server.stats().rejected_connections, 1);
+
+    drop(held.pop());
+    wait_for_stats(&server, "a slot freed", |s| s.open_connections == 1);
+    assert_serving(&server);
+}
+
+/// Sends `bytes` on a new connection and asserts the server closes it, and only it.
+fn assert_rejected(server: &ThriftServer, bytes: &[u8]) {
+    assert_rejected_over(server, Transport::Framed, bytes);
+}
+
+fn assert_rejected_over(server: &ThriftServer, transport: Transport, bytes: &[u8]) {
+    let mut bystander = client(server.local_addr(), transport, Protocol::Binary);
+    bystander.ping().unwrap();
+    let errors = server.stats().errors;
+    let mut hostile = raw(server.local_addr());
+    hostile.write_all(bytes).unwrap();
+    assert!(
+        closed_by_server(&mut hostile),
+        "the server kept the connection open"
+    );
+    wait_for_stats(server, "the bad input counted", |s| s.errors > errors);
+    assert_eq!(
+        bystander.add(1, 1).unwrap(),
+        2,
+        "a bystander's connection was affected"
+    );
+    assert_serving_over(server, transport);
+}
+
+#[test]
+fn a_frame_over_the_size_limit_closes_its_connection() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(1).max_message_size(1024));
+    let mut bytes = 4096i32.to_be_bytes().to_vec();
+    bytes.extend([0u8; 64]);
+    assert_rejected(&server, &bytes);
+    // A request at the limit is still fine.
+    let mut c = framed_binary(server.local_addr());
+    assert_eq!(c.echo(vec![7; 900]).unwrap(), vec![7; 900]);
+}
+
+#[test]
+fn a_negative_frame_length_closes_its_connection() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(1));
+    assert_rejected(&server, &(-5i32).to_be_bytes());
+}
+
+#[test]
+fn garbage_closes_its_connection() {
+    let _lock = shared_lock();
+    for transport in [Transport::Framed, Transport::Buffered] {
+        let (server, _) = calculator(ServerConfig::default().workers(1).transport(transport));
+        assert_rejected_over(
+            &server,
+            transport,
+            b"GET / HTTP/1.1\r\nHost: example\r\n\r\n",
+        );
+        // A well-sized frame that holds no Thrift message.
+        let mut bytes = 8i32.to_be_bytes().to_vec();
+        bytes.extend([0xde, 0xad, 0xbe, 0xef, 0xde, 0xad, 0xbe, 0xef]);
+        assert_rejected_over(&server, transport, &bytes);
+    }
+}
+
+#[test]
+fn a_truncated_frame_closes_its_connection() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(1));
+    let mut bystander = framed_binary(server.local_addr());
+    bystander.ping().unwrap();
+    let errors = server.stats().errors;
+    let request = add(1, 2, 3);
+    let mut hostile = raw(server.local_addr());
+    hostile.write_all(&request[..request.len() - 5]).unwrap();
+    hostile.shutdown(Shutdown::Write).unwrap();
+    assert!(closed_by_server(&mut hostile));
+    wait_for_stats(&server, "the truncated frame counted", |s| {
+        s.errors > errors
+    });
+    assert_eq!(bystander.add(1, 1).unwrap(), 2);
+}
+
+#[test]
+fn a_client_leaving_mid_request_costs_only_its_connection() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(1));
+    let errors = server.stats().errors;
+    let request = add(1, 2, 3);
+    let mut hostile = raw(server.local_addr());
+    hostile.write_all(&request[..request.len() / 2]).unwrap();
+    drop(hostile);
+    wait_for_stats(&server, "the broken request counted", |s| s.errors > errors);
+    wait_for_stats(&server, "its connection closed", |s| {
+        s.open_connections == 0
+    });
+    assert_serving(&server);
+}
+
+#[test]
+fn a_client_leaving_before_its_response_costs_only_its_connection() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(1));
+    let mut hostile = raw(server.local_addr());
+    let slow = call(
+        Transport::Framed,
+        Protocol::Binary,
+        "slow",
+        1,
+        &[Arg::I32(1, 100)],
+    );
+    hostile.write_all(&slow).unwrap();
+    wait_for_stats(&server, "the slow call running", |s| s.busy_workers == 1);
+    drop(hostile);
+    wait_for_stats(&server, "its connection closed", |s| {
+        s.busy_workers == 0 && s.open_connections == 0
+    });
+    assert_serving(&server);
+}
+
+#[test]
+fn a_stalled_half_request_is_dropped_after_the_request_timeout() {
+    let _lock = shared_lock();
+    let config = ServerConfig::default()
+        .workers(1)
+        .request_timeout(Duration::from_millis(300));
+    let (server, _) = calculator(config);
+    let request = add(1, 2, 3);
+    let mut stalled = raw(server.local_addr());
+    stalled.write_all(&request[..request.len() / 2]).unwrap();
+    // The only worker waits for the rest of the request...
+    wait_for_stats(&server, "the worker reading the half request", |s| {
+        s.busy_workers == 1
+    });
+    // ...until the request timeout frees it for other clients.
+    assert_serving(&server);
+    assert!(
+        closed_by_server(&mut stalled),
+        "the stalled connection was left open"
+    );
+    assert!(server.stats().errors >= 1);
+}
+
+#[test]
+fn stats_describe_the_server() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(3));
+    let stats = server.stats();
+    assert_eq!(stats.workers, 3);
+    assert_eq!((stats.open_connections, stats.requests), (0, 0));
+    let mut c = framed_binary(server.local_addr());
+    c.ping().unwrap();
+    c.ping().unwrap();
+    wait_for_stats(&server, "one idle connection", |s| s.idle_connections == 1);
+    let stats = server.stats();
+    assert_eq!(stats.accepted_connections, 1, "{stats:?}");
+    assert_eq!(stats.open_connections, 1, "{stats:?}");
+    assert_eq!(stats.requests, 2, "{stats:?}");
+    assert_eq!(
+        (stats.busy_workers, stats.queued_connections),
+        (0, 0),
+        "{stats:?}"
+    );
+}
