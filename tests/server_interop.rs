@@ -1,0 +1,146 @@
+//! ThriftServer against an independent peer: Apache Thrift's Python client
+//! (tests/peers/calculator_client.py) calls every method in every transport and protocol.
+//!
+//! Needs `python3` with the `thrift` package. Without it the tests print `SKIPPED: ...` and pass,
+//! unless `BLOCKING_THRIFT_REQUIRE_PYTHON=1` is set, which makes them fail instead.
+
+#[path = "../idl/service.rs"]
+mod service;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use blocking_thrift::{Protocol, ServerConfig, ThriftServer, Transport};
+use service::calculator::CalculatorSyncProcessor;
+use service::CalculatorService;
+
+/// Bound on one run of the Python client; it normally takes well under a second.
+const CLIENT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether Python's Thrift library is importable. When it is not, either says loudly that the
+/// calling test is skipped, or panics if `BLOCKING_THRIFT_REQUIRE_PYTHON=1` demands the peer.
+fn python_thrift_available(test: &str) -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import thrift"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success());
+    if found {
+        return true;
+    }
+    let why = "`python3 -c \"import thrift\"` failed (install it with `pip install thrift`)";
+    if std::env::var("BLOCKING_THRIFT_REQUIRE_PYTHON").as_deref() == Ok("1") {
+        panic!("{test}: {why}, and BLOCKING_THRIFT_REQUIRE_PYTHON=1 requires it");
+    }
+    // Straight to stderr: the test harness captures `eprintln!` of passing tests.
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {test}: {why} ***\n");
+    false
+}
+
+fn peer_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/calculator_client.py")
+}
+
+fn wire_name(transport: Transport, protocol: Protocol) -> (&'static str, &'static str) {
+    let transport = match transport {
+        Transport::Framed => "framed",
+        Transport::Buffered => "buffered",
+    };
+    let protocol = match protocol {
+        Protocol::Binary => "binary",
+        Protocol::Compact => "compact",
+    };
+    (transport, protocol)
+}
+
+/// Serves the reference service in `transport`/`protocol` and has the Python client check
+/// every method against it.
+fn python_client_passes(test: &str, transport: Transport, protocol: Protocol) {
+    if !python_thrift_available(test) {
+        return;
+    }
+    let _ = env_logger::builder().is_test(true).try_init();
+    let (transport_name, protocol_name) = wire_name(transport, protocol);
+    let label = format!("rust-{transport_name}-{protocol_name}");
+    let config = ServerConfig::default()
+        .workers(2)
+        .transport(transport)
+        .protocol(protocol);
+    let processor = CalculatorSyncProcessor::new(CalculatorService::new(label.clone()));
+    let server = ThriftServer::bind("127.0.0.1:0", processor, config).expect("bind");
+    server.start().expect("start");
+
+    let mut client = Command::new("python3")
+        .arg(peer_script())
+        .args(["--addr", &server.local_addr().to_string()])
+        .args(["--transport", transport_name, "--protocol", protocol_name])
+        .args(["--expect-name", &label])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run python3");
+    let deadline = Instant::now() + CLIENT_PATIENCE;
+    while client
+        .try_wait()
+        .expect("wait for the Python client")
+        .is_none()
+    {
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = client
+        .wait_with_output()
+        .expect("collect the Python client's output");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.lines().any(|line| line == "ALL OK"),
+        "{test}: the Python client failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n\
+         --- server stats {:?}",
+        output.status,
+        server.stats()
+    );
+    assert_eq!(server.stats().panics, 0);
+}
+
+#[test]
+fn python_client_framed_binary() {
+    python_client_passes(
+        "python_client_framed_binary",
+        Transport::Framed,
+        Protocol::Binary,
+    );
+}
+
+#[test]
+fn python_client_framed_compact() {
+    python_client_passes(
+        "python_client_framed_compact",
+        Transport::Framed,
+        Protocol::Compact,
+    );
+}
+
+#[test]
+fn python_client_buffered_binary() {
+    python_client_passes(
+        "python_client_buffered_binary",
+        Transport::Buffered,
+        Protocol::Binary,
+    );
+}
+
+#[test]
+fn python_client_buffered_compact() {
+    python_client_passes(
+        "python_client_buffered_compact",
+        Transport::Buffered,
+        Protocol::Compact,
+    );
+}
