@@ -309,36 +309,63 @@ fn server_threads() -> usize {
         .count()
 }
 
-/// A Calculator whose `add(666, _)` panics; everything else as the reference service.
-struct Panicky(CalculatorService);
+/// A Calculator whose `add(666, _)` panics and whose `slow` waits for the test to release it
+/// (when given a gate); everything else as the reference service.
+struct Special {
+    inner: CalculatorService,
+    gate: Option<crossbeam_channel::Receiver<()>>,
+}
 
-impl CalculatorSyncHandler for Panicky {
+impl Special {
+    fn new() -> Self {
+        Special {
+            inner: CalculatorService::new("special"),
+            gate: None,
+        }
+    }
+
+    /// A handler whose `slow` calls each wait for one message on the returned sender.
+    fn gated() -> (Self, crossbeam_channel::Sender<()>) {
+        let (release, gate) = crossbeam_channel::unbounded();
+        let handler = Special {
+            gate: Some(gate),
+            ..Special::new()
+        };
+        (handler, release)
+    }
+}
+
+impl CalculatorSyncHandler for Special {
     fn handle_ping(&self) -> thrift::Result<()> {
-        self.0.handle_ping()
+        self.inner.handle_ping()
     }
     fn handle_add(&self, num1: i32, num2: i32) -> thrift::Result<i32> {
         if num1 == 666 {
             panic!("add(666) is cursed");
         }
-        self.0.handle_add(num1, num2)
+        self.inner.handle_add(num1, num2)
     }
     fn handle_echo(&self, data: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        self.0.handle_echo(data)
+        self.inner.handle_echo(data)
     }
     fn handle_slow(&self, millis: i32) -> thrift::Result<i32> {
-        self.0.handle_slow(millis)
+        if let Some(gate) = &self.gate {
+            gate.recv_timeout(PATIENCE)
+                .expect("the test releases every slow call");
+        }
+        self.inner.handle_slow(millis)
     }
     fn handle_retrieve(&self, uid: i32) -> thrift::Result<UserProfile> {
-        self.0.handle_retrieve(uid)
+        self.inner.handle_retrieve(uid)
     }
     fn handle_store(&self, user: UserProfile) -> thrift::Result<()> {
-        self.0.handle_store(user)
+        self.inner.handle_store(user)
     }
     fn handle_whoami(&self, fail: bool) -> thrift::Result<String> {
-        self.0.handle_whoami(fail)
+        self.inner.handle_whoami(fail)
     }
     fn handle_zip(&self) -> thrift::Result<()> {
-        self.0.handle_zip()
+        self.inner.handle_zip()
     }
 }
 
@@ -465,23 +492,42 @@ fn many_concurrent_clients_get_their_own_answers() {
 #[test]
 fn stop_lets_running_requests_finish_and_deliver_their_responses() {
     let _lock = shared_lock();
-    let (server, _) = calculator(ServerConfig::default().workers(4));
+    let (handler, release) = Special::gated();
+    let server = Arc::new(serve(handler, ServerConfig::default().workers(4)));
     let addr = server.local_addr();
     let callers: Vec<_> = (0..3)
-        .map(|_| thread::spawn(move || framed_binary(addr).slow(300).map_err(|e| e.to_string())))
+        .map(|_| thread::spawn(move || framed_binary(addr).slow(5).map_err(|e| e.to_string())))
         .collect();
-    let idle = framed_binary(addr);
+    let mut idle = raw(addr);
+    idle.write_all(&add(1, 1, 1)).unwrap();
+    read_reply(&mut idle, Transport::Framed, Protocol::Binary);
     wait_for_stats(&server, "three slow calls running", |s| s.busy_workers == 3);
 
-    server.stop();
-    for caller in callers {
-        assert_eq!(caller.join().unwrap(), Ok(300));
-    }
-    drop(idle);
+    let stopper = {
+        let server = Arc::clone(&server);
+        thread::spawn(move || server.stop())
+    };
+    // Stopping closes the listener and idle connections at once, not waiting for the calls...
     assert!(
-        TcpStream::connect(addr).is_err(),
-        "the server still accepts after stop"
+        closed_by_server(&mut idle),
+        "the idle connection stays open while stopping"
     );
+    assert!(
+        wait_until(|| TcpStream::connect(addr).is_err()),
+        "still accepting while stopping"
+    );
+    assert!(
+        !stopper.is_finished(),
+        "stop returned before the running calls finished"
+    );
+    // ...which then finish and deliver their responses before stop returns.
+    for _ in 0..3 {
+        release.send(()).unwrap();
+    }
+    for caller in callers {
+        assert_eq!(caller.join().unwrap(), Ok(5));
+    }
+    stopper.join().unwrap();
     assert_eq!(server.stats().open_connections, 0);
 }
 
@@ -609,7 +655,7 @@ fn a_multiplexed_processor_is_served() {
 fn a_panicking_handler_fails_only_its_own_call() {
     let _lock = shared_lock();
     for transport in [Transport::Framed, Transport::Buffered] {
-        let handler = Panicky(CalculatorService::new("panicky"));
+        let handler = Special::new();
         let server = serve(
             handler,
             ServerConfig::default().workers(1).transport(transport),
@@ -885,7 +931,7 @@ fn a_client_leaving_before_its_response_costs_only_its_connection() {
         &[Arg::I32(1, 100)],
     );
     hostile.write_all(&slow).unwrap();
-    wait_for_stats(&server, "the slow call running", |s| s.busy_workers == 1);
+    wait_for_stats(&server, "the slow call started", |s| s.requests == 1);
     drop(hostile);
     wait_for_stats(&server, "its connection closed", |s| {
         s.busy_workers == 0 && s.open_connections == 0
@@ -905,7 +951,7 @@ fn a_stalled_half_request_is_dropped_after_the_request_timeout() {
     stalled.write_all(&request[..request.len() / 2]).unwrap();
     // The only worker waits for the rest of the request...
     wait_for_stats(&server, "the worker reading the half request", |s| {
-        s.busy_workers == 1
+        s.busy_workers == 1 || s.errors == 1
     });
     // ...until the request timeout frees it for other clients.
     assert_serving(&server);
