@@ -3,6 +3,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use scheduled_thread_pool::ScheduledThreadPool;
 
@@ -10,7 +11,7 @@ use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::config::ClientConfig;
 use crate::direct::Direct;
 use crate::error::{Error, Timeout};
-use crate::pool::{Checkout, MakeClient, Pool};
+use crate::pool::{within, Checkout, MakeClient, Pool};
 use crate::protocol::{InputProtocol, OutputProtocol};
 
 /// A client for one Thrift endpoint, with a connection pool, a timeout on every phase of a
@@ -98,6 +99,14 @@ fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A timeout that struck once `deadline` had passed is the deadline's doing.
+pub(crate) fn past_deadline(err: Error, deadline: Option<Instant>) -> Error {
+    match deadline {
+        Some(at) if err.is_timeout() && Instant::now() >= at => Error::Timeout(Timeout::Deadline),
+        _ => err,
+    }
+}
+
 /// The one helper thread r2d2 needs per pool (or per set of pools) to make empty slots.
 pub(crate) fn pool_helpers() -> Arc<ScheduledThreadPool> {
     Arc::new(
@@ -153,9 +162,20 @@ impl<C: Send + 'static> ThriftClient<C> {
     where
         F: FnOnce(&mut C) -> thrift::Result<R>,
     {
-        let (permit, mut slot) = self.inner.begin()?;
+        self.call_by(None, f)
+    }
+
+    /// [`call`](Self::call) that also ends by `deadline`, if there is one: the pool wait, the
+    /// connect and the response are each cut to what is left of it, and a phase that ran out
+    /// because of it fails with [`Timeout::Deadline`], which the breaker does not count.
+    pub(crate) fn call_by<R, F>(&self, deadline: Option<Instant>, f: F) -> Result<R, Error>
+    where
+        F: FnOnce(&mut C) -> thrift::Result<R>,
+    {
+        let (permit, mut slot) = self.inner.begin_by(deadline)?;
         let live = slot.live();
-        live.state.arm(self.inner.config.read_timeout);
+        live.state
+            .arm(within(self.inner.config.read_timeout, deadline));
         let result = f(&mut live.client);
         let timed_out = live.state.timed_out();
         let broken = live.state.is_broken() || !live.state.is_clean();
@@ -163,6 +183,7 @@ impl<C: Send + 'static> ThriftClient<C> {
         if broken || result.as_ref().is_err_and(Error::poisons_connection) {
             slot.discard();
         }
+        let result = result.map_err(|e| past_deadline(e, deadline));
         self.inner.end(permit, slot, result)
     }
 
@@ -226,6 +247,14 @@ impl<C: Send + 'static> ThriftClient<C> {
 impl<C: Send + 'static> Inner<C> {
     /// The first half of every call: the breaker's permission and a connected slot.
     pub(crate) fn begin(&self) -> Result<(Permit, Checkout<C>), Error> {
+        self.begin_by(None)
+    }
+
+    /// [`begin`](Self::begin) whose pool wait and connect also end by `deadline`.
+    pub(crate) fn begin_by(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Permit, Checkout<C>), Error> {
         bump(&self.stats.calls);
         if self.pool.is_closed() {
             return Err(Error::Closed);
@@ -236,12 +265,12 @@ impl<C: Send + 'static> Inner<C> {
                 endpoint: self.endpoint.clone(),
             });
         };
-        match self.pool.checkout() {
+        match self.pool.checkout(deadline) {
             Ok(slot) => {
                 self.pool.counts().in_use.fetch_add(1, Ordering::Relaxed);
                 Ok((permit, slot))
             }
-            Err(err) => Err(self.settle(permit, err)),
+            Err(err) => Err(self.settle(permit, past_deadline(err, deadline))),
         }
     }
 
@@ -297,6 +326,11 @@ impl<C: Send + 'static> Inner<C> {
     pub(crate) fn settle(&self, permit: Permit, err: Error) -> Error {
         let s = &self.stats;
         let (counter, failure) = match &err {
+            // Cut short by the caller's own deadline: says nothing about the endpoint.
+            Error::Timeout(Timeout::Deadline) => {
+                self.breaker.release(permit);
+                return err;
+            }
             Error::Connect { .. } => (&s.connect_errors, true),
             Error::Timeout(Timeout::Connect) => (&s.connect_timeouts, true),
             Error::Timeout(Timeout::PoolWait) => (&s.pool_timeouts, true),

@@ -18,6 +18,17 @@ pub(crate) struct ErrorMatcher {
     /// Whether an exception struct, in the strict binary protocol, is of the type: it must
     /// decode as the type and encode back to the very same bytes.
     decodes: fn(&[u8]) -> bool,
+    /// The `Debug` text of such an exception struct, if it is of the type.
+    describes: fn(&[u8]) -> Option<String>,
+}
+
+/// An exception struct, in the strict binary protocol, as a `T`, if it decodes as one and
+/// encodes back to the very same bytes.
+fn decode_exactly<T: TSerializable>(bytes: &[u8]) -> Option<T> {
+    let mut input = TBinaryInputProtocol::new(bytes, true);
+    let value = T::read_from_in_protocol(&mut input).ok()?;
+    let mut again = TBinaryOutputProtocol::new(Vec::with_capacity(bytes.len()), true);
+    (value.write_to_out_protocol(&mut again).is_ok() && again.transport == bytes).then_some(value)
 }
 
 impl ErrorMatcher {
@@ -25,14 +36,8 @@ impl ErrorMatcher {
         ErrorMatcher {
             name: std::any::type_name::<T>(),
             is: |err| err.is::<T>(),
-            decodes: |bytes| {
-                let mut input = TBinaryInputProtocol::new(bytes, true);
-                let Ok(value) = T::read_from_in_protocol(&mut input) else {
-                    return false;
-                };
-                let mut again = TBinaryOutputProtocol::new(Vec::with_capacity(bytes.len()), true);
-                value.write_to_out_protocol(&mut again).is_ok() && again.transport == bytes
-            },
+            decodes: |bytes| decode_exactly::<T>(bytes).is_some(),
+            describes: |bytes| decode_exactly::<T>(bytes).map(|value| format!("{value:?}")),
         }
     }
 }
@@ -278,10 +283,10 @@ impl ClientConfig {
         self.failures.iter().any(|m| (m.decodes)(exception))
     }
 
-    /// Whether an exception struct, encoded in the strict binary protocol, is of a type
-    /// declared with [`retry_on`](Self::retry_on).
-    pub(crate) fn encodes_declared_retryable(&self, exception: &[u8]) -> bool {
-        self.retryable.iter().any(|m| (m.decodes)(exception))
+    /// The `Debug` text of an exception struct, encoded in the strict binary protocol, if it
+    /// is of a type declared with [`retry_on`](Self::retry_on); `None` for any other.
+    pub(crate) fn describe_declared_retryable(&self, exception: &[u8]) -> Option<String> {
+        self.retryable.iter().find_map(|m| (m.describes)(exception))
     }
 }
 
@@ -407,7 +412,10 @@ mod tests {
     fn declared_exception_types_match_by_encoding() {
         let c = ClientConfig::default().retry_on::<Busy>();
         let busy = encode(|o| Busy("later".into()).write_to_out_protocol(o));
-        assert!(c.encodes_declared_retryable(&busy));
+        assert_eq!(
+            c.describe_declared_retryable(&busy).as_deref(),
+            Some(r#"Busy("later")"#)
+        );
         assert!(!c.encodes_declared_failure(&busy));
         // `struct Other { 1: i32 code }` has another shape, so it is not a Busy.
         let other = encode(|o| {
@@ -418,6 +426,6 @@ mod tests {
             o.write_field_stop()?;
             o.write_struct_end()
         });
-        assert!(!c.encodes_declared_retryable(&other));
+        assert_eq!(c.describe_declared_retryable(&other), None);
     }
 }

@@ -15,8 +15,8 @@ use crate::error::Error;
 use crate::mirror::Mirrored;
 use crate::pool::Checkout;
 
-/// Declares that [`Direct`] handles speak a service, so its generated methods can be called
-/// on them directly.
+/// Declares that [`Direct`] and [`MultiDirect`](crate::MultiDirect) handles speak a service,
+/// so its generated methods can be called on them directly.
 ///
 /// Pass the marker trait(s) that `thrift --gen rs` generated next to the service's client
 /// trait (for a service `Calculator`, `TCalculatorSyncClientMarker`):
@@ -29,7 +29,10 @@ use crate::pool::Checkout;
 #[macro_export]
 macro_rules! impl_direct {
     ($($marker:path),+ $(,)?) => {
-        $(impl<C: ::std::marker::Send + 'static> $marker for $crate::Direct<C> {})+
+        $(
+            impl<C: ::std::marker::Send + 'static> $marker for $crate::Direct<C> {}
+            impl<C: ::std::marker::Send + 'static> $marker for $crate::MultiDirect<C> {}
+        )+
     };
 }
 

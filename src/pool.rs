@@ -10,12 +10,20 @@ use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Timeout};
 use crate::protocol::{self, InputProtocol, OutputProtocol};
 use crate::transport::{self, ConnState};
+
+/// `timeout`, cut to what is left until `deadline`, if there is one.
+pub(crate) fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
+    match deadline {
+        Some(at) => timeout.min(at.saturating_duration_since(Instant::now())),
+        None => timeout,
+    }
+}
 
 /// Builds a generated client over a connection's protocols.
 pub(crate) type MakeClient<C> = dyn Fn(InputProtocol, OutputProtocol) -> C + Send + Sync;
@@ -135,15 +143,15 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     /// Takes a slot and makes sure it holds a working connection, opening one if needed.
-    pub(crate) fn checkout(&self) -> Result<Checkout<C>, Error> {
+    /// The pool wait and the connect are each cut to what is left until `deadline`, if any.
+    pub(crate) fn checkout(&self, deadline: Option<Instant>) -> Result<Checkout<C>, Error> {
+        let wait = within(self.config.pool_timeout, deadline);
         let mut slot = match self.pool.try_get() {
             Some(slot) => slot,
-            None if self.config.pool_timeout.is_zero() => {
-                return Err(Error::Timeout(Timeout::PoolWait))
-            }
+            None if wait.is_zero() => return Err(Error::Timeout(Timeout::PoolWait)),
             None => self
                 .pool
-                .get_timeout(self.config.pool_timeout)
+                .get_timeout(wait)
                 .map_err(|_| Error::Timeout(Timeout::PoolWait))?,
         };
         if self.closed.load(Ordering::Acquire) {
@@ -156,13 +164,13 @@ impl<C: Send + 'static> Pool<C> {
             log::debug!(target: "blocking_thrift::pool", "{}: pooled connection was closed by the server; reconnecting", self.endpoint);
             slot.discard();
         }
-        slot.live = Some(self.open()?);
+        slot.live = Some(self.open(within(self.config.connect_timeout, deadline))?);
         self.counts.open.fetch_add(1, Ordering::Relaxed);
         Ok(slot)
     }
 
-    fn open(&self) -> Result<Live<C>, Error> {
-        let stream = transport::connect(&self.endpoint, self.config.connect_timeout)?;
+    fn open(&self, connect_timeout: Duration) -> Result<Live<C>, Error> {
+        let stream = transport::connect(&self.endpoint, connect_timeout)?;
         let (state, reader, writer) = transport::split(
             stream,
             self.config.transport,

@@ -1,0 +1,628 @@
+//! The multi-endpoint client: one [`ThriftClient`] per endpoint, created on first use, and
+//! calls that move on to the next endpoint when one fails.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use scheduled_thread_pool::ScheduledThreadPool;
+
+use crate::client::{pool_helpers, ClientStats, ThriftClient};
+use crate::config::ClientConfig;
+use crate::error::{Error, Timeout, Unavailable};
+use crate::pool::MakeClient;
+use crate::protocol::{InputProtocol, OutputProtocol};
+
+mod direct;
+
+pub use self::direct::MultiDirect;
+use self::direct::RetriedException;
+
+const TARGET: &str = "blocking_thrift::multi";
+
+/// Walks the endpoints the user's function yields, in order, until the visitor breaks.
+type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync;
+
+/// A client for a service that several endpoints provide, the original's
+/// `MultiThriftClient`.
+///
+/// Instead of one `host:port` it takes a function that yields endpoints in the order they
+/// should be tried; it is called for every call, and consumed only as far as the call needs,
+/// so it may shuffle, filter or [`cycle`](Iterator::cycle) endlessly. To spread load, shuffle
+/// in the function: endpoints are always tried in the order given.
+///
+/// ```no_run
+/// use blocking_thrift::{ClientConfig, MultiThriftClient};
+/// # mod calculator { pub struct CalculatorSyncClient<I, O>(I, O);
+/// #   impl<I, O> CalculatorSyncClient<I, O> { pub fn new(i: I, o: O) -> Self { Self(i, o) } } }
+/// use calculator::CalculatorSyncClient;
+///
+/// let service = MultiThriftClient::new(
+///     || ["10.0.0.1:9090", "10.0.0.2:9090"],
+///     CalculatorSyncClient::new,
+///     ClientConfig::default().retries(1),
+/// );
+/// // let sum = service.call(|c| c.add(1, 2))?;
+/// ```
+///
+/// Each endpoint gets its own [`ThriftClient`], with its own pool and circuit breaker,
+/// created the first time the endpoint is tried and kept while it is used. All of them share
+/// one pool helper thread, however many endpoints there are.
+///
+/// # Retries
+///
+/// A call goes to the first endpoint. When it fails there in a way another endpoint might not,
+/// it goes to the *next* endpoint the function yielded, up to
+/// [`retries`](ClientConfig::retries) times (default 1), and then fails with
+/// [`Error::Unavailable`], which lists every attempt's endpoint and error. If the function
+/// yields fewer endpoints than that, the call stops when they run out, also with
+/// `Unavailable` (with no attempts at all if it yielded none).
+///
+/// These failures move on to the next endpoint:
+/// - the endpoint's breaker is open ([`Error::CircuitOpen`]), the connection could not be made
+///   ([`Error::Connect`], [`Timeout::Connect`]) or no pooled connection came free
+///   ([`Timeout::PoolWait`]): the request was never sent;
+/// - the response did not come within `read_timeout` ([`Timeout::Response`]), the connection
+///   failed ([`Error::Transport`]) or the response did not decode or did not match the
+///   request ([`Error::Protocol`]);
+/// - the service raised an exception whose type was declared with
+///   [`ClientConfig::retry_on`] (the original's `handle_retryable_errors`).
+///
+/// Anything else comes back at once as itself, not wrapped in `Unavailable`: the service's
+/// other exceptions ([`Error::User`]), other `TApplicationException`s
+/// ([`Error::Application`]) and [`Error::Closed`]. To have a service exception also count as
+/// a breaker failure on every endpoint, declare it with [`ClientConfig::failure_on`] (the
+/// original's `handle_errors`).
+///
+/// **A retried call may have run on an earlier endpoint too.** When the failure came after
+/// the request was written (a response timeout, a connection reset mid-call, a garbled
+/// response), the first server may have done the work. For calls that must not run twice, set
+/// [`retry_unsent_only(true)`](ClientConfig::retry_unsent_only): then only failures where the
+/// request was certainly never sent are retried ([`Error::is_unsent`]: open breaker, connect
+/// failure, pool wait), plus exceptions declared with `retry_on`, since the service raising
+/// one says it did not do the work. Another failure then ends the call with `Unavailable`.
+///
+/// # Deadline
+///
+/// [`ClientConfig::deadline`] bounds a whole call, every attempt together: each attempt's
+/// pool wait, connect and response are cut to what is left of it. A call the deadline stops
+/// fails with [`Error::Unavailable`] whose last attempt is [`Timeout::Deadline`]: either the
+/// attempt the deadline cut short (its pool wait, connect or response timeout, which the
+/// breaker does not count, since the endpoint is not to blame), or, if time ran out between
+/// attempts, the endpoint that would have been tried next. The deadline runs on real time,
+/// like the socket timeouts, not on [`ClientConfig::clock`].
+///
+/// # Idle endpoints
+///
+/// An endpoint no call has used for [`idle_timeout`](ClientConfig::idle_timeout) (default
+/// 60 s, on [`ClientConfig::clock`]) is closed and forgotten, its pool and breaker with it;
+/// that is how endpoints that vanished from the function go away. No thread does this: calls
+/// look for idle endpoints every half `idle_timeout`, before they start, and
+/// [`reap_idle`](Self::reap_idle) does it on demand. An endpoint in use by a call is never
+/// reaped.
+///
+/// # Threads
+///
+/// The client starts no thread of its own. The endpoints' pools share one r2d2 helper thread
+/// (which makes empty pool slots); [`close`](Self::close) drops the client's hold on it, and
+/// it exits once the last call still running returns. It cannot be joined: the thread pool
+/// r2d2 uses offers no way to.
+///
+/// The client is `Send + Sync` and cheap to clone; clones share everything. No lock is held
+/// while a call talks to an endpoint.
+pub struct MultiThriftClient<C: Send + 'static> {
+    shared: Arc<Shared<C>>,
+}
+
+struct Shared<C: Send + 'static> {
+    endpoints: Box<EndpointsFn>,
+    make: Arc<MakeClient<C>>,
+    config: ClientConfig,
+    /// Times on the config's clock are kept as nanoseconds since this instant.
+    epoch: Instant,
+    state: RwLock<State<C>>,
+    /// When calls next look for idle endpoints, in nanoseconds since `epoch`.
+    next_reap: AtomicU64,
+    counters: Counters,
+}
+
+struct State<C: Send + 'static> {
+    clients: HashMap<Arc<str>, Arc<Endpoint<C>>>,
+    /// The helper thread all pools share; `None` once the client is closed.
+    helpers: Option<Arc<ScheduledThreadPool>>,
+}
+
+/// One endpoint's client, and when it was last used.
+struct Endpoint<C: Send + 'static> {
+    client: ThriftClient<C>,
+    /// When a call last finished with it, in nanoseconds since the epoch.
+    last_used: AtomicU64,
+    /// Calls using it now; it is not reaped while there are any.
+    in_flight: AtomicUsize,
+}
+
+/// An endpoint taken for one attempt; marks it used when dropped.
+struct Lease<'a, C: Send + 'static> {
+    shared: &'a Shared<C>,
+    endpoint: Arc<Endpoint<C>>,
+}
+
+impl<C: Send + 'static> Drop for Lease<'_, C> {
+    fn drop(&mut self) {
+        // Stored before the count drops, so a reaper that sees no call also sees this time.
+        self.endpoint
+            .last_used
+            .store(self.shared.now(), Ordering::Release);
+        self.endpoint.in_flight.fetch_sub(1, Ordering::Release);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    retries: AtomicU64,
+    unavailable: AtomicU64,
+    reaped: AtomicU64,
+}
+
+/// A snapshot of a multi-endpoint client's counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MultiStats {
+    /// Calls started, whatever became of them.
+    pub calls: u64,
+    /// Attempts made on a further endpoint after one failed.
+    pub retries: u64,
+    /// Calls that failed with [`Error::Unavailable`].
+    pub unavailable: u64,
+    /// Endpoints closed and forgotten because no call used them for `idle_timeout`.
+    pub endpoints_reaped: u64,
+    /// The counters of every endpoint known now, sorted by endpoint. A reaped endpoint's
+    /// counters go with it.
+    pub endpoints: Vec<(Arc<str>, ClientStats)>,
+}
+
+impl MultiStats {
+    /// The counters of `endpoint`, if it is known now.
+    pub fn endpoint(&self, endpoint: &str) -> Option<&ClientStats> {
+        self.endpoints
+            .iter()
+            .find(|(name, _)| &**name == endpoint)
+            .map(|(_, stats)| stats)
+    }
+}
+
+/// What a failed attempt means for the call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The endpoint failed; another may not. `unsent`: the request never left.
+    EndpointFailed { unsent: bool },
+    /// The service raised an exception declared retryable.
+    DeclaredRetryable,
+    /// The call's deadline has passed.
+    Deadline,
+    /// An answer (or a closed client): it goes back to the caller as it is.
+    Final,
+}
+
+fn verdict(config: &ClientConfig, err: &Error) -> Verdict {
+    match err {
+        Error::Timeout(Timeout::Deadline) => Verdict::Deadline,
+        Error::Connect { .. } | Error::CircuitOpen { .. } | Error::Timeout(_) => {
+            Verdict::EndpointFailed {
+                unsent: err.is_unsent(),
+            }
+        }
+        // Including a response that did not match its request.
+        Error::Transport(_) | Error::Protocol(_) => Verdict::EndpointFailed { unsent: false },
+        Error::User(e) if e.is::<RetriedException>() || config.is_declared_retryable(&**e) => {
+            Verdict::DeclaredRetryable
+        }
+        _ => Verdict::Final,
+    }
+}
+
+impl<C: Send + 'static> MultiThriftClient<C> {
+    /// A client for the endpoints `endpoints` yields (`host:port` each), that builds each
+    /// endpoint's generated client with `make`, typically `CalculatorSyncClient::new`.
+    ///
+    /// `endpoints` is called once per call and may return anything iterable whose items are
+    /// strings: `["a:1", "b:1"]`, a `Vec<String>`, an endless `cycle()`. Opens no connection.
+    pub fn new<E, I, F>(endpoints: E, make: F, config: ClientConfig) -> Self
+    where
+        E: Fn() -> I + Send + Sync + 'static,
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+        F: Fn(InputProtocol, OutputProtocol) -> C + Send + Sync + 'static,
+    {
+        let walk = move |visit: &mut dyn FnMut(&str) -> ControlFlow<()>| {
+            for endpoint in endpoints() {
+                if visit(endpoint.as_ref()).is_break() {
+                    break;
+                }
+            }
+        };
+        let epoch = config.clock.now();
+        let first_reap = half(config.idle_timeout);
+        MultiThriftClient {
+            shared: Arc::new(Shared {
+                endpoints: Box::new(walk),
+                make: Arc::new(make),
+                config,
+                epoch,
+                state: RwLock::new(State {
+                    clients: HashMap::new(),
+                    helpers: Some(pool_helpers()),
+                }),
+                next_reap: AtomicU64::new(first_reap),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// Runs one remote call: `f` gets the generated client of an endpoint, and runs again
+    /// with the next endpoint's if the attempt fails in a way that is retried (see the
+    /// [type's docs](Self#retries)), so it may run more than once.
+    ///
+    /// ```no_run
+    /// # fn demo<C: Send + 'static>(client: blocking_thrift::MultiThriftClient<C>) {}
+    /// // let sum = client.call(|c| c.add(1, 2))?;
+    /// ```
+    ///
+    /// Each attempt is exactly a [`ThriftClient::call`] on that endpoint: breaker, pool,
+    /// timeouts, counters.
+    pub fn call<R, F>(&self, mut f: F) -> Result<R, Error>
+    where
+        F: FnMut(&mut C) -> thrift::Result<R>,
+    {
+        self.shared
+            .run(|client, deadline| client.call_by(deadline, &mut f))
+    }
+
+    /// A handle on which the generated methods are called directly, the original's
+    /// `wrap_client`: `client.direct().add(1, 2)`, with the same retries as
+    /// [`call`](Self::call). See [`MultiDirect`].
+    pub fn direct(&self) -> MultiDirect<C> {
+        MultiDirect::new(self.clone())
+    }
+
+    /// Closes and forgets every endpoint no call has used for `idle_timeout`, now; returns
+    /// how many. Calls do this by themselves every half `idle_timeout`.
+    pub fn reap_idle(&self) -> usize {
+        self.shared.reap(self.shared.now())
+    }
+
+    /// Closes every endpoint's connections (busy ones as their calls return) and forgets the
+    /// endpoints; later calls fail with [`Error::Closed`]. Closing twice is harmless.
+    ///
+    /// The client starts no thread; see [Threads](Self#threads) for the pools' shared helper.
+    pub fn close(&self) {
+        let (clients, helpers) = {
+            let mut state = self.shared.state.write();
+            (std::mem::take(&mut state.clients), state.helpers.take())
+        };
+        for endpoint in clients.values() {
+            endpoint.client.close();
+        }
+        if helpers.is_some() {
+            log::info!(target: TARGET, "multi-endpoint client closed ({} endpoint(s))", clients.len());
+        }
+    }
+
+    /// A snapshot of the counters, with those of every endpoint known now.
+    pub fn stats(&self) -> MultiStats {
+        let clients: Vec<ThriftClient<C>> = {
+            let state = self.shared.state.read();
+            state.clients.values().map(|e| e.client.clone()).collect()
+        };
+        let mut endpoints: Vec<(Arc<str>, ClientStats)> = clients
+            .iter()
+            .map(|c| (c.inner.endpoint.clone(), c.stats()))
+            .collect();
+        endpoints.sort_by(|a, b| a.0.cmp(&b.0));
+        let c = &self.shared.counters;
+        let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        MultiStats {
+            calls: get(&c.calls),
+            retries: get(&c.retries),
+            unavailable: get(&c.unavailable),
+            endpoints_reaped: get(&c.reaped),
+            endpoints,
+        }
+    }
+
+    /// The configuration every endpoint's client uses.
+    pub fn config(&self) -> &ClientConfig {
+        &self.shared.config
+    }
+}
+
+impl<C: Send + 'static> Shared<C> {
+    /// The config's clock, in nanoseconds since the epoch.
+    fn now(&self) -> u64 {
+        nanos(
+            self.config
+                .clock
+                .now()
+                .saturating_duration_since(self.epoch),
+        )
+    }
+
+    /// Runs `attempt` on endpoints in turn until one answers, a failure is not to be retried,
+    /// or the retries, the endpoints or the deadline run out.
+    fn run<T>(
+        &self,
+        mut attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.maybe_reap();
+        let deadline = self.config.deadline.map(|d| Instant::now() + d);
+        let allowed = self.config.retries as usize + 1;
+        let mut attempts: Vec<(Arc<str>, Error)> = Vec::new();
+        let mut outcome = None;
+        (self.endpoints)(&mut |name: &str| {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                attempts.push((name.into(), Error::Timeout(Timeout::Deadline)));
+                return ControlFlow::Break(());
+            }
+            let lease = match self.lease(name) {
+                Ok(lease) => lease,
+                Err(err) => {
+                    outcome = Some(Err(err));
+                    return ControlFlow::Break(());
+                }
+            };
+            if let Some((previous, err)) = attempts.last() {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                log::debug!(target: TARGET, "{name}: retrying after {previous} failed: {err}");
+            }
+            let result = attempt(&lease.endpoint.client, deadline);
+            let endpoint = lease.endpoint.client.inner.endpoint.clone();
+            drop(lease);
+            let err = match result {
+                Ok(value) => {
+                    outcome = Some(Ok(value));
+                    return ControlFlow::Break(());
+                }
+                Err(err) => err,
+            };
+            let more = match verdict(&self.config, &err) {
+                Verdict::Final => {
+                    outcome = Some(Err(err));
+                    return ControlFlow::Break(());
+                }
+                Verdict::Deadline => false,
+                Verdict::EndpointFailed { unsent } => unsent || !self.config.retry_unsent_only,
+                Verdict::DeclaredRetryable => true,
+            };
+            attempts.push((endpoint, err));
+            if more && attempts.len() < allowed {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        });
+        outcome.unwrap_or_else(|| {
+            self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
+            let err = Error::Unavailable(Box::new(Unavailable { attempts }));
+            log::debug!(target: TARGET, "call failed: {err}");
+            Err(err)
+        })
+    }
+
+    /// The client of `name`, created if it is new, marked in use.
+    fn lease(&self, name: &str) -> Result<Lease<'_, C>, Error> {
+        let helpers = {
+            let state = self.state.read();
+            if let Some(endpoint) = state.clients.get(name) {
+                // Counted under the lock, so that a reaper (which holds it exclusively)
+                // never takes an endpoint a call has just found.
+                endpoint.in_flight.fetch_add(1, Ordering::Acquire);
+                return Ok(Lease {
+                    shared: self,
+                    endpoint: endpoint.clone(),
+                });
+            }
+            state.helpers.clone().ok_or(Error::Closed)?
+        };
+        // Built outside the lock; cheap, as it opens nothing.
+        let mut fresh = Some(ThriftClient::with_parts(
+            name.into(),
+            self.make.clone(),
+            self.config.clone(),
+            helpers,
+        ));
+        let endpoint = {
+            let mut state = self.state.write();
+            if state.helpers.is_none() {
+                return Err(Error::Closed);
+            }
+            let endpoint = match state.clients.get(name) {
+                Some(endpoint) => endpoint.clone(),
+                None => {
+                    let client = fresh.take().expect("not yet used");
+                    let endpoint = Arc::new(Endpoint {
+                        last_used: AtomicU64::new(self.now()),
+                        in_flight: AtomicUsize::new(0),
+                        client,
+                    });
+                    state
+                        .clients
+                        .insert(endpoint.client.inner.endpoint.clone(), endpoint.clone());
+                    endpoint
+                }
+            };
+            endpoint.in_flight.fetch_add(1, Ordering::Acquire);
+            endpoint
+        };
+        if fresh.is_none() {
+            log::info!(target: TARGET, "{name}: endpoint added");
+        }
+        // Otherwise another call added it first; ours is dropped, which closes its empty pool.
+        Ok(Lease {
+            shared: self,
+            endpoint,
+        })
+    }
+
+    /// Reaps idle endpoints if calls have not looked for half an `idle_timeout`.
+    fn maybe_reap(&self) {
+        let now = self.now();
+        let due = self.next_reap.load(Ordering::Relaxed);
+        if now < due {
+            return;
+        }
+        let next = now.saturating_add(half(self.config.idle_timeout));
+        // One caller looks; the others go on.
+        if self
+            .next_reap
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.reap(now);
+        }
+    }
+
+    fn reap(&self, now: u64) -> usize {
+        let idle = nanos(self.config.idle_timeout);
+        let mut reaped = Vec::new();
+        self.state.write().clients.retain(|_, endpoint| {
+            let unused = endpoint.in_flight.load(Ordering::Acquire) == 0
+                && now.saturating_sub(endpoint.last_used.load(Ordering::Acquire)) >= idle;
+            if unused {
+                reaped.push(endpoint.clone());
+            }
+            !unused
+        });
+        for endpoint in &reaped {
+            log::info!(
+                target: TARGET,
+                "{}: endpoint unused for {:?}; closed and forgotten",
+                endpoint.client.inner.endpoint,
+                self.config.idle_timeout
+            );
+            endpoint.client.close();
+        }
+        self.counters
+            .reaped
+            .fetch_add(reaped.len() as u64, Ordering::Relaxed);
+        reaped.len()
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn half(d: Duration) -> u64 {
+    nanos(d) / 2
+}
+
+impl<C: Send + 'static> Clone for MultiThriftClient<C> {
+    fn clone(&self) -> Self {
+        MultiThriftClient {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<C: Send + 'static> fmt::Debug for MultiThriftClient<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let endpoints = self.shared.state.read().clients.len();
+        f.debug_struct("MultiThriftClient")
+            .field("endpoints", &endpoints)
+            .field("config", &self.shared.config)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use thrift::ApplicationErrorKind;
+
+    #[derive(Debug)]
+    struct Busy;
+
+    impl fmt::Display for Busy {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("busy")
+        }
+    }
+
+    impl std::error::Error for Busy {}
+
+    impl thrift::protocol::TSerializable for Busy {
+        fn read_from_in_protocol(
+            _: &mut dyn thrift::protocol::TInputProtocol,
+        ) -> thrift::Result<Self> {
+            Ok(Busy)
+        }
+
+        fn write_to_out_protocol(
+            &self,
+            _: &mut dyn thrift::protocol::TOutputProtocol,
+        ) -> thrift::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let config = ClientConfig::default().retry_on::<Busy>();
+        let v = |err: Error| verdict(&config, &err);
+        assert_eq!(
+            v(Error::CircuitOpen {
+                endpoint: "a:1".into()
+            }),
+            Verdict::EndpointFailed { unsent: true }
+        );
+        assert_eq!(
+            v(Error::Timeout(Timeout::PoolWait)),
+            Verdict::EndpointFailed { unsent: true }
+        );
+        assert_eq!(
+            v(Error::Timeout(Timeout::Response)),
+            Verdict::EndpointFailed { unsent: false }
+        );
+        assert_eq!(v(Error::Timeout(Timeout::Deadline)), Verdict::Deadline);
+        assert_eq!(v(Error::User(Box::new(Busy))), Verdict::DeclaredRetryable);
+        assert_eq!(
+            v(Error::User(Box::new(std::io::Error::other("x")))),
+            Verdict::Final
+        );
+        let app = |kind| Error::Application(thrift::ApplicationError::new(kind, "x"));
+        assert_eq!(v(app(ApplicationErrorKind::InternalError)), Verdict::Final);
+        assert_eq!(v(app(ApplicationErrorKind::UnknownMethod)), Verdict::Final);
+        assert_eq!(v(Error::Closed), Verdict::Final);
+    }
+
+    #[test]
+    fn endpoints_are_walked_lazily() {
+        let client: MultiThriftClient<()> = MultiThriftClient::new(
+            || (0..).map(|i| format!("127.0.0.1:{i}")),
+            |_, _| (),
+            ClientConfig::default(),
+        );
+        let mut seen = Vec::new();
+        (client.shared.endpoints)(&mut |e| {
+            seen.push(e.to_owned());
+            if seen.len() == 3 {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        assert_eq!(seen, ["127.0.0.1:0", "127.0.0.1:1", "127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn clients_are_send_and_sync() {
+        fn check<T: Send + Sync + Clone>() {}
+        check::<MultiThriftClient<()>>();
+    }
+}

@@ -1,0 +1,448 @@
+//! Direct method calls on a multi-endpoint client: the request is recorded, the exchange
+//! runs (and is retried) when the generated code flushes it, and the generated code then
+//! reads the response from a buffered copy.
+
+use std::fmt;
+use std::io::Cursor;
+use std::time::Instant;
+
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier,
+    TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
+    TStructIdentifier, TType,
+};
+use thrift::{ProtocolError, ProtocolErrorKind, TConfiguration, TThriftClient};
+
+use super::MultiThriftClient;
+use crate::client::{past_deadline, ThriftClient};
+use crate::config::{ClientConfig, DEFAULT_MAX_DEPTH};
+use crate::error::Error;
+use crate::mirror::Mirrored;
+use crate::pool::within;
+
+/// A request buffer larger than this is given back after its call.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+/// A client handle on which the generated methods are called directly, with the retries of
+/// [`MultiThriftClient::call`], from [`MultiThriftClient::direct`].
+///
+/// Declare the service's marker trait once with [`impl_direct!`](crate::impl_direct), which
+/// covers both [`Direct`](crate::Direct) and `MultiDirect`; then `multi.direct().add(1, 2)`.
+/// Errors raised by this crate come out of the generated methods as `thrift::Error::User`;
+/// [`Error::from`] turns them back.
+///
+/// The generated code's request is recorded when it is written; when the generated code
+/// flushes it, the whole exchange runs on the first endpoint: the request is sent and the
+/// whole response read and kept. Every failure that [`MultiThriftClient::call`] retries is
+/// retried here too, on the next endpoint, with the same request: an open breaker, pool wait,
+/// connect, sending, the response's timeout, transport and decoding errors, and service
+/// exceptions declared with [`retry_on`](crate::ClientConfig::retry_on). The generated code
+/// then reads the response from the kept copy, so a service exception that is not retried
+/// reaches the caller typed, as the generated code returns it. A failed call's error is
+/// returned from the request's flush, so the generated method returns it.
+///
+/// One difference from `call`: in the attempts listed by [`Error::Unavailable`], a service
+/// exception that was retried is an [`Error::User`] holding the exception's `Debug` text, not
+/// the exception itself.
+///
+/// The response is held in memory until the generated code has read it (it is bounded by
+/// `max_message_size`). The handle is cheap: make one per thread, or clone it.
+pub struct MultiDirect<C: Send + 'static> {
+    call: Call<C>,
+}
+
+/// A retried service exception, as listed among a direct call's attempts.
+#[derive(Debug)]
+pub(super) struct RetriedException(String);
+
+impl fmt::Display for RetriedException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RetriedException {}
+
+impl<C: Send + 'static> MultiDirect<C> {
+    pub(super) fn new(client: MultiThriftClient<C>) -> Self {
+        let limits = limits(&client.shared.config);
+        MultiDirect {
+            call: Call {
+                client,
+                limits,
+                sequence: 0,
+                method: String::new(),
+                oneway: false,
+                phase: Phase::Idle,
+                request: TBinaryOutputProtocol::new(Vec::new(), true),
+                spare: Vec::new(),
+                response: TBinaryInputProtocol::new(Cursor::new(Vec::new()), true),
+            },
+        }
+    }
+}
+
+impl<C: Send + 'static> Clone for MultiDirect<C> {
+    fn clone(&self) -> Self {
+        MultiDirect::new(self.call.client.clone())
+    }
+}
+
+impl<C: Send + 'static> fmt::Debug for MultiDirect<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MultiDirect")
+            .field("client", &self.call.client)
+            .finish()
+    }
+}
+
+impl<C: TThriftClient + Send + 'static> TThriftClient for MultiDirect<C> {
+    fn i_prot_mut(&mut self) -> &mut dyn TInputProtocol {
+        &mut self.call
+    }
+
+    fn o_prot_mut(&mut self) -> &mut dyn TOutputProtocol {
+        &mut self.call
+    }
+
+    fn sequence_number(&self) -> i32 {
+        self.call.sequence
+    }
+
+    fn increment_sequence_number(&mut self) -> i32 {
+        // Stays positive, as Thrift sequence numbers should.
+        self.call.sequence = self.call.sequence.checked_add(1).unwrap_or(1);
+        self.call.sequence
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// The generated code is writing the request.
+    Writing,
+    /// The response is in `response`, for the generated code to read.
+    Reading,
+}
+
+/// Both protocols of a [`MultiDirect`] handle.
+struct Call<C: Send + 'static> {
+    client: MultiThriftClient<C>,
+    limits: TConfiguration,
+    sequence: i32,
+    method: String,
+    oneway: bool,
+    phase: Phase,
+    /// The request being written, in the strict binary protocol.
+    request: TBinaryOutputProtocol<Vec<u8>>,
+    /// The buffer the next response is copied into.
+    spare: Vec<u8>,
+    /// The last response, in the strict binary protocol.
+    response: TBinaryInputProtocol<Cursor<Vec<u8>>>,
+}
+
+/// The request as sent to every endpoint tried.
+struct Request<'a> {
+    bytes: &'a [u8],
+    method: &'a str,
+    sequence: i32,
+    oneway: bool,
+}
+
+/// How an endpoint answered.
+enum Reply {
+    /// A oneway request went out.
+    Sent,
+    /// The response holds the return value.
+    Value,
+    /// The response is a `TApplicationException`.
+    Application,
+    /// The response holds a service exception; these are its bytes in the copy.
+    Exception(std::ops::Range<usize>),
+}
+
+fn outside_call() -> thrift::Error {
+    thrift::Error::Protocol(ProtocolError::new(
+        ProtocolErrorKind::Unknown,
+        "message operation outside a call",
+    ))
+}
+
+fn limits(config: &ClientConfig) -> TConfiguration {
+    let max = Some(config.max_message_size);
+    TConfiguration::builder()
+        .max_message_size(max)
+        .max_frame_size(max)
+        .max_recursion_depth(Some(DEFAULT_MAX_DEPTH))
+        .max_string_size(max)
+        .max_container_size(max)
+        .build()
+        .expect("frame size equals message size, which the builder accepts")
+}
+
+impl<C: TThriftClient + Send + 'static> Call<C> {
+    fn begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
+        let mut buf = std::mem::take(&mut self.request.transport);
+        if buf.capacity() > KEEP_BUFFER {
+            buf = Vec::new();
+        }
+        buf.clear();
+        self.request = TBinaryOutputProtocol::new(buf, true);
+        self.method.clear();
+        self.method.push_str(&ident.name);
+        self.oneway = ident.message_type == TMessageType::OneWay;
+        self.phase = Phase::Writing;
+        self.request.write_message_begin(ident)
+    }
+
+    fn write<T>(
+        &mut self,
+        op: impl FnOnce(&mut dyn TOutputProtocol) -> thrift::Result<T>,
+    ) -> thrift::Result<T> {
+        if self.phase != Phase::Writing {
+            return Err(outside_call());
+        }
+        op(&mut self.request)
+    }
+
+    fn read<T>(
+        &mut self,
+        op: impl FnOnce(&mut dyn TInputProtocol) -> thrift::Result<T>,
+    ) -> thrift::Result<T> {
+        if self.phase != Phase::Reading {
+            return Err(outside_call());
+        }
+        op(&mut self.response)
+    }
+
+    /// Runs the exchange, on as many endpoints as it takes; leaves the response ready to read.
+    fn exchange(&mut self) -> thrift::Result<()> {
+        self.phase = Phase::Idle;
+        let request = Request {
+            bytes: &self.request.transport,
+            method: &self.method,
+            sequence: self.sequence,
+            oneway: self.oneway,
+        };
+        let mut copy = std::mem::take(&mut self.spare);
+        let limits = &self.limits;
+        let result = self
+            .client
+            .shared
+            .run(|client, deadline| attempt(client, deadline, &request, &mut copy, limits));
+        match result {
+            Ok(Reply::Sent) => {
+                self.spare = copy;
+                Ok(())
+            }
+            Ok(_) => {
+                let response =
+                    TBinaryInputProtocol::with_config(Cursor::new(copy), true, self.limits.clone());
+                // The previous response's buffer takes the next one's copy.
+                self.spare = std::mem::replace(&mut self.response, response)
+                    .transport
+                    .into_inner();
+                self.phase = Phase::Reading;
+                Ok(())
+            }
+            Err(err) => {
+                self.spare = copy;
+                Err(err.into())
+            }
+        }
+    }
+}
+
+/// One attempt on one endpoint: sends the request, reads the whole response into `copy` and
+/// settles the attempt with the endpoint's breaker and counters.
+fn attempt<C: TThriftClient + Send + 'static>(
+    client: &ThriftClient<C>,
+    deadline: Option<Instant>,
+    request: &Request<'_>,
+    copy: &mut Vec<u8>,
+    limits: &TConfiguration,
+) -> Result<Reply, Error> {
+    let inner = &client.inner;
+    let (permit, mut slot) = inner.begin_by(deadline)?;
+    let live = slot.live();
+    live.state.arm(within(inner.config.read_timeout, deadline));
+    copy.clear();
+    let mut out = TBinaryOutputProtocol::new(std::mem::take(copy), true);
+    let result = talk(&mut live.client, request, &mut out, limits);
+    *copy = out.transport;
+    let timed_out = live.state.timed_out();
+    match result {
+        Ok(Reply::Exception(range)) => {
+            let exception = &copy[range.clone()];
+            let declared_failure = inner.config.encodes_declared_failure(exception);
+            let retried = inner.config.describe_declared_retryable(exception);
+            inner.end_answered_with_error(permit, slot, false, declared_failure);
+            match retried {
+                Some(text) => Err(Error::User(Box::new(RetriedException(text)))),
+                None => Ok(Reply::Exception(range)),
+            }
+        }
+        Ok(Reply::Application) => {
+            inner.end_answered_with_error(permit, slot, true, false);
+            Ok(Reply::Application)
+        }
+        Ok(reply) => inner.end(permit, slot, Ok(reply)),
+        Err(err) => {
+            // The message on the connection is cut short: it cannot serve another call.
+            slot.discard();
+            let err = past_deadline(Error::from_thrift(err, timed_out), deadline);
+            inner.end(permit, slot, Err(err))
+        }
+    }
+}
+
+/// Sends the request over `client`'s protocols and copies the response into `copy`.
+fn talk<C: TThriftClient>(
+    client: &mut C,
+    request: &Request<'_>,
+    copy: &mut TBinaryOutputProtocol<Vec<u8>>,
+    limits: &TConfiguration,
+) -> thrift::Result<Reply> {
+    let mut recorded = TBinaryInputProtocol::with_config(request.bytes, true, limits.clone());
+    let mut send = Mirrored {
+        input: &mut recorded,
+        copy: client.o_prot_mut(),
+    };
+    send.read_message_begin()?;
+    send.skip(TType::Struct)?;
+    send.read_message_end()?;
+    client.o_prot_mut().flush()?;
+    if request.oneway {
+        return Ok(Reply::Sent);
+    }
+    let mut receive = Mirrored {
+        input: client.i_prot_mut(),
+        copy,
+    };
+    let ident = receive.read_message_begin()?;
+    let problem = if ident.sequence_number != request.sequence {
+        format!(
+            "response sequence id {} does not match request {}",
+            ident.sequence_number, request.sequence
+        )
+    } else if ident.name != request.method {
+        format!("response is for {:?}, not {:?}", ident.name, request.method)
+    } else if !matches!(
+        ident.message_type,
+        TMessageType::Reply | TMessageType::Exception
+    ) {
+        format!("response has message type {:?}", ident.message_type)
+    } else {
+        receive.skip(TType::Struct)?;
+        receive.read_message_end()?;
+        return classify(&copy.transport, ident.message_type);
+    };
+    Err(thrift::Error::Protocol(ProtocolError::new(
+        ProtocolErrorKind::InvalidData,
+        problem,
+    )))
+}
+
+/// Tells a response's copy apart: in a result struct, field 0 is the return value and every
+/// other field a service exception.
+fn classify(response: &[u8], message_type: TMessageType) -> thrift::Result<Reply> {
+    if message_type == TMessageType::Exception {
+        return Ok(Reply::Application);
+    }
+    let mut input = TBinaryInputProtocol::new(Cursor::new(response), true);
+    input.read_message_begin()?;
+    input.read_struct_begin()?;
+    let field = input.read_field_begin()?;
+    if field.field_type == TType::Stop || !field.id.is_some_and(|id| id > 0) {
+        return Ok(Reply::Value);
+    }
+    let start = input.transport.position() as usize;
+    input.skip(field.field_type)?;
+    Ok(Reply::Exception(start..input.transport.position() as usize))
+}
+
+macro_rules! forward_reads {
+    ($($name:ident -> $ty:ty;)*) => {
+        $(fn $name(&mut self) -> thrift::Result<$ty> {
+            self.read(|p| p.$name())
+        })*
+    };
+}
+
+macro_rules! forward_writes {
+    ($($name:ident($($arg:ident: $ty:ty)?);)*) => {
+        $(fn $name(&mut self $(, $arg: $ty)?) -> thrift::Result<()> {
+            self.write(|p| p.$name($($arg)?))
+        })*
+    };
+}
+
+impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
+    fn read_message_end(&mut self) -> thrift::Result<()> {
+        self.read(|p| p.read_message_end())?;
+        self.phase = Phase::Idle;
+        Ok(())
+    }
+
+    forward_reads! {
+        read_message_begin -> TMessageIdentifier;
+        read_struct_begin -> Option<TStructIdentifier>;
+        read_struct_end -> ();
+        read_field_begin -> TFieldIdentifier;
+        read_field_end -> ();
+        read_bool -> bool;
+        read_bytes -> Vec<u8>;
+        read_i8 -> i8;
+        read_i16 -> i16;
+        read_i32 -> i32;
+        read_i64 -> i64;
+        read_double -> f64;
+        read_uuid -> uuid::Uuid;
+        read_string -> String;
+        read_list_begin -> TListIdentifier;
+        read_list_end -> ();
+        read_set_begin -> TSetIdentifier;
+        read_set_end -> ();
+        read_map_begin -> TMapIdentifier;
+        read_map_end -> ();
+        read_byte -> u8;
+    }
+}
+
+impl<C: TThriftClient + Send + 'static> TOutputProtocol for Call<C> {
+    fn write_message_begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
+        self.begin(ident)
+    }
+
+    fn flush(&mut self) -> thrift::Result<()> {
+        if self.phase != Phase::Writing {
+            return Err(outside_call());
+        }
+        self.exchange()
+    }
+
+    forward_writes! {
+        write_message_end();
+        write_struct_begin(ident: &TStructIdentifier);
+        write_struct_end();
+        write_field_begin(ident: &TFieldIdentifier);
+        write_field_end();
+        write_field_stop();
+        write_bool(b: bool);
+        write_bytes(b: &[u8]);
+        write_i8(i: i8);
+        write_i16(i: i16);
+        write_i32(i: i32);
+        write_i64(i: i64);
+        write_double(d: f64);
+        write_uuid(uuid: &uuid::Uuid);
+        write_string(s: &str);
+        write_list_begin(ident: &TListIdentifier);
+        write_list_end();
+        write_set_begin(ident: &TSetIdentifier);
+        write_set_end();
+        write_map_begin(ident: &TMapIdentifier);
+        write_map_end();
+        write_byte(b: u8);
+    }
+}
