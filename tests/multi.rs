@@ -1,0 +1,534 @@
+//! The multi-endpoint client against reference servers on loopback.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use blocking_thrift::{
+    BreakerState, ClientConfig, Error, MultiThriftClient, Protocol, Timeout, Transport,
+};
+use support::calculator::{
+    CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient, TemporaryUnavailable,
+};
+use support::{Calc, CalculatorService, ManualClock, RefServer};
+
+blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
+
+fn named(name: &str) -> RefServer {
+    RefServer::start_on(
+        "127.0.0.1:0",
+        Transport::Framed,
+        Protocol::Binary,
+        Arc::new(CalculatorService::new(name)),
+    )
+}
+
+/// A client whose endpoints function always yields `endpoints`, in that order.
+fn fixed(endpoints: &[String], config: ClientConfig) -> MultiThriftClient<Calc> {
+    let endpoints = endpoints.to_vec();
+    MultiThriftClient::new(move || endpoints.clone(), CalculatorSyncClient::new, config)
+}
+
+fn attempts(err: &Error) -> &[(Arc<str>, Error)] {
+    match err {
+        Error::Unavailable(u) => &u.attempts,
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+fn attempt_endpoints(err: &Error) -> Vec<String> {
+    attempts(err).iter().map(|(e, _)| e.to_string()).collect()
+}
+
+#[test]
+fn calls_go_to_the_first_endpoint_yielded() {
+    let servers = [named("a"), named("b"), named("c")];
+    let list: Vec<String> = servers.iter().map(RefServer::endpoint).collect();
+    let turn = Arc::new(AtomicUsize::new(0));
+    let multi = {
+        let (list, turn) = (list.clone(), turn.clone());
+        MultiThriftClient::new(
+            move || {
+                let first = turn.load(Ordering::SeqCst);
+                (0..list.len())
+                    .map(|i| list[(first + i) % 3].clone())
+                    .collect::<Vec<_>>()
+            },
+            CalculatorSyncClient::new,
+            ClientConfig::default(),
+        )
+    };
+    for i in 0..9 {
+        turn.store(i % 3, Ordering::SeqCst);
+        assert_eq!(
+            multi.call(|c| c.whoami(false)).unwrap(),
+            ["a", "b", "c"][i % 3]
+        );
+    }
+    assert_eq!(multi.call(|c| c.add(2, 3)).unwrap(), 5);
+    let stats = multi.stats();
+    assert_eq!(stats.calls, 10);
+    assert_eq!(stats.retries, 0);
+    assert_eq!(stats.endpoints.len(), 3);
+    for endpoint in &list {
+        assert!(stats.endpoint(endpoint).unwrap().successes >= 3);
+    }
+}
+
+#[test]
+fn a_stopped_server_is_skipped_with_one_retry() {
+    let mut a = named("a");
+    let b = named("b");
+    let multi = fixed(&[a.endpoint(), b.endpoint()], ClientConfig::default());
+    assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "a");
+    a.stop();
+    for _ in 0..5 {
+        assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
+    }
+    let stats = multi.stats();
+    assert_eq!(stats.retries, 5);
+    assert_eq!(stats.unavailable, 0);
+}
+
+#[test]
+fn when_every_endpoint_fails_each_attempt_is_listed() {
+    let dead: Vec<String> = (0..3).map(|_| support::refused_endpoint()).collect();
+    let multi = fixed(&dead, ClientConfig::default().retries(2));
+    let err = multi.call(|c| c.ping()).unwrap_err();
+    assert_eq!(attempt_endpoints(&err), dead);
+    for (_, e) in attempts(&err) {
+        assert!(matches!(e, Error::Connect { .. }), "{e}");
+    }
+    assert!(err.to_string().contains(&dead[2]), "{err}");
+
+    // One retry: two attempts, whatever the list holds.
+    let multi = fixed(&dead, ClientConfig::default());
+    assert_eq!(
+        attempt_endpoints(&multi.call(|c| c.ping()).unwrap_err()),
+        dead[..2]
+    );
+
+    // More retries than endpoints: the call stops when they run out.
+    let multi = fixed(&dead, ClientConfig::default().retries(10));
+    assert_eq!(attempts(&multi.call(|c| c.ping()).unwrap_err()).len(), 3);
+    let stats = multi.stats();
+    assert_eq!((stats.retries, stats.unavailable), (2, 1));
+
+    // No endpoints at all.
+    let multi = fixed(&[], ClientConfig::default());
+    assert!(attempts(&multi.call(|c| c.ping()).unwrap_err()).is_empty());
+}
+
+#[test]
+fn declared_retryable_exceptions_move_on_to_the_next_endpoint() {
+    let (a, b) = (named("a"), named("b"));
+    let endpoints = [a.endpoint(), b.endpoint()];
+    // The first attempt is told "busy", the next one is not.
+    let busy_first = || {
+        let mut tries = 0;
+        move |c: &mut Calc| {
+            tries += 1;
+            c.whoami(tries == 1)
+        }
+    };
+
+    let plain = fixed(&endpoints, ClientConfig::default());
+    let err = plain.call(busy_first()).unwrap_err();
+    let busy = err
+        .user_exception::<TemporaryUnavailable>()
+        .expect("TemporaryUnavailable");
+    assert_eq!(busy.why.as_deref(), Some("a is busy"));
+    assert_eq!(plain.stats().retries, 0);
+
+    let config = ClientConfig::default().retry_on::<TemporaryUnavailable>();
+    let retrying = fixed(&endpoints, config.clone());
+    assert_eq!(retrying.call(busy_first()).unwrap(), "b");
+    assert_eq!(retrying.stats().retries, 1);
+
+    // Busy everywhere: unavailable, with each typed exception listed.
+    let err = retrying.call(|c| c.whoami(true)).unwrap_err();
+    let whys: Vec<_> = attempts(&err)
+        .iter()
+        .map(|(_, e)| {
+            e.user_exception::<TemporaryUnavailable>()
+                .unwrap()
+                .why
+                .clone()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(whys, ["a is busy", "b is busy"]);
+
+    // Declared as a failure too, it opens the breakers.
+    let clock = ManualClock::new();
+    let config = config
+        .failure_on::<TemporaryUnavailable>()
+        .maxfail(0)
+        .clock(clock.clock());
+    let failing = fixed(&endpoints, config);
+    failing.call(|c| c.whoami(true)).unwrap_err();
+    let stats = failing.stats();
+    assert!(stats
+        .endpoints
+        .iter()
+        .all(|(_, s)| s.breaker == BreakerState::Open));
+}
+
+#[test]
+fn other_service_exceptions_come_back_at_once() {
+    let (a, b) = (named("a"), named("b"));
+    let multi = fixed(
+        &[a.endpoint(), b.endpoint()],
+        ClientConfig::default().retry_on::<TemporaryUnavailable>(),
+    );
+    let err = multi.call(|c| c.retrieve(-1)).unwrap_err();
+    assert_eq!(
+        err.user_exception::<InvalidOperation>().unwrap().what_op,
+        Some(-1)
+    );
+    let stats = multi.stats();
+    assert_eq!(stats.retries, 0);
+    assert!(stats.endpoint(&b.endpoint()).is_none(), "b was never tried");
+    assert_eq!(stats.endpoint(&a.endpoint()).unwrap().user_exceptions, 1);
+}
+
+#[test]
+fn an_open_breaker_is_skipped_without_connecting() {
+    let dead = support::refused_endpoint();
+    let b = named("b");
+    let clock = ManualClock::new();
+    let config = ClientConfig::default().maxfail(1).clock(clock.clock());
+    let multi = fixed(&[dead.clone(), b.endpoint()], config.clone());
+    for _ in 0..10 {
+        assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
+    }
+    let stats = multi.stats();
+    let first = stats.endpoint(&dead).unwrap();
+    assert_eq!(first.breaker, BreakerState::Open);
+    assert_eq!(
+        first.connect_errors, 2,
+        "no connection tried once the breaker opened"
+    );
+    assert_eq!(first.rejected, 8);
+    assert_eq!(stats.retries, 10);
+
+    // On its own, the open endpoint's attempt says so.
+    let alone = fixed(std::slice::from_ref(&dead), config.retries(0));
+    alone.call(|c| c.ping()).unwrap_err();
+    alone.call(|c| c.ping()).unwrap_err();
+    let err = alone.call(|c| c.ping()).unwrap_err();
+    assert!(
+        matches!(attempts(&err), [(_, Error::CircuitOpen { .. })]),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_endless_cycle_of_endpoints_is_walked_only_as_far_as_needed() {
+    let (d1, d2) = (support::refused_endpoint(), support::refused_endpoint());
+    let b = named("b");
+    let cycle = [d1.clone(), d2.clone()];
+    let config = ClientConfig::default().retries(4);
+    let multi = MultiThriftClient::new(
+        move || cycle.clone().into_iter().cycle(),
+        CalculatorSyncClient::new,
+        config,
+    );
+    let err = multi.call(|c| c.ping()).unwrap_err();
+    assert_eq!(
+        attempt_endpoints(&err),
+        [&d1, &d2, &d1, &d2, &d1].map(String::clone)
+    );
+
+    let cycle = [d1.clone(), b.endpoint()];
+    let multi = MultiThriftClient::new(
+        move || cycle.clone().into_iter().cycle(),
+        CalculatorSyncClient::new,
+        ClientConfig::default(),
+    );
+    assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
+}
+
+#[test]
+fn unsent_only_mode_does_not_retry_a_response_timeout() {
+    let (a, b) = (named("a"), named("b"));
+    let endpoints = [a.endpoint(), b.endpoint()];
+    let slow_first = || {
+        let mut tries = 0;
+        move |c: &mut Calc| {
+            tries += 1;
+            if tries == 1 {
+                c.slow(2000).map(|_| "slow".to_owned())
+            } else {
+                c.whoami(false)
+            }
+        }
+    };
+    let config = ClientConfig::default().read_timeout(Duration::from_millis(200));
+
+    // By default a response timeout is retried: the request may have run on both.
+    let multi = fixed(&endpoints, config.clone());
+    assert_eq!(multi.call(slow_first()).unwrap(), "b");
+
+    let multi = fixed(&endpoints, config.clone().retry_unsent_only(true));
+    let err = multi.call(slow_first()).unwrap_err();
+    assert!(
+        matches!(attempts(&err), [(_, Error::Timeout(Timeout::Response))]),
+        "{err}"
+    );
+    assert!(multi.stats().endpoint(&b.endpoint()).is_none());
+
+    // A request that was never sent is still retried.
+    let dead = support::refused_endpoint();
+    let multi = fixed(&[dead, b.endpoint()], config.retry_unsent_only(true));
+    assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
+}
+
+#[test]
+fn idle_endpoints_are_closed_and_forgotten() {
+    let (a, b, c) = (named("a"), named("b"), named("c"));
+    let clock = ManualClock::new();
+    let list = Arc::new(Mutex::new(vec![a.endpoint()]));
+    let multi = {
+        let list = list.clone();
+        MultiThriftClient::new(
+            move || list.lock().unwrap().clone(),
+            CalculatorSyncClient::new,
+            ClientConfig::default()
+                .idle_timeout(Duration::from_secs(60))
+                .clock(clock.clock()),
+        )
+    };
+    let use_only = |endpoint: String| {
+        *list.lock().unwrap() = vec![endpoint];
+        multi.call(|c| c.whoami(false)).unwrap()
+    };
+    assert_eq!(use_only(a.endpoint()), "a");
+    assert_eq!(use_only(b.endpoint()), "b");
+    assert_eq!(multi.stats().endpoints.len(), 2);
+    assert_eq!(a.open.load(Ordering::SeqCst), 1);
+
+    clock.advance(Duration::from_secs(30));
+    assert_eq!(use_only(b.endpoint()), "b");
+    clock.advance(Duration::from_secs(31));
+    // a is unused for 61 s, b for 31 s.
+    assert_eq!(multi.reap_idle(), 1);
+    let stats = multi.stats();
+    assert_eq!(stats.endpoints.len(), 1);
+    assert!(stats.endpoint(&b.endpoint()).is_some());
+    assert!(support::wait_until(Duration::from_secs(10), || a
+        .open
+        .load(Ordering::SeqCst)
+        == 0));
+    assert_eq!(multi.reap_idle(), 0);
+
+    // b vanished from the function; a later call reaps it by itself.
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(use_only(c.endpoint()), "c");
+    let stats = multi.stats();
+    assert_eq!(
+        stats
+            .endpoints
+            .iter()
+            .map(|(e, _)| e.to_string())
+            .collect::<Vec<_>>(),
+        [c.endpoint()]
+    );
+    assert_eq!(stats.endpoints_reaped, 2);
+    assert!(support::wait_until(Duration::from_secs(10), || b
+        .open
+        .load(Ordering::SeqCst)
+        == 0));
+
+    // A reaped endpoint that comes back gets a fresh client.
+    assert_eq!(use_only(a.endpoint()), "a");
+    assert_eq!(multi.stats().endpoint(&a.endpoint()).unwrap().calls, 1);
+}
+
+#[test]
+fn sixteen_threads_share_the_client() {
+    let mut servers = [named("a"), named("b"), named("c")];
+    servers[0].stop();
+    let list: Vec<String> = servers.iter().map(RefServer::endpoint).collect();
+    let turn = Arc::new(AtomicUsize::new(0));
+    let multi = {
+        let turn = turn.clone();
+        MultiThriftClient::new(
+            move || {
+                let first = turn.fetch_add(1, Ordering::Relaxed);
+                [list[first % 3].clone(), list[(first + 1) % 3].clone()]
+            },
+            CalculatorSyncClient::new,
+            ClientConfig::default()
+                .pool_timeout(Duration::from_secs(5))
+                .read_timeout(Duration::from_secs(5)),
+        )
+    };
+    let threads: Vec<_> = (0..16)
+        .map(|t| {
+            let multi = multi.clone();
+            std::thread::spawn(move || {
+                let mut direct = multi.direct();
+                for i in 0..100 {
+                    assert_eq!(multi.call(|c| c.add(t, i)).unwrap(), t + i);
+                    assert_eq!(direct.add(i, t).unwrap(), t + i);
+                    let name = multi.call(|c| c.whoami(false)).unwrap();
+                    assert!(name == "b" || name == "c", "{name}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let stats = multi.stats();
+    assert_eq!(stats.calls, 16 * 300);
+    assert_eq!(stats.unavailable, 0);
+    let answered: u64 = stats.endpoints.iter().map(|(_, s)| s.successes).sum();
+    assert_eq!(answered, 16 * 300);
+}
+
+#[test]
+fn direct_calls_are_retried_too() {
+    let dead = support::refused_endpoint();
+    let (a, b) = (named("a"), named("b"));
+    let config = ClientConfig::default()
+        .read_timeout(Duration::from_millis(200))
+        .retry_on::<TemporaryUnavailable>();
+    let multi = fixed(&[dead.clone(), a.endpoint()], config.clone());
+    let mut direct = multi.direct();
+    assert_eq!(direct.whoami(false).unwrap(), "a");
+    assert_eq!(direct.add(40, 2).unwrap(), 42);
+    assert_eq!(direct.echo(vec![1, 2, 3]).unwrap(), [1, 2, 3]);
+    assert_eq!(
+        direct.retrieve(9).unwrap().name.as_deref(),
+        Some("Test User")
+    );
+    direct.zip().unwrap();
+    assert!(support::wait_until(Duration::from_secs(5), || a
+        .service
+        .zips()
+        == 1));
+    // Not retryable: comes back typed, at once.
+    let err = Error::from(direct.retrieve(-3).unwrap_err());
+    assert_eq!(
+        err.user_exception::<InvalidOperation>().unwrap().what_op,
+        Some(-3)
+    );
+    let stats = multi.stats();
+    assert_eq!(stats.retries, 6);
+    assert_eq!(stats.endpoint(&a.endpoint()).unwrap().user_exceptions, 1);
+
+    // A declared exception moves on; busy everywhere is unavailable.
+    let multi = fixed(&[a.endpoint(), b.endpoint()], config.clone());
+    let mut direct = multi.direct();
+    let err = Error::from(direct.whoami(true).unwrap_err());
+    let listed = attempts(&err);
+    assert_eq!(listed.len(), 2);
+    assert!(listed[1].1.to_string().contains("b is busy"), "{err}");
+
+    // A response that does not come in time is retried on the next endpoint, and the late
+    // answers are never read as answers to later calls.
+    let err = Error::from(direct.slow(1000).unwrap_err());
+    assert_eq!(attempt_endpoints(&err), [a.endpoint(), b.endpoint()]);
+    assert!(attempts(&err)
+        .iter()
+        .all(|(_, e)| matches!(e, Error::Timeout(Timeout::Response))));
+    assert_eq!(direct.add(5, 5).unwrap(), 10);
+    assert_eq!(direct.whoami(false).unwrap(), "a");
+
+    // Clones of the handle work on their own.
+    let mut other = direct.clone();
+    assert_eq!(other.add(1, 1).unwrap(), 2);
+}
+
+#[test]
+fn the_deadline_bounds_a_call_across_attempts() {
+    let (a, b) = (named("a"), named("b"));
+    // Each attempt times out after 300 ms; the deadline stops the call after about a second,
+    // long before the retries or the slow calls would.
+    let config = ClientConfig::default()
+        .read_timeout(Duration::from_millis(300))
+        .retries(100)
+        .maxfail(1000)
+        .deadline(Some(Duration::from_secs(1)));
+    let cycle = [a.endpoint(), b.endpoint()];
+    let multi = MultiThriftClient::new(
+        move || cycle.clone().into_iter().cycle(),
+        CalculatorSyncClient::new,
+        config,
+    );
+    let started = Instant::now();
+    let err = multi.call(|c| c.slow(20_000)).unwrap_err();
+    let took = started.elapsed();
+    let listed = attempts(&err);
+    assert!(listed.len() >= 2, "{err}");
+    assert!(
+        matches!(listed.last(), Some((_, Error::Timeout(Timeout::Deadline)))),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+
+    // Direct calls obey it too.
+    let started = Instant::now();
+    let err = Error::from(multi.direct().slow(20_000).unwrap_err());
+    assert!(
+        matches!(
+            attempts(&err).last(),
+            Some((_, Error::Timeout(Timeout::Deadline)))
+        ),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // The part cut short is not held against the endpoint.
+    let stats = multi.stats();
+    let failures: u64 = stats.endpoints.iter().map(|(_, s)| s.failures).sum();
+    let timeouts: u64 = stats
+        .endpoints
+        .iter()
+        .map(|(_, s)| s.response_timeouts)
+        .sum();
+    assert_eq!(failures, timeouts);
+}
+
+#[test]
+fn close_ends_every_connection_and_later_calls_fail() {
+    let (a, b) = (named("a"), named("b"));
+    let turn = Arc::new(AtomicUsize::new(0));
+    let multi = {
+        let (list, turn) = ([a.endpoint(), b.endpoint()], turn.clone());
+        MultiThriftClient::new(
+            move || [list[turn.fetch_add(1, Ordering::SeqCst) % 2].clone()],
+            CalculatorSyncClient::new,
+            ClientConfig::default(),
+        )
+    };
+    multi.call(|c| c.ping()).unwrap();
+    multi.call(|c| c.ping()).unwrap();
+    assert_eq!(
+        (a.open.load(Ordering::SeqCst), b.open.load(Ordering::SeqCst)),
+        (1, 1)
+    );
+    multi.close();
+    multi.close();
+    assert!(matches!(multi.call(|c| c.ping()), Err(Error::Closed)));
+    assert!(matches!(
+        Error::from(multi.direct().ping().unwrap_err()),
+        Error::Closed
+    ));
+    assert!(support::wait_until(Duration::from_secs(10), || {
+        a.open.load(Ordering::SeqCst) + b.open.load(Ordering::SeqCst) == 0
+    }));
+    assert!(multi.stats().endpoints.is_empty());
+}
+
+#[test]
+fn clients_are_send_sync_and_cheap_to_clone() {
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+    assert_send_sync::<MultiThriftClient<Calc>>();
+    fn assert_send<T: Send + Clone>() {}
+    assert_send::<blocking_thrift::MultiDirect<Calc>>();
+}
