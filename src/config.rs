@@ -247,6 +247,9 @@ impl ClientConfig {
     }
 
     /// A bound on a whole multi-endpoint call, every attempt together. Defaults to none.
+    ///
+    /// Each attempt's pool wait, connect and response are cut to what is left; see
+    /// [`MultiThriftClient`](crate::MultiThriftClient#deadline) for how a call it stops fails.
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
         self
@@ -254,6 +257,9 @@ impl ClientConfig {
 
     /// Retries only failures where the request was certainly never sent (connect failure,
     /// open breaker, pool wait), for calls that must not run twice. Defaults to `false`.
+    ///
+    /// Service exceptions declared with [`retry_on`](Self::retry_on) are still retried: the
+    /// service raising one says it did not do the work.
     pub fn retry_unsent_only(mut self, unsent_only: bool) -> Self {
         self.retry_unsent_only = unsent_only;
         self

@@ -360,8 +360,12 @@ impl<C: Send + 'static> Shared<C> {
     ) -> Result<T, Error> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
         self.maybe_reap();
-        let deadline = self.config.deadline.map(|d| Instant::now() + d);
-        let allowed = self.config.retries as usize + 1;
+        // A deadline too far away to represent is no deadline.
+        let deadline = self
+            .config
+            .deadline
+            .and_then(|d| Instant::now().checked_add(d));
+        let allowed = (self.config.retries as usize).saturating_add(1);
         let mut attempts: Vec<(Arc<str>, Error)> = Vec::new();
         let mut outcome = None;
         (self.endpoints)(&mut |name: &str| {
@@ -618,6 +622,40 @@ mod tests {
             }
         });
         assert_eq!(seen, ["127.0.0.1:0", "127.0.0.1:1", "127.0.0.1:2"]);
+    }
+
+    #[test]
+    fn endpoints_share_one_helper_thread() {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let next = AtomicUsize::new(0);
+        let client: MultiThriftClient<()> = MultiThriftClient::new(
+            move || {
+                [format!(
+                    "127.0.0.{}:{port}",
+                    1 + next.fetch_add(1, Ordering::Relaxed)
+                )]
+            },
+            |_, _| (),
+            ClientConfig::default(),
+        );
+        for _ in 0..20 {
+            assert!(matches!(
+                client.call(|_| Ok(())),
+                Err(Error::Unavailable(_))
+            ));
+        }
+        let state = client.shared.state.read();
+        assert_eq!(state.clients.len(), 20);
+        let helpers = state.helpers.as_ref().unwrap();
+        // Ours, and one per endpoint's pool: the same thread pool, not twenty.
+        assert!(
+            Arc::strong_count(helpers) > 20,
+            "{}",
+            Arc::strong_count(helpers)
+        );
     }
 
     #[test]

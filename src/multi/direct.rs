@@ -271,6 +271,10 @@ fn attempt<C: TThriftClient + Send + 'static>(
     let result = talk(&mut live.client, request, &mut out, limits);
     *copy = out.transport;
     let timed_out = live.state.timed_out();
+    if result.is_ok() && !live.state.is_clean() {
+        // The server sent more than the response: the connection cannot serve another call.
+        slot.discard();
+    }
     match result {
         Ok(Reply::Exception(range)) => {
             let exception = &copy[range.clone()];
