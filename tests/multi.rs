@@ -25,6 +25,14 @@ fn named(name: &str) -> RefServer {
     )
 }
 
+/// Timeouts long enough that a loaded machine never trips them by accident.
+fn patient() -> ClientConfig {
+    ClientConfig::default()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(5))
+        .pool_timeout(Duration::from_secs(5))
+}
+
 /// A client whose endpoints function always yields `endpoints`, in that order.
 fn fixed(endpoints: &[String], config: ClientConfig) -> MultiThriftClient<Calc> {
     let endpoints = endpoints.to_vec();
@@ -57,7 +65,7 @@ fn calls_go_to_the_first_endpoint_yielded() {
                     .collect::<Vec<_>>()
             },
             CalculatorSyncClient::new,
-            ClientConfig::default(),
+            patient(),
         )
     };
     for i in 0..9 {
@@ -81,7 +89,7 @@ fn calls_go_to_the_first_endpoint_yielded() {
 fn a_stopped_server_is_skipped_with_one_retry() {
     let mut a = named("a");
     let b = named("b");
-    let multi = fixed(&[a.endpoint(), b.endpoint()], ClientConfig::default());
+    let multi = fixed(&[a.endpoint(), b.endpoint()], patient());
     assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "a");
     a.stop();
     for _ in 0..5 {
@@ -95,7 +103,7 @@ fn a_stopped_server_is_skipped_with_one_retry() {
 #[test]
 fn when_every_endpoint_fails_each_attempt_is_listed() {
     let dead: Vec<String> = (0..3).map(|_| support::refused_endpoint()).collect();
-    let multi = fixed(&dead, ClientConfig::default().retries(2));
+    let multi = fixed(&dead, patient().retries(2));
     let err = multi.call(|c| c.ping()).unwrap_err();
     assert_eq!(attempt_endpoints(&err), dead);
     for (_, e) in attempts(&err) {
@@ -104,20 +112,20 @@ fn when_every_endpoint_fails_each_attempt_is_listed() {
     assert!(err.to_string().contains(&dead[2]), "{err}");
 
     // One retry: two attempts, whatever the list holds.
-    let multi = fixed(&dead, ClientConfig::default());
+    let multi = fixed(&dead, patient());
     assert_eq!(
         attempt_endpoints(&multi.call(|c| c.ping()).unwrap_err()),
         dead[..2]
     );
 
     // More retries than endpoints: the call stops when they run out.
-    let multi = fixed(&dead, ClientConfig::default().retries(10));
+    let multi = fixed(&dead, patient().retries(10));
     assert_eq!(attempts(&multi.call(|c| c.ping()).unwrap_err()).len(), 3);
     let stats = multi.stats();
     assert_eq!((stats.retries, stats.unavailable), (2, 1));
 
     // No endpoints at all.
-    let multi = fixed(&[], ClientConfig::default());
+    let multi = fixed(&[], patient());
     assert!(attempts(&multi.call(|c| c.ping()).unwrap_err()).is_empty());
 }
 
@@ -134,7 +142,7 @@ fn declared_retryable_exceptions_move_on_to_the_next_endpoint() {
         }
     };
 
-    let plain = fixed(&endpoints, ClientConfig::default());
+    let plain = fixed(&endpoints, patient());
     let err = plain.call(busy_first()).unwrap_err();
     let busy = err
         .user_exception::<TemporaryUnavailable>()
@@ -142,7 +150,7 @@ fn declared_retryable_exceptions_move_on_to_the_next_endpoint() {
     assert_eq!(busy.why.as_deref(), Some("a is busy"));
     assert_eq!(plain.stats().retries, 0);
 
-    let config = ClientConfig::default().retry_on::<TemporaryUnavailable>();
+    let config = patient().retry_on::<TemporaryUnavailable>();
     let retrying = fixed(&endpoints, config.clone());
     assert_eq!(retrying.call(busy_first()).unwrap(), "b");
     assert_eq!(retrying.stats().retries, 1);
@@ -181,7 +189,7 @@ fn other_service_exceptions_come_back_at_once() {
     let (a, b) = (named("a"), named("b"));
     let multi = fixed(
         &[a.endpoint(), b.endpoint()],
-        ClientConfig::default().retry_on::<TemporaryUnavailable>(),
+        patient().retry_on::<TemporaryUnavailable>(),
     );
     let err = multi.call(|c| c.retrieve(-1)).unwrap_err();
     assert_eq!(
@@ -199,7 +207,7 @@ fn an_open_breaker_is_skipped_without_connecting() {
     let dead = support::refused_endpoint();
     let b = named("b");
     let clock = ManualClock::new();
-    let config = ClientConfig::default().maxfail(1).clock(clock.clock());
+    let config = patient().maxfail(1).clock(clock.clock());
     let multi = fixed(&[dead.clone(), b.endpoint()], config.clone());
     for _ in 0..10 {
         assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
@@ -230,7 +238,7 @@ fn an_endless_cycle_of_endpoints_is_walked_only_as_far_as_needed() {
     let (d1, d2) = (support::refused_endpoint(), support::refused_endpoint());
     let b = named("b");
     let cycle = [d1.clone(), d2.clone()];
-    let config = ClientConfig::default().retries(4);
+    let config = patient().retries(4);
     let multi = MultiThriftClient::new(
         move || cycle.clone().into_iter().cycle(),
         CalculatorSyncClient::new,
@@ -246,7 +254,7 @@ fn an_endless_cycle_of_endpoints_is_walked_only_as_far_as_needed() {
     let multi = MultiThriftClient::new(
         move || cycle.clone().into_iter().cycle(),
         CalculatorSyncClient::new,
-        ClientConfig::default(),
+        patient(),
     );
     assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
 }
@@ -260,13 +268,13 @@ fn unsent_only_mode_does_not_retry_a_response_timeout() {
         move |c: &mut Calc| {
             tries += 1;
             if tries == 1 {
-                c.slow(2000).map(|_| "slow".to_owned())
+                c.slow(4000).map(|_| "slow".to_owned())
             } else {
                 c.whoami(false)
             }
         }
     };
-    let config = ClientConfig::default().read_timeout(Duration::from_millis(200));
+    let config = patient().read_timeout(Duration::from_millis(500));
 
     // By default a response timeout is retried: the request may have run on both.
     let multi = fixed(&endpoints, config.clone());
@@ -296,7 +304,7 @@ fn idle_endpoints_are_closed_and_forgotten() {
         MultiThriftClient::new(
             move || list.lock().unwrap().clone(),
             CalculatorSyncClient::new,
-            ClientConfig::default()
+            patient()
                 .idle_timeout(Duration::from_secs(60))
                 .clock(clock.clock()),
         )
@@ -361,9 +369,7 @@ fn sixteen_threads_share_the_client() {
                 [list[first % 3].clone(), list[(first + 1) % 3].clone()]
             },
             CalculatorSyncClient::new,
-            ClientConfig::default()
-                .pool_timeout(Duration::from_secs(5))
-                .read_timeout(Duration::from_secs(5)),
+            patient(),
         )
     };
     let threads: Vec<_> = (0..16)
@@ -394,8 +400,8 @@ fn sixteen_threads_share_the_client() {
 fn direct_calls_are_retried_too() {
     let dead = support::refused_endpoint();
     let (a, b) = (named("a"), named("b"));
-    let config = ClientConfig::default()
-        .read_timeout(Duration::from_millis(200))
+    let config = patient()
+        .read_timeout(Duration::from_millis(1000))
         .retry_on::<TemporaryUnavailable>();
     let multi = fixed(&[dead.clone(), a.endpoint()], config.clone());
     let mut direct = multi.direct();
@@ -431,7 +437,7 @@ fn direct_calls_are_retried_too() {
 
     // A response that does not come in time is retried on the next endpoint, and the late
     // answers are never read as answers to later calls.
-    let err = Error::from(direct.slow(1000).unwrap_err());
+    let err = Error::from(direct.slow(4000).unwrap_err());
     assert_eq!(attempt_endpoints(&err), [a.endpoint(), b.endpoint()]);
     assert!(attempts(&err)
         .iter()
@@ -447,13 +453,13 @@ fn direct_calls_are_retried_too() {
 #[test]
 fn the_deadline_bounds_a_call_across_attempts() {
     let (a, b) = (named("a"), named("b"));
-    // Each attempt times out after 300 ms; the deadline stops the call after about a second,
+    // Each attempt times out after 400 ms; the deadline stops the call after two seconds,
     // long before the retries or the slow calls would.
-    let config = ClientConfig::default()
-        .read_timeout(Duration::from_millis(300))
+    let config = patient()
+        .read_timeout(Duration::from_millis(400))
         .retries(100)
         .maxfail(1000)
-        .deadline(Some(Duration::from_secs(1)));
+        .deadline(Some(Duration::from_secs(2)));
     let cycle = [a.endpoint(), b.endpoint()];
     let multi = MultiThriftClient::new(
         move || cycle.clone().into_iter().cycle(),
@@ -461,7 +467,7 @@ fn the_deadline_bounds_a_call_across_attempts() {
         config,
     );
     let started = Instant::now();
-    let err = multi.call(|c| c.slow(20_000)).unwrap_err();
+    let err = multi.call(|c| c.slow(10_000)).unwrap_err();
     let took = started.elapsed();
     let listed = attempts(&err);
     assert!(listed.len() >= 2, "{err}");
@@ -473,7 +479,7 @@ fn the_deadline_bounds_a_call_across_attempts() {
 
     // Direct calls obey it too.
     let started = Instant::now();
-    let err = Error::from(multi.direct().slow(20_000).unwrap_err());
+    let err = Error::from(multi.direct().slow(10_000).unwrap_err());
     assert!(
         matches!(
             attempts(&err).last(),
@@ -503,7 +509,7 @@ fn close_ends_every_connection_and_later_calls_fail() {
         MultiThriftClient::new(
             move || [list[turn.fetch_add(1, Ordering::SeqCst) % 2].clone()],
             CalculatorSyncClient::new,
-            ClientConfig::default(),
+            patient(),
         )
     };
     multi.call(|c| c.ping()).unwrap();
