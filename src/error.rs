@@ -147,10 +147,10 @@ impl Error {
     /// Whether the connection that produced this error may hold unread or unexpected bytes,
     /// so must not serve another call.
     pub(crate) fn poisons_connection(&self) -> bool {
-        match self {
-            Error::Transport(_) | Error::Protocol(_) | Error::Timeout(Timeout::Response) => true,
-            _ => false,
-        }
+        matches!(
+            self,
+            Error::Transport(_) | Error::Protocol(_) | Error::Timeout(Timeout::Response)
+        )
     }
 }
 
