@@ -464,3 +464,19 @@ fn direct_calls_count_declared_exceptions_as_failures() {
     assert_eq!(calc.stats().failures, 2);
     assert_eq!(calc.stats().user_exceptions, 5);
 }
+
+#[test]
+fn every_resolved_address_is_tried_in_turn() {
+    // `localhost` may resolve to ::1 before 127.0.0.1; the server listens on the latter only.
+    let server = server();
+    let endpoint = format!("localhost:{}", server.addr.port());
+    let calc = client(&endpoint, ClientConfig::default());
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+    assert_eq!(calc.stats().failures, 0);
+}
+
+#[test]
+fn an_unresolvable_endpoint_is_a_connect_error() {
+    let calc = client("no-such-host.invalid:9090", ClientConfig::default());
+    assert!(matches!(calc.call(|c| c.ping()), Err(Error::Connect { .. })));
+}
