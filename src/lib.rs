@@ -7,6 +7,7 @@ mod breaker;
 mod client;
 mod clock;
 mod config;
+mod decode;
 mod direct;
 mod error;
 mod mirror;
