@@ -309,3 +309,75 @@ pub fn run_python_client(
         ))
     }
 }
+
+/// A started `ThriftServer` serving the reference service on a free port of 127.0.0.1.
+pub fn start_server(
+    config: blocking_thrift::ServerConfig,
+) -> (blocking_thrift::ThriftServer, Arc<CalculatorService>) {
+    let service = Arc::new(CalculatorService::new("hostile"));
+    let server = blocking_thrift::ThriftServer::bind(
+        "127.0.0.1:0",
+        calculator::CalculatorSyncProcessor::new(service.clone()),
+        config,
+    )
+    .expect("bind 127.0.0.1:0");
+    server.start().expect("start the server");
+    (server, service)
+}
+
+/// Whether the peer closes `stream` within `limit`, reading and dropping whatever it still
+/// sends first (an error reply, say). A reset counts as closed.
+pub fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    let end = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(err) => {
+                return matches!(
+                    err.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                )
+            }
+        }
+    }
+}
+
+/// Open file descriptors of this process.
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// Threads of this process.
+pub fn thread_count() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// This process's resident memory, in bytes (`VmRSS` of /proc/self/status).
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+pub mod proxy;
