@@ -1,0 +1,4 @@
+//! Pieces of the RPC benchmark that are not the measurement loop itself.
+
+pub(crate) mod peers;
+pub(crate) mod sys;
