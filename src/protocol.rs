@@ -1,12 +1,12 @@
 //! Wire formats: the transport (framing) and protocol (encoding) a peer speaks.
 
-use std::io::{Read, Write};
+use std::io::Write;
 
 use thrift::protocol::{
-    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
-    TInputProtocol, TOutputProtocol,
+    TBinaryOutputProtocol, TCompactOutputProtocol, TInputProtocol, TOutputProtocol,
 };
-use thrift::TConfiguration;
+
+use crate::decode::{BinaryIn, CompactIn, Source};
 
 /// The input protocol handed to a generated client's constructor.
 ///
@@ -77,29 +77,17 @@ pub(crate) struct Limits {
     pub(crate) max_depth: usize,
 }
 
-impl Limits {
-    fn configuration(self) -> TConfiguration {
-        TConfiguration::builder()
-            .max_message_size(Some(self.max_message_size))
-            .max_frame_size(Some(self.max_message_size))
-            .max_recursion_depth(Some(self.max_depth))
-            // No string or container can be longer than the message that holds it.
-            .max_string_size(Some(self.max_message_size))
-            .max_container_size(Some(self.max_message_size))
-            .build()
-            .expect("frame size equals message size, which the builder accepts")
-    }
-}
-
-/// Builds the input protocol of `protocol` over `reader`.
-pub(crate) fn input<R>(protocol: Protocol, reader: R, limits: Limits) -> InputProtocol
+/// Builds the input protocol of `protocol` over `source`.
+///
+/// The source bounds every length and count by what is left of its message; `limits` bounds
+/// the nesting.
+pub(crate) fn input<S>(protocol: Protocol, source: S, limits: Limits) -> InputProtocol
 where
-    R: Read + Send + 'static,
+    S: Source + Send + 'static,
 {
-    let config = limits.configuration();
     match protocol {
-        Protocol::Binary => Box::new(TBinaryInputProtocol::with_config(reader, true, config)),
-        Protocol::Compact => Box::new(TCompactInputProtocol::with_config(reader, config)),
+        Protocol::Binary => Box::new(BinaryIn::new(source, limits.max_depth)),
+        Protocol::Compact => Box::new(CompactIn::new(source, limits.max_depth)),
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Socket, Type};
 
+use crate::decode::{self, Source};
 use crate::error::{Error, Timeout};
 use crate::protocol::Transport;
 
@@ -159,6 +160,7 @@ pub(crate) fn split(
         pos: 0,
         end: 0,
         frame: framed.then_some(0),
+        consumed: 0,
         max_message_size,
         socket_timeout: read_timeout,
     };
@@ -247,6 +249,9 @@ fn invalid(state: &ConnState, message: String) -> io::Error {
 
 /// The reading side of a client connection: buffered, and for the framed transport, aware of
 /// frame boundaries without allocating for a frame before its bytes arrive.
+///
+/// The decoders read it as a [`Source`]: a response must fit in its frame, or without frames,
+/// in the largest message size.
 #[derive(Debug)]
 pub(crate) struct Reader {
     state: Arc<ConnState>,
@@ -255,6 +260,8 @@ pub(crate) struct Reader {
     end: usize,
     /// Bytes left in the current frame (framed transport only).
     frame: Option<usize>,
+    /// Bytes of the current message read so far (buffered transport only).
+    consumed: usize,
     max_message_size: usize,
     socket_timeout: Duration,
 }
@@ -330,26 +337,101 @@ impl Reader {
     }
 }
 
-impl Read for Reader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if out.is_empty() {
-            return Ok(0);
+impl Reader {
+    /// Fills `out` from the buffer and then the socket.
+    fn read_slow(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let mut got = 0;
+        while got < out.len() {
+            got += self.read_buffered(&mut out[got..])?;
         }
-        let n = match self.frame {
-            None => self.read_buffered(out)?,
-            Some(mut left) => {
-                while left == 0 {
-                    left = self.read_frame_header()?;
-                }
-                let want = out.len().min(left);
-                let n = self.read_buffered(&mut out[..want])?;
-                self.frame = Some(left - n);
-                n
-            }
-        };
+        Ok(())
+    }
+
+    /// Counts `n` bytes of the current message as read.
+    #[inline]
+    fn account(&mut self, n: usize) {
+        match &mut self.frame {
+            Some(left) => *left -= n,
+            None => self.consumed += n,
+        }
+        self.note_leftover();
+    }
+
+    #[inline]
+    fn note_leftover(&self) {
         let leftover = self.pos < self.end || self.frame.is_some_and(|left| left > 0);
         self.state.leftover.store(leftover, Ordering::Relaxed);
-        Ok(n)
+    }
+
+    fn overrun(&self, len: usize) -> io::Error {
+        let message = match self.frame {
+            Some(left) => {
+                format!("response needs {len} more bytes than the {left} left in its frame")
+            }
+            None => format!(
+                "response is longer than the limit of {} bytes",
+                self.max_message_size
+            ),
+        };
+        invalid(&self.state, message)
+    }
+}
+
+impl Source for Reader {
+    #[inline]
+    fn read_exact(&mut self, out: &mut [u8]) -> io::Result<()> {
+        let len = out.len();
+        if len > self.remaining() {
+            return Err(self.overrun(len));
+        }
+        if self.end - self.pos >= len {
+            out.copy_from_slice(&self.buf[self.pos..self.pos + len]);
+            self.pos += len;
+        } else {
+            self.read_slow(out)?;
+        }
+        self.account(len);
+        Ok(())
+    }
+
+    #[inline]
+    fn remaining(&self) -> usize {
+        match self.frame {
+            Some(left) => left,
+            None => self.max_message_size.saturating_sub(self.consumed),
+        }
+    }
+
+    fn begin_message(&mut self) -> io::Result<()> {
+        match self.frame {
+            // Empty frames carry no message: skip them.
+            Some(0) => loop {
+                let len = self.read_frame_header()?;
+                if len > 0 {
+                    self.frame = Some(len);
+                    break;
+                }
+            },
+            // The rest of a frame a failed read left: the connection is discarded after this
+            // call anyway, so carry on in it as a plain stream would.
+            Some(_) => {}
+            None => self.consumed = 0,
+        }
+        self.note_leftover();
+        Ok(())
+    }
+
+    fn read_vec(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        if len > self.remaining() {
+            return Err(self.overrun(len));
+        }
+        if self.end - self.pos >= len {
+            let out = self.buf[self.pos..self.pos + len].to_vec();
+            self.pos += len;
+            self.account(len);
+            return Ok(out);
+        }
+        decode::read_vec_stepwise(self, len)
     }
 }
 
@@ -421,5 +503,115 @@ impl Write for Writer {
         }
         self.reset();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+
+    use thrift::protocol::{TInputProtocol, TMessageType};
+
+    use super::*;
+    use crate::protocol::{self, Limits, Protocol};
+
+    /// A reader over a connection whose peer has sent `bytes` and closed its side.
+    fn reader_of(transport: Transport, max: usize, bytes: &[u8]) -> (Arc<ConnState>, Reader) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.write_all(bytes).unwrap();
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        let (state, reader, _writer) =
+            split(client, transport, Duration::from_secs(5), max).unwrap();
+        state.arm(Duration::from_secs(5));
+        (state, reader)
+    }
+
+    fn input(reader: Reader) -> crate::InputProtocol {
+        let limits = Limits {
+            max_message_size: usize::MAX,
+            max_depth: 64,
+        };
+        protocol::input(Protocol::Binary, reader, limits)
+    }
+
+    fn reply(name: &str, seq: i32) -> Vec<u8> {
+        let mut bytes = vec![0x80, 0x01, 0x00, 0x02];
+        bytes.extend((name.len() as i32).to_be_bytes());
+        bytes.extend(name.as_bytes());
+        bytes.extend(seq.to_be_bytes());
+        bytes
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut bytes = (message.len() as u32).to_be_bytes().to_vec();
+        bytes.extend(message);
+        bytes
+    }
+
+    #[test]
+    fn framed_messages_are_read_one_frame_each() {
+        let mut bytes = framed(&reply("add", 1));
+        bytes.extend([0, 0, 0, 0]); // an empty frame is skipped
+        bytes.extend(framed(&reply("ping", 2)));
+        let (state, reader) = reader_of(Transport::Framed, 1024, &bytes);
+        let mut input = input(reader);
+        let first = input.read_message_begin().unwrap();
+        assert_eq!((first.name.as_str(), first.sequence_number), ("add", 1));
+        assert!(!state.is_clean(), "the second frame is still buffered");
+        let second = input.read_message_begin().unwrap();
+        assert_eq!(second.name, "ping");
+        assert_eq!(second.message_type, TMessageType::Reply);
+        assert!(state.is_clean());
+    }
+
+    #[test]
+    fn a_message_cannot_run_past_its_frame() {
+        let message = reply("add", 1);
+        let mut bytes = (message.len() as u32 - 2).to_be_bytes().to_vec();
+        bytes.extend(&message);
+        let (state, reader) = reader_of(Transport::Framed, 1024, &bytes);
+        let err = input(reader).read_message_begin().unwrap_err();
+        assert!(matches!(err, thrift::Error::Transport(_)), "{err:?}");
+        assert!(state.is_broken());
+    }
+
+    #[test]
+    fn a_declared_length_is_bounded_by_the_frame_not_by_the_limit() {
+        // A frame of 20 bytes whose message name claims 1000.
+        let mut message = vec![0x80, 0x01, 0x00, 0x02, 0x00, 0x00, 0x03, 0xE8];
+        message.resize(20, b'x');
+        let (_, reader) = reader_of(Transport::Framed, 1 << 20, &framed(&message));
+        match input(reader).read_message_begin().unwrap_err() {
+            thrift::Error::Protocol(e) => assert_eq!(e.kind, thrift::ProtocolErrorKind::SizeLimit),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unframed_message_is_bounded_by_the_limit() {
+        let (_, reader) = reader_of(Transport::Buffered, 16, &reply("a_long_method_name", 1));
+        match input(reader).read_message_begin().unwrap_err() {
+            thrift::Error::Protocol(e) => assert_eq!(e.kind, thrift::ProtocolErrorKind::SizeLimit),
+            other => panic!("{other:?}"),
+        }
+        // Each message gets the whole limit anew.
+        let mut bytes = reply("add", 1);
+        bytes.extend(reply("add", 2));
+        let (state, reader) = reader_of(Transport::Buffered, 15, &bytes);
+        let mut input = input(reader);
+        assert_eq!(input.read_message_begin().unwrap().sequence_number, 1);
+        assert_eq!(input.read_message_begin().unwrap().sequence_number, 2);
+        assert!(state.is_clean());
+    }
+
+    #[test]
+    fn a_long_string_arrives_whole_across_reads() {
+        let name = "n".repeat(3 * READ_BUFFER + 5);
+        let (_, reader) = reader_of(Transport::Framed, 1 << 20, &framed(&reply(&name, 9)));
+        let message = input(reader).read_message_begin().unwrap();
+        assert_eq!(message.name, name);
+        assert_eq!(message.sequence_number, 9);
     }
 }

@@ -75,14 +75,7 @@ pub(crate) trait Source {
     /// Sources whose bytes may not have arrived yet grow the vector as bytes arrive, so a peer
     /// that declares a large length and stops cannot make the reader allocate that much.
     fn read_vec(&mut self, len: usize) -> io::Result<Vec<u8>> {
-        let mut out = Vec::new();
-        while out.len() < len {
-            let start = out.len();
-            let step = (len - start).min(start.max(READ_STEP));
-            out.resize(start + step, 0);
-            self.read_exact(&mut out[start..])?;
-        }
-        Ok(out)
+        read_vec_stepwise(self, len)
     }
 
     /// Reads and drops `len` bytes.
@@ -95,6 +88,19 @@ pub(crate) trait Source {
         }
         Ok(())
     }
+}
+
+/// Reads `len` bytes into a vector that grows as they arrive: at most [`READ_STEP`] or the size
+/// already read more at a time, so the allocation stays within about twice the bytes received.
+pub(crate) fn read_vec_stepwise<S: Source + ?Sized>(src: &mut S, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    while out.len() < len {
+        let start = out.len();
+        let step = (len - start).min(start.max(READ_STEP));
+        out.resize(start + step, 0);
+        src.read_exact(&mut out[start..])?;
+    }
+    Ok(out)
 }
 
 /// A message held in memory whole: every declared length can be checked against bytes that are
