@@ -2,8 +2,6 @@
 
 use std::time::Duration;
 
-use thrift::TConfiguration;
-
 use crate::{Protocol, Transport};
 
 /// Settings of a [`ThriftServer`](crate::ThriftServer).
@@ -47,7 +45,7 @@ impl Default for ServerConfig {
             transport: Transport::Framed,
             protocol: Protocol::Binary,
             max_message_size: 16 * 1024 * 1024,
-            max_depth: 64,
+            max_depth: crate::decode::DEFAULT_MAX_DEPTH,
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
@@ -90,9 +88,10 @@ impl ServerConfig {
     /// The largest request, in bytes, the server accepts.
     ///
     /// A framed request whose declared length is larger, and a buffered request that grows larger,
-    /// closes its connection. No single string, binary or container may be larger either, so this
-    /// also bounds what decoding a request can allocate. Defaults to 16 MiB, the limit of
-    /// Apache Thrift's other servers. 0 is treated as 1 (which rejects every request).
+    /// closes its connection. A string, binary or container count that claims more than is left of
+    /// its request is refused before anything is allocated for it, so what decoding a request
+    /// allocates stays in proportion to the bytes it really holds. Defaults to 16 MiB, the limit
+    /// of Apache Thrift's other servers. 0 is treated as 1 (which rejects every request).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes.max(1);
         self
@@ -149,22 +148,6 @@ impl ServerConfig {
         self.drain_timeout = timeout;
         self
     }
-
-    /// The decoding limits for one request of at most `request_bytes` bytes.
-    ///
-    /// No string or container can be longer than the request holding it, so bounding them by the
-    /// request's own size keeps a short request from making the decoder allocate a large buffer.
-    pub(super) fn decoding(&self, request_bytes: usize) -> TConfiguration {
-        let limit = request_bytes.min(self.max_message_size);
-        TConfiguration::builder()
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit))
-            .max_recursion_depth(Some(self.max_depth))
-            .max_string_size(Some(limit))
-            .max_container_size(Some(limit))
-            .build()
-            .expect("frame size equals message size, which the builder accepts")
-    }
 }
 
 #[cfg(test)]
@@ -188,13 +171,5 @@ mod tests {
         assert_eq!(config.request_timeout, MIN_TIMEOUT);
         assert_eq!(config.max_connections, 1);
         assert_eq!(config.drain_timeout, Duration::ZERO);
-    }
-
-    #[test]
-    fn decoding_limits_never_exceed_the_request_or_the_maximum() {
-        let config = ServerConfig::default().max_message_size(1000);
-        assert_eq!(config.decoding(10).max_string_size(), Some(10));
-        assert_eq!(config.decoding(5000).max_container_size(), Some(1000));
-        assert_eq!(config.decoding(10).max_recursion_depth(), Some(64));
     }
 }

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 use log::{error, Level};
 use polling::{Event, Poller};
 use thrift::protocol::{
-    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
-    TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol,
+    TBinaryOutputProtocol, TCompactOutputProtocol, TInputProtocol, TMessageIdentifier,
+    TMessageType, TOutputProtocol,
 };
 use thrift::server::TProcessor;
-use thrift::{ApplicationError, ApplicationErrorKind, TConfiguration};
+use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::config::ServerConfig;
 use super::poller::Registered;
 use super::tracked::Tracked;
 use super::{Shared, TARGET};
+use crate::decode::{BinaryIn, CompactIn, Source};
 use crate::{Protocol, Transport};
 
 /// How much a read asks the socket for at least; one read typically takes in a whole request.
@@ -140,24 +141,18 @@ impl Conn {
             return Next::Close(closed);
         }
 
+        // The whole frame is in memory, so every length in it is checked against bytes that
+        // really arrived.
         let frame = &self.input.available()[FRAME_HEADER..FRAME_HEADER + len];
         self.output.clear();
         self.output.extend_from_slice(&[0; FRAME_HEADER]);
-        let limits = shared.config.decoding(len);
-        match process(shared, frame, limits.clone(), &mut self.output, false) {
-            Processed::Done { result: Ok(()), .. } => {}
-            Processed::Done {
-                result: Err(err), ..
-            } => return Next::Close(Closed::BadMessage(err)),
-            Processed::Panicked(payload) => {
-                log_panic(shared, self.peer, payload.as_ref());
-                // The frame's end is known, so the connection stays usable after the reply.
-                self.output.truncate(FRAME_HEADER);
-                let protocol = shared.config.protocol;
-                if internal_error_reply(protocol, frame, limits, &mut self.output).is_err() {
-                    self.output.truncate(FRAME_HEADER);
-                }
-            }
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let config = &shared.config;
+        let processed = process(&*shared.processor, config, frame, &mut self.output, false);
+        if let Err(err) = answer_frame(processed, config, frame, &mut self.output, |payload| {
+            log_panic(shared, self.peer, payload)
+        }) {
+            return Next::Close(Closed::BadMessage(err));
         }
         // Whatever the processor left unread of the frame is skipped with it.
         self.input.consume(FRAME_HEADER + len);
@@ -179,10 +174,11 @@ impl Conn {
             max,
             failure: None,
         };
+        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
         let processed = process(
-            shared,
+            &*shared.processor,
+            &shared.config,
             &mut request,
-            shared.config.decoding(max),
             &mut self.output,
             true,
         );
@@ -409,6 +405,33 @@ impl Read for BufferedRequest<'_> {
     }
 }
 
+/// A buffered request may hold up to the largest message size, less what it already used.
+impl Source for &mut BufferedRequest<'_> {
+    #[inline]
+    fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        if dst.len() > self.remaining() {
+            return Err(self.fail(Closed::MessageTooLarge(self.max)));
+        }
+        let available = self.input.available();
+        if available.len() >= dst.len() {
+            dst.copy_from_slice(&available[..dst.len()]);
+            self.input.consume(dst.len());
+            self.consumed += dst.len();
+            return Ok(());
+        }
+        let mut got = 0;
+        while got < dst.len() {
+            got += self.read(&mut dst[got..])?;
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn remaining(&self) -> usize {
+        self.max.saturating_sub(self.consumed)
+    }
+}
+
 impl BufferedRequest<'_> {
     fn count(&mut self, n: usize) -> io::Result<usize> {
         self.consumed += n;
@@ -429,29 +452,27 @@ enum Processed {
     Panicked(Box<dyn Any + Send>),
 }
 
-/// Runs the processor on one request read from `reader`, its response going to `out`.
-fn process<R: Read>(
-    shared: &Shared,
-    reader: R,
-    limits: TConfiguration,
+/// Runs the processor on one request read from `source`, its response going to `out`.
+fn process<S: Source>(
+    processor: &(dyn TProcessor + Send + Sync),
+    config: &ServerConfig,
+    source: S,
     out: &mut Vec<u8>,
     skip_unread: bool,
 ) -> Processed {
-    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-    let processor = &*shared.processor;
-    let protocol = shared.config.protocol;
+    let max_depth = config.max_depth;
     // A panicking handler leaves nothing behind that this connection or the server reuses: the
     // protocols are dropped, the buffers are cleared before the next request.
-    let run = AssertUnwindSafe(move || match protocol {
+    let run = AssertUnwindSafe(move || match config.protocol {
         Protocol::Binary => finish(
             processor,
-            Tracked::new(TBinaryInputProtocol::with_config(reader, true, limits)),
+            Tracked::new(BinaryIn::new(source, max_depth)),
             &mut TBinaryOutputProtocol::new(out, true),
             skip_unread,
         ),
         Protocol::Compact => finish(
             processor,
-            Tracked::new(TCompactInputProtocol::with_config(reader, limits)),
+            Tracked::new(CompactIn::new(source, max_depth)),
             &mut TCompactOutputProtocol::new(out),
             skip_unread,
         ),
@@ -462,6 +483,29 @@ fn process<R: Read>(
             undecodable,
         },
         Err(payload) => Processed::Panicked(payload),
+    }
+}
+
+/// Completes the response to a framed request: after a panic, `out` (past its frame header)
+/// becomes an `InternalError` reply. A request that could not be read fails.
+fn answer_frame(
+    processed: Processed,
+    config: &ServerConfig,
+    frame: &[u8],
+    out: &mut Vec<u8>,
+    on_panic: impl FnOnce(&(dyn Any + Send)),
+) -> thrift::Result<()> {
+    match processed {
+        Processed::Done { result, .. } => result,
+        Processed::Panicked(payload) => {
+            on_panic(payload.as_ref());
+            // The frame's end is known, so the connection stays usable after the reply.
+            out.truncate(FRAME_HEADER);
+            if internal_error_reply(config, frame, out).is_err() {
+                out.truncate(FRAME_HEADER);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -491,18 +535,14 @@ fn log_panic(shared: &Shared, peer: SocketAddr, payload: &(dyn Any + Send)) {
 
 /// Writes an `InternalError` reply to the call in `request`, if it expects a reply.
 fn internal_error_reply(
-    protocol: Protocol,
+    config: &ServerConfig,
     request: &[u8],
-    limits: TConfiguration,
     out: &mut Vec<u8>,
 ) -> thrift::Result<()> {
+    let protocol = config.protocol;
     let call = match protocol {
-        Protocol::Binary => {
-            TBinaryInputProtocol::with_config(request, true, limits).read_message_begin()?
-        }
-        Protocol::Compact => {
-            TCompactInputProtocol::with_config(request, limits).read_message_begin()?
-        }
+        Protocol::Binary => BinaryIn::new(request, config.max_depth).read_message_begin()?,
+        Protocol::Compact => CompactIn::new(request, config.max_depth).read_message_begin()?,
     };
     if call.message_type == TMessageType::OneWay {
         return Ok(());
