@@ -125,6 +125,8 @@ struct Options {
     rejections: u32,
     filter: Option<Vec<String>>,
     extras: bool,
+    /// Run single-client cells with every thread on one CPU.
+    pin_single: bool,
 }
 
 impl Options {
@@ -141,6 +143,7 @@ impl Options {
                 rejections: 200_000,
                 filter: None,
                 extras: true,
+                pin_single: true,
             }
         } else {
             Options {
@@ -152,6 +155,7 @@ impl Options {
                 rejections: 2_000_000,
                 filter: None,
                 extras: true,
+                pin_single: true,
             }
         };
         let mut args = args.into_iter();
@@ -172,6 +176,7 @@ impl Options {
                     o.filter = Some(value("--filter").split(',').map(str::to_owned).collect())
                 }
                 "--no-extras" => o.extras = false,
+                "--no-pin" => o.pin_single = false,
                 other => usage(&format!("unknown argument {other:?}")),
             }
         }
@@ -193,7 +198,7 @@ fn parse<T: std::str::FromStr>(s: &str) -> T {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: cargo bench --bench rpc -- [--quick] [--rounds N] [--duration-ms N] \
-         [--warmup-ms N] [--filter stack/payload/clients,...] [--no-extras]\n\
+         [--warmup-ms N] [--filter stack/payload/clients,...] [--no-extras] [--no-pin]\n\
          stacks: floor stock ours ours-x-stock stock-x-ours ours+1k-idle; payloads: add echo-1k echo-64k"
     );
     std::process::exit(2);
@@ -371,6 +376,8 @@ struct Sample {
     p999: f64,
     /// Process CPU nanoseconds per call.
     cpu_per_call: f64,
+    /// CPU nanoseconds per call of the client threads alone.
+    client_cpu_per_call: f64,
 }
 
 enum Outcome {
@@ -389,18 +396,26 @@ fn client_thread(
     connect: impl FnOnce() -> Result<Caller, String>,
     payload: Payload,
     data: &[u8],
-) -> Histogram<u64> {
+) -> (Histogram<u64>, Duration) {
     let mut latencies = new_histogram();
     let mut caller = match connect() {
         Ok(caller) => caller,
         Err(err) => {
             run.error(err);
-            return latencies;
+            return (latencies, Duration::ZERO);
         }
     };
+    let mut cpu_from = None;
+    let mut cpu = Duration::ZERO;
     loop {
         let phase = run.phase.load(Ordering::Acquire);
+        if phase == MEASURE && cpu_from.is_none() {
+            cpu_from = Some(sys::thread_cpu_time());
+        }
         if phase == STOP {
+            if let Some(from) = cpu_from {
+                cpu = sys::thread_cpu_time() - from;
+            }
             break;
         }
         let started = Instant::now();
@@ -421,10 +436,10 @@ fn client_thread(
         }
     }
     run.sockets.lock().unwrap()[index] = None;
-    latencies
+    (latencies, cpu)
 }
 
-fn wait_for(handles: &[JoinHandle<Histogram<u64>>], limit: Duration) -> bool {
+fn wait_for<T>(handles: &[JoinHandle<T>], limit: Duration) -> bool {
     let until = Instant::now() + limit;
     loop {
         if handles.iter().all(JoinHandle::is_finished) {
@@ -447,6 +462,11 @@ fn run_cell(cell: Cell, servers: &Servers, options: &Options) -> Outcome {
         sockets: Mutex::new((0..cell.clients).map(|_| None).collect()),
     });
     let data = Arc::new(cell.payload.data());
+    let pinned = (cell.clients == 1 && options.pin_single).then(|| {
+        let all = sys::Affinity::current();
+        all.first().apply_to_all_threads();
+        all
+    });
     let ours = (cell.stack.client() == Side::Ours).then(|| peers::our_client(addr, cell.clients));
     let handles: Vec<_> = (0..cell.clients)
         .map(|index| {
@@ -526,13 +546,17 @@ fn run_cell(cell: Cell, servers: &Servers, options: &Options) -> Outcome {
     if let Some(ours) = &ours {
         ours.close();
     }
+    if let Some(all) = pinned {
+        all.apply_to_all_threads();
+    }
     let mut latencies = new_histogram();
+    let mut client_cpu = Duration::ZERO;
     let mut stuck = 0;
     for handle in handles {
         if handle.is_finished() {
-            latencies
-                .add(handle.join().expect("client thread"))
-                .expect("same bounds");
+            let (thread_latencies, cpu) = handle.join().expect("client thread");
+            latencies.add(thread_latencies).expect("same bounds");
+            client_cpu += cpu;
         } else {
             // Left behind; the process exits at the end anyway.
             stuck += 1;
@@ -560,6 +584,7 @@ fn run_cell(cell: Cell, servers: &Servers, options: &Options) -> Outcome {
         p99: latencies.value_at_quantile(0.99) as f64,
         p999: latencies.value_at_quantile(0.999) as f64,
         cpu_per_call: cpu.as_nanos() as f64 / calls as f64,
+        client_cpu_per_call: client_cpu.as_nanos() as f64 / calls as f64,
     })
 }
 
@@ -659,8 +684,8 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 fn table(results: &Results, cells: &[Cell]) -> String {
     let mut out = String::new();
     out.push_str(
-        "| payload | clients | stack | calls/s (median) | calls/s min–max | p50 µs | p99 µs | p99.9 µs | CPU µs/call | ours/stock calls/s | ours/floor calls/s |\n\
-         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| payload | clients | stack | calls/s (median) | calls/s min–max | p50 µs | p99 µs | p99.9 µs | CPU µs/call | client CPU µs/call | ours/stock calls/s | ours/floor calls/s |\n\
+         |---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for cell in cells {
         let head = format!(
@@ -670,22 +695,26 @@ fn table(results: &Results, cells: &[Cell]) -> String {
             cell.stack.name()
         );
         if results.starved.contains(cell) {
-            let _ = writeln!(out, "{head} starved | – | – | – | – | – | – | – |");
+            let _ = writeln!(out, "{head} starved | – | – | – | – | – | – | – | – |");
             continue;
         }
         if let Some(why) = results.failed.get(cell) {
-            let _ = writeln!(out, "{head} failed: {why} | – | – | – | – | – | – | – |");
+            let _ = writeln!(
+                out,
+                "{head} failed: {why} | – | – | – | – | – | – | – | – |"
+            );
             continue;
         }
         let Some(samples) = results.samples.get(cell) else {
             continue;
         };
         let (rate, min, max) = spread(samples, |s| s.calls_per_sec);
-        let (p50, p99, p999, cpu) = (
+        let (p50, p99, p999, cpu, client_cpu) = (
             spread(samples, |s| s.p50).0,
             spread(samples, |s| s.p99).0,
             spread(samples, |s| s.p999).0,
             spread(samples, |s| s.cpu_per_call).0,
+            spread(samples, |s| s.client_cpu_per_call).0,
         );
         let (vs_stock, vs_floor) = if cell.stack == Stack::Ours {
             let other = |stack| results.calls_per_sec(&Cell { stack, ..*cell });
@@ -698,11 +727,12 @@ fn table(results: &Results, cells: &[Cell]) -> String {
         };
         let _ = writeln!(
             out,
-            "{head} {rate:.0} | {min:.0}–{max:.0} | {} | {} | {} | {} | {vs_stock} | {vs_floor} |",
+            "{head} {rate:.0} | {min:.0}–{max:.0} | {} | {} | {} | {} | {} | {vs_stock} | {vs_floor} |",
             us(p50),
             us(p99),
             us(p999),
-            us(cpu)
+            us(cpu),
+            us(client_cpu)
         );
     }
     out
@@ -802,11 +832,21 @@ fn main() {
          Both servers run {SERVER_WORKERS} worker threads whatever the number of clients. A cell is \
          starved when some client finished no call within {} s. CPU per call is the whole process \
          (clients and servers share it): getrusage(RUSAGE_SELF) user+sys over the measured window \
-         divided by calls. Open-file limit raised from {fd_before} to {fd_now}.\n",
+         divided by calls; client CPU is the client threads' own CPU time (CLOCK_THREAD_CPUTIME_ID) \
+         over the same window, so the rest is the server's (and the kernel's on its behalf). {} \
+         Open-file limit raised from {fd_before} to {fd_now}.\n",
         options.rounds,
         options.warmup.as_millis(),
         options.duration.as_millis(),
         options.starve_after.as_secs_f64(),
+        if options.pin_single {
+            "Single-client cells run with every thread of the process pinned to one CPU: \
+             unpinned, a lone ping-pong on this machine flips between runs whose client and \
+             server share a CPU and runs paying a cross-CPU wake-up per message, which swamps \
+             the differences between stacks (`--no-pin` shows it)."
+        } else {
+            "Single-client cells are not pinned (`--no-pin`)."
+        },
     );
     for stack in Stack::SWEPT.into_iter().chain([Stack::OursIdle]) {
         let _ = writeln!(report, "- `{}`: {}", stack.name(), stack.legend());
@@ -878,13 +918,16 @@ fn main() {
         };
         if let (Some(f), Some(b)) = (results.calls_per_sec(&full), results.calls_per_sec(&bare)) {
             let p50 = |c: &Cell| results.metric(c, |s| s.p50).unwrap();
+            let client_cpu = |c: &Cell| results.metric(c, |s| s.client_cpu_per_call).unwrap();
             let _ = write!(
                 overhead,
-                " {}: {f:.0} vs {b:.0} calls/s, {:+.1}% (p50 {} vs {} µs);",
+                " {}: {f:.0} vs {b:.0} calls/s, {:+.1}% (p50 {} vs {} µs, client CPU {} vs {} µs/call);",
                 payload.name(),
                 (b - f) / b * 100.0,
                 us(p50(&full)),
                 us(p50(&bare)),
+                us(client_cpu(&full)),
+                us(client_cpu(&bare)),
             );
         }
     }

@@ -59,3 +59,66 @@ pub(crate) fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!("nproc {cpus}, {model}, Linux {}", kernel.trim())
 }
+
+/// CPU time of the calling thread so far.
+pub(crate) fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is valid and writable for the duration of the call, which keeps no pointer.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) cannot fail");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// A set of CPUs threads may run on.
+pub(crate) struct Affinity(libc::cpu_set_t);
+
+impl Affinity {
+    /// The CPUs the calling thread may run on now.
+    pub(crate) fn current() -> Affinity {
+        // SAFETY: an all-zero cpu_set_t is the empty set; sched_getaffinity fills the valid,
+        // writable set of the size given and keeps no pointer.
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set);
+            Affinity(set)
+        }
+    }
+
+    /// Only the first CPU of `self`.
+    pub(crate) fn first(&self) -> Affinity {
+        // SAFETY: CPU_ISSET and CPU_SET only index into the sets, within CPU_SETSIZE.
+        #[allow(unsafe_code)]
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if let Some(cpu) =
+                (0..libc::CPU_SETSIZE as usize).find(|&c| libc::CPU_ISSET(c, &self.0))
+            {
+                libc::CPU_SET(cpu, &mut set);
+            }
+            Affinity(set)
+        }
+    }
+
+    /// Applies to every thread of this process now, and so to the threads they start later.
+    pub(crate) fn apply_to_all_threads(&self) {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+                continue;
+            };
+            // SAFETY: the set is valid for reading at the size given and is not kept. A thread
+            // that has ended meanwhile only makes the call fail, which is fine.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &self.0);
+            }
+        }
+    }
+}
