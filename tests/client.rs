@@ -478,5 +478,8 @@ fn every_resolved_address_is_tried_in_turn() {
 #[test]
 fn an_unresolvable_endpoint_is_a_connect_error() {
     let calc = client("no-such-host.invalid:9090", ClientConfig::default());
-    assert!(matches!(calc.call(|c| c.ping()), Err(Error::Connect { .. })));
+    assert!(matches!(
+        calc.call(|c| c.ping()),
+        Err(Error::Connect { .. })
+    ));
 }
