@@ -17,6 +17,11 @@ mod protocol;
 mod server;
 mod transport;
 
+/// Entry points for the fuzz targets and property tests; not part of the API, unstable.
+#[doc(hidden)]
+#[path = "fuzz.rs"]
+pub mod __fuzz;
+
 pub use crate::breaker::BreakerState;
 pub use crate::client::{ClientStats, ThriftClient};
 pub use crate::clock::Clock;

@@ -36,7 +36,7 @@ pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
 
 /// Strings and binaries that may not be backed by bytes yet are read in steps of at most this
 /// much more than what already arrived, so a declared length alone never allocates much.
-const READ_STEP: usize = 64 * 1024;
+const READ_STEP: usize = 16 * 1024;
 
 /// The bytes a decoder reads one message from.
 ///
@@ -90,9 +90,46 @@ pub(crate) trait Source {
     }
 }
 
+impl<S: Source + ?Sized> Source for &mut S {
+    #[inline]
+    fn read_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read_exact(buf)
+    }
+
+    #[inline]
+    fn remaining(&self) -> usize {
+        (**self).remaining()
+    }
+
+    fn begin_message(&mut self) -> io::Result<()> {
+        (**self).begin_message()
+    }
+
+    #[inline]
+    fn read_byte(&mut self) -> io::Result<u8> {
+        (**self).read_byte()
+    }
+
+    #[inline]
+    fn read_array<const N: usize>(&mut self) -> io::Result<[u8; N]> {
+        (**self).read_array()
+    }
+
+    fn read_vec(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        (**self).read_vec(len)
+    }
+
+    fn discard(&mut self, len: usize) -> io::Result<()> {
+        (**self).discard(len)
+    }
+}
+
 /// Reads `len` bytes into a vector that grows as they arrive: at most [`READ_STEP`] or the size
 /// already read more at a time, so the allocation stays within about twice the bytes received.
-pub(crate) fn read_vec_stepwise<S: Source + ?Sized>(src: &mut S, len: usize) -> io::Result<Vec<u8>> {
+pub(crate) fn read_vec_stepwise<S: Source + ?Sized>(
+    src: &mut S,
+    len: usize,
+) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     while out.len() < len {
         let start = out.len();

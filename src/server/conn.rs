@@ -406,7 +406,7 @@ impl Read for BufferedRequest<'_> {
 }
 
 /// A buffered request may hold up to the largest message size, less what it already used.
-impl Source for &mut BufferedRequest<'_> {
+impl Source for BufferedRequest<'_> {
     #[inline]
     fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
         if dst.len() > self.remaining() {
