@@ -31,9 +31,15 @@ pub enum Fault {
 }
 
 impl Fault {
-    /// Whether the connection cannot be trusted any more once this was applied.
-    fn is_fault(self) -> bool {
-        !matches!(self, Fault::Pass | Fault::Delay(_))
+    /// Whether the connection cannot be trusted any more once this was applied to a chunk of
+    /// `len` bytes. Closing after a whole chunk is not a fault: it is what a server closing a
+    /// connection after its response looks like.
+    fn is_fault(self, len: usize) -> bool {
+        match self {
+            Fault::Pass | Fault::Delay(_) => false,
+            Fault::CloseAfter(limit) => limit < len,
+            Fault::Stall | Fault::Reset | Fault::Garbage => true,
+        }
     }
 }
 
@@ -204,7 +210,7 @@ fn pump_responses(shared: &Shared, conn: Arc<Conn>) {
             Ok(n) => n,
         };
         let fault = *shared.fault.lock().unwrap();
-        if fault.is_fault() {
+        if fault.is_fault(n) {
             conn.faulted.store(true, Ordering::SeqCst);
             shared.faulted.fetch_add(1, Ordering::SeqCst);
         }
