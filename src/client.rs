@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use scheduled_thread_pool::ScheduledThreadPool;
+use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
 
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::config::ClientConfig;
@@ -108,11 +108,16 @@ pub(crate) fn past_deadline(err: Error, deadline: Option<Instant>) -> Error {
 }
 
 /// The one helper thread r2d2 needs per pool (or per set of pools) to make empty slots.
+///
+/// Once the last pool using it is dropped, the thread exits at once: the jobs still scheduled
+/// then (r2d2's reaper, every 30 s) are for pools that no longer exist, and waiting for them
+/// would keep the thread alive for up to 30 s after the client is gone.
 pub(crate) fn pool_helpers() -> Arc<ScheduledThreadPool> {
     Arc::new(
         ScheduledThreadPool::builder()
             .num_threads(1)
             .thread_name_pattern("blocking-thrift-pool-{}")
+            .on_drop_behavior(OnPoolDropBehavior::DiscardPendingScheduled)
             .build(),
     )
 }
@@ -177,9 +182,8 @@ impl<C: Send + 'static> ThriftClient<C> {
         live.state
             .arm(within(self.inner.config.read_timeout, deadline));
         let result = f(&mut live.client);
-        let timed_out = live.state.timed_out();
         let broken = live.state.is_broken() || !live.state.is_clean();
-        let result = result.map_err(|e| Error::from_thrift(e, timed_out));
+        let result = result.map_err(|e| Error::from_call(e, &live.state));
         if broken || result.as_ref().is_err_and(Error::poisons_connection) {
             slot.discard();
         }

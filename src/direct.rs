@@ -186,7 +186,8 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
         let Some(mut active) = self.active.take() else {
             return err;
         };
-        let err = Error::from_thrift(err, active.slot.live().state.timed_out());
+        let err = Error::from_call(err, &active.slot.live().state);
+        // The message on the connection is cut short.
         active.slot.discard();
         match self.inner.end::<()>(active.permit, active.slot, Err(err)) {
             Err(err) => err.into(),

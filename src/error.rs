@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+use crate::transport::ConnState;
 use thrift::{
     ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind, TransportError,
 };
@@ -63,6 +64,13 @@ pub enum Error {
     Application(ApplicationError),
     /// The service raised one of its IDL exceptions; it is the generated type, boxed.
     User(Box<dyn StdError + Send + Sync>),
+    /// The request was larger than `max_message_size`; nothing was sent.
+    RequestTooLarge {
+        /// How large the request was when it was refused (at least this large).
+        bytes: usize,
+        /// The configured `max_message_size`.
+        limit: usize,
+    },
     /// The client was closed.
     Closed,
     /// A multi-endpoint call ran out of endpoints or retries; each attempt is listed.
@@ -144,12 +152,26 @@ impl Error {
         }
     }
 
+    /// Turns the error of a call made on a connection into this type, telling a response
+    /// timeout and a refused oversized request from other transport errors.
+    pub(crate) fn from_call(err: thrift::Error, state: &ConnState) -> Error {
+        if let Some((bytes, limit)) = state.refused_request() {
+            return Error::RequestTooLarge { bytes, limit };
+        }
+        Error::from_thrift(err, state.timed_out())
+    }
+
     /// Whether the connection that produced this error may hold unread or unexpected bytes,
     /// so must not serve another call.
     pub(crate) fn poisons_connection(&self) -> bool {
+        // A refused request left nothing on the wire, but the generated code stopped in the
+        // middle of writing it, and a protocol's state (compact's field ids) may show it.
         matches!(
             self,
-            Error::Transport(_) | Error::Protocol(_) | Error::Timeout(Timeout::Response)
+            Error::Transport(_)
+                | Error::Protocol(_)
+                | Error::Timeout(Timeout::Response)
+                | Error::RequestTooLarge { .. }
         )
     }
 }
@@ -166,6 +188,10 @@ impl fmt::Display for Error {
             Error::Protocol(e) => write!(f, "protocol error: {}", e.message),
             Error::Application(e) => write!(f, "server raised {:?}: {}", e.kind, e.message),
             Error::User(e) => write!(f, "service exception: {e}"),
+            Error::RequestTooLarge { bytes, limit } => write!(
+                f,
+                "request of {bytes} bytes exceeds max_message_size ({limit} bytes); nothing was sent"
+            ),
             Error::Closed => f.write_str("client is closed"),
             Error::Unavailable(u) => {
                 write!(

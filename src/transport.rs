@@ -83,6 +83,10 @@ pub(crate) struct ConnState {
     broken: AtomicBool,
     /// The reader holds bytes, or owes bytes of a frame, that no call has asked for.
     leftover: AtomicBool,
+    /// The size of a request refused for exceeding `max_message_size` (0: none); nothing of
+    /// it was sent, so the connection stays usable.
+    oversized: AtomicU64,
+    max_message_size: usize,
 }
 
 impl ConnState {
@@ -91,6 +95,15 @@ impl ConnState {
         let at = (Instant::now() + budget).saturating_duration_since(epoch());
         self.deadline.store(at.as_nanos() as u64, Ordering::Relaxed);
         self.timed_out.store(false, Ordering::Relaxed);
+        self.oversized.store(0, Ordering::Relaxed);
+    }
+
+    /// The request the writer refused for its size during this call, if any, and the limit.
+    pub(crate) fn refused_request(&self) -> Option<(usize, usize)> {
+        match self.oversized.load(Ordering::Relaxed) {
+            0 => None,
+            bytes => Some((bytes as usize, self.max_message_size)),
+        }
     }
 
     fn deadline(&self) -> Instant {
@@ -152,6 +165,8 @@ pub(crate) fn split(
         timed_out: AtomicBool::new(false),
         broken: AtomicBool::new(false),
         leftover: AtomicBool::new(false),
+        oversized: AtomicU64::new(0),
+        max_message_size,
     });
     let framed = transport == Transport::Framed;
     let reader = Reader {
@@ -447,6 +462,19 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// Drops a request over the size limit before any of it is sent.
+    fn refuse(&mut self, len: usize) -> io::Error {
+        self.reset();
+        self.state.oversized.store(len as u64, Ordering::Relaxed);
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "request of {len} bytes exceeds the limit of {}",
+                self.max_message_size
+            ),
+        )
+    }
+
     fn reset(&mut self) {
         if self.buf.capacity() > KEEP_WRITE_BUFFER {
             self.buf = Vec::new();
@@ -460,6 +488,12 @@ impl Writer {
 
 impl Write for Writer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let header = if self.framed { 4 } else { 0 };
+        let len = self.buf.len() - header + data.len();
+        // Refused as soon as it is too large, so a huge request is never held in memory.
+        if len > self.max_message_size {
+            return Err(self.refuse(len));
+        }
         self.buf.extend_from_slice(data);
         Ok(data.len())
     }
@@ -471,14 +505,7 @@ impl Write for Writer {
             return Ok(());
         }
         if len > self.max_message_size {
-            self.reset();
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "request of {len} bytes exceeds the limit of {}",
-                    self.max_message_size
-                ),
-            ));
+            return Err(self.refuse(len));
         }
         if self.framed {
             self.buf[..4].copy_from_slice(&(len as u32).to_be_bytes());

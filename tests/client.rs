@@ -483,3 +483,27 @@ fn an_unresolvable_endpoint_is_a_connect_error() {
         Err(Error::Connect { .. })
     ));
 }
+
+#[test]
+fn an_oversized_request_fails_alone_and_is_not_the_endpoints_fault() {
+    let server = server();
+    let config = ClientConfig::default()
+        .max_message_size(64 * 1024)
+        .maxfail(0);
+    let calc = client(&server.endpoint(), config);
+    let err = calc.call(|c| c.echo(vec![7; 100 * 1024])).unwrap_err();
+    match &err {
+        Error::RequestTooLarge { bytes, limit } => {
+            assert!(*bytes > 64 * 1024, "{bytes}");
+            assert_eq!(*limit, 64 * 1024);
+        }
+        other => panic!("expected RequestTooLarge, got {other:?}"),
+    }
+    assert!(err.to_string().contains("nothing was sent"), "{err}");
+    let err = calc.direct().echo(vec![7; 100 * 1024]).unwrap_err();
+    assert!(matches!(Error::from(err), Error::RequestTooLarge { .. }));
+    // Neither counted as a failure: with maxfail 0 one failure would have opened the breaker.
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+    assert_eq!(calc.call(|c| c.echo(vec![1; 1000])).unwrap(), vec![1; 1000]);
+    assert_eq!(calc.stats().failures, 0);
+}

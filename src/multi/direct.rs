@@ -270,7 +270,6 @@ fn attempt<C: TThriftClient + Send + 'static>(
     let mut out = TBinaryOutputProtocol::new(std::mem::take(copy), true);
     let result = talk(&mut live.client, request, &mut out, limits);
     *copy = out.transport;
-    let timed_out = live.state.timed_out();
     if result.is_ok() && !live.state.is_clean() {
         // The server sent more than the response: the connection cannot serve another call.
         slot.discard();
@@ -292,9 +291,10 @@ fn attempt<C: TThriftClient + Send + 'static>(
         }
         Ok(reply) => inner.end(permit, slot, Ok(reply)),
         Err(err) => {
+            let err = Error::from_call(err, &slot.live().state);
             // The message on the connection is cut short: it cannot serve another call.
             slot.discard();
-            let err = past_deadline(Error::from_thrift(err, timed_out), deadline);
+            let err = past_deadline(err, deadline);
             inner.end(permit, slot, Err(err))
         }
     }
