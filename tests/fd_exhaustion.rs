@@ -1,0 +1,185 @@
+//! The server when the process runs out of file descriptors while clients keep connecting: it
+//! logs, pauses accepting instead of spinning, keeps its listener, and serves the waiting clients
+//! and new ones once descriptors are free again.
+//!
+//! A test binary of its own: it lowers the process's RLIMIT_NOFILE and uses up every descriptor,
+//! which no other test could run next to.
+
+mod support;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use blocking_thrift::{ClientConfig, ServerConfig, ThriftClient};
+use log::{Level, Log, Metadata, Record};
+use socket2::{Domain, Socket, Type};
+use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
+use support::{open_fds, start_server, wait_until, Calc};
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Counts the server's reports of failed accepts; everything else it drops.
+struct AcceptFailures(AtomicUsize);
+
+impl Log for AcceptFailures {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.target().starts_with("blocking_thrift") && metadata.level() <= Level::Error
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        // Formatting allocates memory, not descriptors, so it works while none are left.
+        if self.enabled(record.metadata())
+            && record
+                .args()
+                .to_string()
+                .contains("accepting connections failed")
+        {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static ACCEPT_FAILURES: AcceptFailures = AcceptFailures(AtomicUsize::new(0));
+
+fn accept_failures() -> usize {
+    ACCEPT_FAILURES.0.load(Ordering::SeqCst)
+}
+
+/// Lowers this process's soft limit on open file descriptors to `limit`.
+fn limit_open_files(limit: u64) {
+    let mut rlimit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the `rlimit` struct passed by
+    // pointer, which lives on this stack frame for the whole call.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit), 0);
+        rlimit.rlim_cur = (limit as libc::rlim_t).min(rlimit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit), 0);
+    }
+}
+
+/// An encoded, framed, strict binary `add(a, b)` with sequence id `seq`.
+fn add_request(seq: i32, a: i32, b: i32) -> Vec<u8> {
+    let mut m = vec![0x80, 0x01, 0x00, 0x01, 0, 0, 0, 3];
+    m.extend(b"add");
+    m.extend(seq.to_be_bytes());
+    m.extend([8, 0, 1]);
+    m.extend(a.to_be_bytes());
+    m.extend([8, 0, 2]);
+    m.extend(b.to_be_bytes());
+    m.push(0);
+    let mut framed = (m.len() as i32).to_be_bytes().to_vec();
+    framed.extend(m);
+    framed
+}
+
+/// Reads a framed `add` reply and returns its result: the frame's last five bytes are the
+/// i32 and the STOP that ends the result struct.
+fn read_sum(stream: &mut TcpStream) -> io::Result<i32> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header)?;
+    let mut frame = vec![0u8; i32::from_be_bytes(header).clamp(0, 4096) as usize];
+    stream.read_exact(&mut frame)?;
+    let n = frame.len();
+    if n < 5 || frame[n - 1] != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not an add reply",
+        ));
+    }
+    Ok(i32::from_be_bytes([
+        frame[n - 5],
+        frame[n - 4],
+        frame[n - 3],
+        frame[n - 2],
+    ]))
+}
+
+#[test]
+fn running_out_of_file_descriptors_pauses_accepting_and_recovers() {
+    log::set_logger(&ACCEPT_FAILURES).expect("install the logger");
+    log::set_max_level(log::LevelFilter::Error);
+    limit_open_files(open_fds() as u64 + 64);
+
+    let (server, _) = start_server(ServerConfig::default().workers(2));
+    let addr = server.local_addr();
+    let accepted_before = server.stats().accepted_connections;
+
+    // Three client sockets, made while there are descriptors; then every descriptor is used
+    // up, and they connect: the connections complete in the listener's backlog, but the server
+    // has no descriptor left to accept them with.
+    let sockets: Vec<Socket> = (0..3)
+        .map(|_| Socket::new(Domain::IPV4, Type::STREAM, None).expect("a client socket"))
+        .collect();
+    let mut hog = Vec::new();
+    let exhausted = loop {
+        match File::open("/dev/null") {
+            Ok(file) => hog.push(file),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(exhausted.raw_os_error(), Some(libc::EMFILE), "{exhausted}");
+    let mut waiting: Vec<TcpStream> = sockets
+        .into_iter()
+        .map(|socket| {
+            socket
+                .connect(&addr.into())
+                .expect("connect while the server is out of descriptors");
+            socket.into()
+        })
+        .collect();
+    for (n, stream) in waiting.iter_mut().enumerate() {
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        stream
+            .write_all(&add_request(n as i32 + 1, n as i32, 100))
+            .unwrap();
+    }
+
+    // The server notices, says so, and tries again later, without spinning: it pauses between
+    // attempts (100 ms), so a second holds a handful of attempts, not thousands.
+    assert!(
+        wait_until(PATIENCE, || accept_failures() >= 2),
+        "the server never reported failing to accept ({} reports)",
+        accept_failures()
+    );
+    let window = Duration::from_secs(1);
+    let (start, started) = (accept_failures(), Instant::now());
+    std::thread::sleep(window);
+    let attempts = accept_failures() - start;
+    let elapsed = started.elapsed();
+    eprintln!("{attempts} failed accepts in {elapsed:?} while out of descriptors");
+    assert!(
+        attempts <= 100,
+        "{attempts} failed accepts in {elapsed:?}: the poller is spinning on EMFILE"
+    );
+    assert_eq!(server.stats().accepted_connections, accepted_before);
+
+    // With descriptors free again, the waiting clients are served and new ones too.
+    drop(hog);
+    for (n, stream) in waiting.iter_mut().enumerate() {
+        let sum = read_sum(stream).unwrap_or_else(|err| panic!("waiting client {n}: {err}"));
+        assert_eq!(sum, n as i32 + 100);
+    }
+    let client: ThriftClient<Calc> = ThriftClient::new(
+        &addr.to_string(),
+        CalculatorSyncClient::new,
+        ClientConfig::default()
+            .connect_timeout(PATIENCE)
+            .read_timeout(PATIENCE),
+    );
+    assert_eq!(client.call(|c| c.add(40, 2)).unwrap(), 42);
+    let stats = server.stats();
+    assert!(
+        stats.accepted_connections >= accepted_before + 4,
+        "{stats:?}"
+    );
+    assert_eq!(stats.panics, 0);
+    client.close();
+}
