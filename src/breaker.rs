@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,14 +54,27 @@ struct Settings {
     jitter: f64,
 }
 
+/// The `gate` of a closed breaker: every call passes.
+const GATE_OPEN: u64 = 0;
+
+/// The `gate` while a probe is under way: every other call is rejected.
+const GATE_SHUT: u64 = u64::MAX;
+
+/// The `gate` of a half-open breaker whose probe gave up its turn: the next caller asks.
+const GATE_ASK: u64 = 1;
+
 /// Counts failures of one endpoint and opens when more than `maxfail` of them fall within
 /// `time_unit`; after `reset_timeout` it lets exactly one probe through.
 pub(crate) struct Breaker {
     endpoint: Arc<str>,
     settings: Settings,
     clock: Clock,
-    /// Mirrors `state` being `Closed`, so that healthy calls never take the lock.
-    closed: AtomicBool,
+    /// The clock's time when the breaker was made; `gate` counts from it.
+    epoch: Instant,
+    /// Mirrors `state` so that most calls need not take the lock: [`GATE_OPEN`] while closed
+    /// (calls pass), else calls before this many nanoseconds after `epoch` are rejected, and
+    /// later ones ask under the lock.
+    gate: AtomicU64,
     state: Mutex<State>,
     rng: Mutex<u64>,
 }
@@ -82,7 +95,8 @@ impl Breaker {
                 jitter: config.jitter,
             },
             clock: config.clock.clone(),
-            closed: AtomicBool::new(true),
+            epoch: config.clock.now(),
+            gate: AtomicU64::new(GATE_OPEN),
             state: Mutex::new(State::Closed {
                 failures: VecDeque::with_capacity(config.maxfail as usize + 1),
             }),
@@ -99,12 +113,25 @@ impl Breaker {
         }
     }
 
+    /// Nanoseconds from `epoch` to `at`, plus one, so that no time reads as [`GATE_OPEN`].
+    fn ticks(&self, at: Instant) -> u64 {
+        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(nanos)
+            .unwrap_or(GATE_SHUT - 1)
+            .saturating_add(1)
+            .min(GATE_SHUT - 1)
+    }
+
     /// Asks to make a call; `None` means the breaker rejects it.
     pub(crate) fn acquire(&self) -> Option<Permit> {
-        if self.closed.load(Ordering::Acquire) {
+        let gate = self.gate.load(Ordering::Acquire);
+        if gate == GATE_OPEN {
             return Some(Permit { probe: false });
         }
         let now = self.clock.now();
+        if self.ticks(now) < gate {
+            return None;
+        }
         let mut state = self.state.lock();
         let (permit, change) = match &mut *state {
             State::Closed { .. } => (Some(Permit { probe: false }), None),
@@ -113,11 +140,13 @@ impl Breaker {
                     probing: true,
                     trips: *trips,
                 };
+                self.gate.store(GATE_SHUT, Ordering::Release);
                 (Some(Permit { probe: true }), Some(Change::Probing))
             }
             State::Open { .. } => (None, None),
             State::HalfOpen { probing, .. } if !*probing => {
                 *probing = true;
+                self.gate.store(GATE_SHUT, Ordering::Release);
                 (Some(Permit { probe: true }), None)
             }
             State::HalfOpen { .. } => (None, None),
@@ -132,6 +161,10 @@ impl Breaker {
         if !permit.probe && !failed {
             return;
         }
+        if !permit.probe && self.gate.load(Ordering::Acquire) != GATE_OPEN {
+            // An ordinary call finishing after the breaker opened changes nothing.
+            return;
+        }
         let now = self.clock.now();
         let mut state = self.state.lock();
         let change = match &mut *state {
@@ -143,12 +176,13 @@ impl Breaker {
                         until: now + period,
                         trips,
                     };
+                    self.gate.store(self.ticks(now + period), Ordering::Release);
                     Some(Change::Reopened(period))
                 } else {
                     *state = State::Closed {
                         failures: VecDeque::with_capacity(self.settings.maxfail as usize + 1),
                     };
-                    self.closed.store(true, Ordering::Release);
+                    self.gate.store(GATE_OPEN, Ordering::Release);
                     Some(Change::Closed)
                 }
             }
@@ -166,7 +200,7 @@ impl Breaker {
                         until: now + period,
                         trips: 0,
                     };
-                    self.closed.store(false, Ordering::Release);
+                    self.gate.store(self.ticks(now + period), Ordering::Release);
                     Some(Change::Opened(period))
                 } else {
                     None
@@ -185,6 +219,7 @@ impl Breaker {
         if permit.probe {
             if let State::HalfOpen { probing, .. } = &mut *self.state.lock() {
                 *probing = false;
+                self.gate.store(GATE_ASK, Ordering::Release);
             }
         }
     }
