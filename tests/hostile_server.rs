@@ -717,6 +717,9 @@ fn invalid_utf8_is_refused() {
     }
 }
 
+/// Encodes a call with sequence id `seq` nesting values `depth` deep.
+type Nested = fn(i32, usize) -> Vec<u8>;
+
 /// Binary: `add(1, 2)` with an unknown argument holding structs nested `depth` deep.
 fn bin_nested_structs(seq: i32, depth: usize) -> Vec<u8> {
     let mut m = bin_call("add", seq);
@@ -776,11 +779,10 @@ fn nesting_over_the_limit_is_refused() {
     for transport in TRANSPORTS {
         for protocol in [Protocol::Binary, Protocol::Compact] {
             let served = serve(transport, protocol);
-            let (structs, lists): (fn(i32, usize) -> Vec<u8>, fn(i32, usize) -> Vec<u8>) =
-                match protocol {
-                    Protocol::Binary => (bin_nested_structs, bin_nested_lists),
-                    Protocol::Compact => (compact_nested_structs, compact_nested_lists),
-                };
+            let (structs, lists): (Nested, Nested) = match protocol {
+                Protocol::Binary => (bin_nested_structs, bin_nested_lists),
+                Protocol::Compact => (compact_nested_structs, compact_nested_lists),
+            };
             for depth in [100, 100_000] {
                 let what = format!("structs {depth} deep");
                 let bytes = wire(transport, &structs(7, depth));
