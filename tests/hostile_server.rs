@@ -312,6 +312,11 @@ fn assert_hostile(served: &Served, what: &str, bytes: &[u8], expect: Expect) {
                 .unwrap_or_else(|err| panic!("{what}: no error reply: {err}"));
             assert_eq!(reply.kind, TMessageType::Exception, "{what}: {reply:?}");
             assert_eq!(reply.seq, 7, "{what}: {reply:?}");
+            // The generated processor answers a request it cannot decode with UNKNOWN and the
+            // decoder's error in the message.
+            let (kind, message) = reply.error.as_ref().expect("an application error");
+            assert_eq!(*kind, ApplicationErrorKind::Unknown, "{what}: {reply:?}");
+            assert!(!message.is_empty(), "{what}: {reply:?}");
             match transport {
                 Transport::Framed => {
                     let next = add_request(transport, protocol, 8, 20, 22);
