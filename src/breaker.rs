@@ -54,6 +54,13 @@ struct Settings {
     jitter: f64,
 }
 
+/// The failure timestamps of a closed breaker: room for the usual `maxfail` up front, but no
+/// more than a little, so that a huge `maxfail` (to mean "never open") costs nothing until
+/// failures really come.
+fn window(maxfail: u32) -> VecDeque<Instant> {
+    VecDeque::with_capacity((maxfail as usize).saturating_add(1).min(32))
+}
+
 /// The `gate` of a closed breaker: every call passes.
 const GATE_OPEN: u64 = 0;
 
@@ -98,7 +105,7 @@ impl Breaker {
             epoch: config.clock.now(),
             gate: AtomicU64::new(GATE_OPEN),
             state: Mutex::new(State::Closed {
-                failures: VecDeque::with_capacity(config.maxfail as usize + 1),
+                failures: window(config.maxfail),
             }),
             rng: Mutex::new(seed | 1),
         }
@@ -180,7 +187,7 @@ impl Breaker {
                     Some(Change::Reopened(period))
                 } else {
                     *state = State::Closed {
-                        failures: VecDeque::with_capacity(self.settings.maxfail as usize + 1),
+                        failures: window(self.settings.maxfail),
                     };
                     self.gate.store(GATE_OPEN, Ordering::Release);
                     Some(Change::Closed)

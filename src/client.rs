@@ -181,8 +181,11 @@ impl<C: Send + 'static> ThriftClient<C> {
         let live = slot.live();
         live.state
             .arm(within(self.inner.config.read_timeout, deadline));
-        let result = f(&mut live.client);
-        let broken = live.state.is_broken() || !live.state.is_clean();
+        let result = f(&mut live.client).and_then(|value| {
+            live.state.check_clean()?;
+            Ok(value)
+        });
+        let broken = live.state.is_broken();
         let result = result.map_err(|e| Error::from_call(e, &live.state));
         if broken || result.as_ref().is_err_and(Error::poisons_connection) {
             slot.discard();

@@ -285,6 +285,13 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
 
     fn read_message_end(&mut self) -> thrift::Result<()> {
         self.read(|p| p.read_message_end())?;
+        let clean = match &mut self.active {
+            Some(active) => active.slot.live().state.check_clean(),
+            None => Ok(()),
+        };
+        if let Err(err) = clean {
+            return Err(self.fail(err));
+        }
         self.complete();
         Ok(())
     }

@@ -123,6 +123,19 @@ impl ConnState {
         !self.leftover.load(Ordering::Relaxed)
     }
 
+    /// Fails a call whose response left bytes behind: the rest of its frame, or bytes the
+    /// server sent unasked. Either way the response was not what it should have been.
+    pub(crate) fn check_clean(&self) -> thrift::Result<()> {
+        if self.is_clean() {
+            return Ok(());
+        }
+        self.mark_broken();
+        Err(thrift::Error::Protocol(thrift::ProtocolError::new(
+            thrift::ProtocolErrorKind::InvalidData,
+            "the response is followed by bytes that belong to no response",
+        )))
+    }
+
     pub(crate) fn mark_broken(&self) {
         self.broken.store(true, Ordering::Relaxed);
     }

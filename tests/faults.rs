@@ -351,8 +351,6 @@ fn faults_switched_while_calls_are_under_way_never_mix_up_answers() {
 }
 
 #[test]
-#[ignore = "aborts the process: Breaker::new (src/breaker.rs) reserves room for maxfail + 1 \
-            failure times up front, 64 GiB for u32::MAX"]
 fn a_breaker_that_never_opens_can_be_configured() {
     let client: ThriftClient<Calc> = ThriftClient::new(
         &support::refused_endpoint(),

@@ -470,9 +470,6 @@ fn trailing_garbage_after_the_reply_in_its_frame_never_reaches_another_call() {
 }
 
 #[test]
-#[ignore = "a reply followed by unread bytes in its frame is returned as a success (its \
-            connection is closed): ThriftClient::call_by and Direct's Call::complete do not \
-            turn a connection left unclean into a protocol error"]
 fn trailing_garbage_after_the_reply_in_its_frame_fails_the_call() {
     for via in BOTH {
         assert_bad_reply(

@@ -268,12 +268,11 @@ fn attempt<C: TThriftClient + Send + 'static>(
     live.state.arm(within(inner.config.read_timeout, deadline));
     copy.clear();
     let mut out = TBinaryOutputProtocol::new(std::mem::take(copy), true);
-    let result = talk(&mut live.client, request, &mut out, limits);
+    let result = talk(&mut live.client, request, &mut out, limits).and_then(|reply| {
+        live.state.check_clean()?;
+        Ok(reply)
+    });
     *copy = out.transport;
-    if result.is_ok() && !live.state.is_clean() {
-        // The server sent more than the response: the connection cannot serve another call.
-        slot.discard();
-    }
     match result {
         Ok(Reply::Exception(range)) => {
             let exception = &copy[range.clone()];
