@@ -84,6 +84,13 @@ impl CalculatorSyncHandler for CalculatorService {
         self.zips.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
+
+    fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>> {
+        if count < 0 {
+            return Err(InvalidOperation::new(count, format!("count {count} is negative")).into());
+        }
+        (0..count).map(|uid| self.handle_retrieve(uid)).collect()
+    }
 }
 
 impl<T: CalculatorSyncHandler> CalculatorSyncHandler for std::sync::Arc<T> {
@@ -110,5 +117,8 @@ impl<T: CalculatorSyncHandler> CalculatorSyncHandler for std::sync::Arc<T> {
     }
     fn handle_zip(&self) -> thrift::Result<()> {
         (**self).handle_zip()
+    }
+    fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>> {
+        (**self).handle_profiles(count)
     }
 }

@@ -111,3 +111,24 @@ fn the_example_client_passes_against_the_python_server() {
         );
     }
 }
+
+#[test]
+fn a_reply_holding_a_container_from_the_python_server() {
+    if !support::python_peer_available("a_reply_holding_a_container_from_the_python_server") {
+        return;
+    }
+    for (transport, protocol) in ALL_WIRE_FORMATS {
+        let server = PythonServer::start(transport, protocol, "py");
+        let config = ClientConfig::default()
+            .transport(transport)
+            .protocol(protocol)
+            .read_timeout(Duration::from_secs(5));
+        let calc: ThriftClient<Calc> =
+            ThriftClient::new(&server.addr, CalculatorSyncClient::new, config);
+        let profiles = calc.call(|c| c.profiles(300)).unwrap();
+        assert_eq!(profiles.len(), 300);
+        assert!(profiles.iter().enumerate().all(|(i, p)| p.uid == Some(i as i32)));
+        let err = calc.call(|c| c.profiles(-2)).unwrap_err();
+        assert!(err.user_exception::<InvalidOperation>().is_some(), "{err}");
+    }
+}

@@ -269,6 +269,9 @@ impl CalculatorSyncHandler for Handler {
     fn handle_zip(&self) -> thrift::Result<()> {
         self.0.handle_zip()
     }
+    fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>> {
+        self.0.handle_profiles(count)
+    }
 }
 
 /// One server per wire format, with the default limits, in the order of [`FORMATS`].

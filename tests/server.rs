@@ -367,6 +367,9 @@ impl CalculatorSyncHandler for Special {
     fn handle_zip(&self) -> thrift::Result<()> {
         self.inner.handle_zip()
     }
+    fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>> {
+        self.inner.handle_profiles(count)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

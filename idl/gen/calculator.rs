@@ -303,6 +303,7 @@ pub trait TCalculatorSyncClient {
   fn store(&mut self, user: UserProfile) -> thrift::Result<()>;
   fn whoami(&mut self, fail: bool) -> thrift::Result<String>;
   fn zip(&mut self) -> thrift::Result<()>;
+  fn profiles(&mut self, count: i32) -> thrift::Result<Vec<UserProfile>>;
 }
 
 pub trait TCalculatorSyncClientMarker {}
@@ -532,6 +533,33 @@ impl <C: TThriftClient + TCalculatorSyncClientMarker> TCalculatorSyncClient for 
     )?;
     Ok(())
   }
+  fn profiles(&mut self, count: i32) -> thrift::Result<Vec<UserProfile>> {
+    (
+      {
+        self.increment_sequence_number();
+        let message_ident = TMessageIdentifier::new("profiles", TMessageType::Call, self.sequence_number());
+        let call_args = CalculatorProfilesArgs { count };
+        self.o_prot_mut().write_message_begin(&message_ident)?;
+        call_args.write_to_out_protocol(self.o_prot_mut())?;
+        self.o_prot_mut().write_message_end()?;
+        self.o_prot_mut().flush()
+      }
+    )?;
+    {
+      let message_ident = self.i_prot_mut().read_message_begin()?;
+      verify_expected_sequence_number(self.sequence_number(), message_ident.sequence_number)?;
+      verify_expected_service_call("profiles", &message_ident.name)?;
+      if message_ident.message_type == TMessageType::Exception {
+        let remote_error = thrift::Error::read_application_error_from_in_protocol(self.i_prot_mut())?;
+        self.i_prot_mut().read_message_end()?;
+        return Err(thrift::Error::Application(remote_error))
+      }
+      verify_expected_message_type(TMessageType::Reply, message_ident.message_type)?;
+      let result = CalculatorProfilesResult::read_from_in_protocol(self.i_prot_mut())?;
+      self.i_prot_mut().read_message_end()?;
+      result.ok_or()
+    }
+  }
 }
 
 //
@@ -547,6 +575,7 @@ pub trait CalculatorSyncHandler {
   fn handle_store(&self, user: UserProfile) -> thrift::Result<()>;
   fn handle_whoami(&self, fail: bool) -> thrift::Result<String>;
   fn handle_zip(&self) -> thrift::Result<()>;
+  fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>>;
 }
 
 pub struct CalculatorSyncProcessor<H: CalculatorSyncHandler> {
@@ -582,6 +611,9 @@ impl <H: CalculatorSyncHandler> CalculatorSyncProcessor<H> {
   }
   fn process_zip(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     TCalculatorProcessFunctions::process_zip(&self.handler, incoming_sequence_number, i_prot, o_prot)
+  }
+  fn process_profiles(&self, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    TCalculatorProcessFunctions::process_profiles(&self.handler, incoming_sequence_number, i_prot, o_prot)
   }
 }
 
@@ -917,6 +949,66 @@ impl TCalculatorProcessFunctions {
       },
     }
   }
+  pub fn process_profiles<H: CalculatorSyncHandler>(handler: &H, incoming_sequence_number: i32, i_prot: &mut dyn TInputProtocol, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let args = CalculatorProfilesArgs::read_from_in_protocol(i_prot)?;
+    match handler.handle_profiles(args.count) {
+      Ok(handler_return) => {
+        let message_ident = TMessageIdentifier::new("profiles", TMessageType::Reply, incoming_sequence_number);
+        o_prot.write_message_begin(&message_ident)?;
+        let ret = CalculatorProfilesResult { result_value: Some(handler_return), err: None };
+        ret.write_to_out_protocol(o_prot)?;
+        o_prot.write_message_end()?;
+        o_prot.flush()
+      },
+      Err(e) => {
+        match e {
+          thrift::Error::User(usr_err) => {
+            if usr_err.downcast_ref::<InvalidOperation>().is_some() {
+              let err = usr_err.downcast::<InvalidOperation>().expect("downcast already checked");
+              let ret_err = CalculatorProfilesResult{ result_value: None, err: Some(*err) };
+              let message_ident = TMessageIdentifier::new("profiles", TMessageType::Reply, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              ret_err.write_to_out_protocol(o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            } else {
+              let ret_err = {
+                ApplicationError::new(
+                  ApplicationErrorKind::Unknown,
+                  usr_err.to_string()
+                )
+              };
+              let message_ident = TMessageIdentifier::new("profiles", TMessageType::Exception, incoming_sequence_number);
+              o_prot.write_message_begin(&message_ident)?;
+              thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+              o_prot.write_message_end()?;
+              o_prot.flush()
+            }
+          },
+          thrift::Error::Application(app_err) => {
+            let message_ident = TMessageIdentifier::new("profiles", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&app_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+          _ => {
+            let ret_err = {
+              ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                e.to_string()
+              )
+            };
+            let message_ident = TMessageIdentifier::new("profiles", TMessageType::Exception, incoming_sequence_number);
+            o_prot.write_message_begin(&message_ident)?;
+            thrift::Error::write_application_error_to_out_protocol(&ret_err, o_prot)?;
+            o_prot.write_message_end()?;
+            o_prot.flush()
+          },
+        }
+      },
+    }
+  }
 }
 
 impl <H: CalculatorSyncHandler> TProcessor for CalculatorSyncProcessor<H> {
@@ -946,6 +1038,9 @@ impl <H: CalculatorSyncHandler> TProcessor for CalculatorSyncProcessor<H> {
       },
       "zip" => {
         self.process_zip(message_ident.sequence_number, i_prot, o_prot)
+      },
+      "profiles" => {
+        self.process_profiles(message_ident.sequence_number, i_prot, o_prot)
       },
       method => {
         Err(
@@ -1749,6 +1844,141 @@ impl CalculatorZipArgs {
   fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
     let struct_ident = TStructIdentifier::new("zip_args");
     o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CalculatorProfilesArgs
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CalculatorProfilesArgs {
+  count: i32,
+}
+
+impl CalculatorProfilesArgs {
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CalculatorProfilesArgs> {
+    i_prot.read_struct_begin()?;
+    let mut f_1: Option<i32> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        1 => {
+          let val = i_prot.read_i32()?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    verify_required_field_exists("CalculatorProfilesArgs.count", &f_1)?;
+    let ret = CalculatorProfilesArgs {
+      count: f_1.expect("auto-generated code should have checked for presence of required fields"),
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("profiles_args");
+    o_prot.write_struct_begin(&struct_ident)?;
+    o_prot.write_field_begin(&TFieldIdentifier::new("count", TType::I32, 1))?;
+    o_prot.write_i32(self.count)?;
+    o_prot.write_field_end()?;
+    o_prot.write_field_stop()?;
+    o_prot.write_struct_end()
+  }
+}
+
+//
+// CalculatorProfilesResult
+//
+
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
+struct CalculatorProfilesResult {
+  result_value: Option<Vec<UserProfile>>,
+  err: Option<InvalidOperation>,
+}
+
+impl CalculatorProfilesResult {
+  fn ok_or(self) -> thrift::Result<Vec<UserProfile>> {
+    if self.err.is_some() {
+      Err(thrift::Error::User(Box::new(self.err.unwrap())))
+    } else if self.result_value.is_some() {
+      Ok(self.result_value.unwrap())
+    } else {
+      Err(
+        thrift::Error::Application(
+          ApplicationError::new(
+            ApplicationErrorKind::MissingResult,
+            "no result received for CalculatorProfiles"
+          )
+        )
+      )
+    }
+  }
+  fn read_from_in_protocol(i_prot: &mut dyn TInputProtocol) -> thrift::Result<CalculatorProfilesResult> {
+    i_prot.read_struct_begin()?;
+    let mut f_0: Option<Vec<UserProfile>> = None;
+    let mut f_1: Option<InvalidOperation> = None;
+    loop {
+      let field_ident = i_prot.read_field_begin()?;
+      if field_ident.field_type == TType::Stop {
+        break;
+      }
+      let field_id = field_id(&field_ident)?;
+      match field_id {
+        0 => {
+          let list_ident = i_prot.read_list_begin()?;
+          let mut val: Vec<UserProfile> = Vec::with_capacity(list_ident.size as usize);
+          for _ in 0..list_ident.size {
+            let list_elem_0 = UserProfile::read_from_in_protocol(i_prot)?;
+            val.push(list_elem_0);
+          }
+          i_prot.read_list_end()?;
+          f_0 = Some(val);
+        },
+        1 => {
+          let val = InvalidOperation::read_from_in_protocol(i_prot)?;
+          f_1 = Some(val);
+        },
+        _ => {
+          i_prot.skip(field_ident.field_type)?;
+        },
+      };
+      i_prot.read_field_end()?;
+    }
+    i_prot.read_struct_end()?;
+    let ret = CalculatorProfilesResult {
+      result_value: f_0,
+      err: f_1,
+    };
+    Ok(ret)
+  }
+  fn write_to_out_protocol(&self, o_prot: &mut dyn TOutputProtocol) -> thrift::Result<()> {
+    let struct_ident = TStructIdentifier::new("CalculatorProfilesResult");
+    o_prot.write_struct_begin(&struct_ident)?;
+    if let Some(ref fld_var) = self.result_value {
+      o_prot.write_field_begin(&TFieldIdentifier::new("result_value", TType::List, 0))?;
+      o_prot.write_list_begin(&TListIdentifier::new(TType::Struct, fld_var.len() as i32))?;
+      for e in fld_var {
+        e.write_to_out_protocol(o_prot)?;
+      }
+      o_prot.write_list_end()?;
+      o_prot.write_field_end()?
+    }
+    if let Some(ref fld_var) = self.err {
+      o_prot.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+      fld_var.write_to_out_protocol(o_prot)?;
+      o_prot.write_field_end()?
+    }
     o_prot.write_field_stop()?;
     o_prot.write_struct_end()
   }

@@ -40,7 +40,7 @@ class CalculatorHandler(object):
     def __init__(self, name):
         self.name = name
         self.lock = threading.Lock()
-        self.profiles = {}
+        self.stored = {}
         self.zip_count = 0
 
     def ping(self):
@@ -60,7 +60,7 @@ class CalculatorHandler(object):
         if uid < 0:
             raise InvalidOperation(whatOp=uid, why="uid must not be negative")
         with self.lock:
-            stored = self.profiles.get(uid)
+            stored = self.stored.get(uid)
         if stored is not None:
             return stored
         return UserProfile(uid=uid, name="Test User", blurb="Thrift is great")
@@ -69,7 +69,7 @@ class CalculatorHandler(object):
         if user is None or user.uid is None:
             return
         with self.lock:
-            self.profiles[user.uid] = user
+            self.stored[user.uid] = user
 
     def whoami(self, fail):
         if fail:
@@ -79,6 +79,11 @@ class CalculatorHandler(object):
     def zip(self):
         with self.lock:
             self.zip_count += 1
+
+    def profiles(self, count):
+        if count < 0:
+            raise InvalidOperation(whatOp=count, why="count must not be negative")
+        return [self.retrieve(uid) for uid in range(count)]
 
 
 class PreboundServerSocket(TSocket.TServerSocket):
