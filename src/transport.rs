@@ -17,6 +17,9 @@ use crate::protocol::Transport;
 /// Size of the read buffer, which also decides the largest read that is copied.
 const READ_BUFFER: usize = 16 * 1024;
 
+/// A read buffer grown larger than this is given back once its message is read.
+const KEEP_READ_BUFFER: usize = 64 * 1024;
+
 /// A write buffer larger than this is given back after its message is sent.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 
@@ -184,7 +187,7 @@ pub(crate) fn split(
     let framed = transport == Transport::Framed;
     let reader = Reader {
         state: state.clone(),
-        buf: vec![0; READ_BUFFER].into_boxed_slice(),
+        buf: vec![0; READ_BUFFER],
         pos: 0,
         end: 0,
         frame: framed.then_some(0),
@@ -283,7 +286,9 @@ fn invalid(state: &ConnState, message: String) -> io::Error {
 #[derive(Debug)]
 pub(crate) struct Reader {
     state: Arc<ConnState>,
-    buf: Box<[u8]>,
+    /// Read-ahead; its length is what one read asks for. It grows past [`READ_BUFFER`] only
+    /// while a container's elements must be held before they are decoded.
+    buf: Vec<u8>,
     pos: usize,
     end: usize,
     /// Bytes left in the current frame (framed transport only).
@@ -296,7 +301,7 @@ pub(crate) struct Reader {
 
 impl Reader {
     fn fill(&mut self) -> io::Result<usize> {
-        let buf = &mut self.buf;
+        let buf = &mut self.buf[..];
         let n = bounded(
             &self.state,
             &mut self.socket_timeout,
@@ -445,7 +450,45 @@ impl Source for Reader {
             Some(_) => {}
             None => self.consumed = 0,
         }
+        if self.buf.len() > KEEP_READ_BUFFER && self.pos == self.end {
+            // A large container's elements are decoded: give the memory back.
+            self.buf = vec![0; READ_BUFFER];
+            self.pos = 0;
+            self.end = 0;
+        }
         self.note_leftover();
+        Ok(())
+    }
+
+    fn demand(&mut self, bytes: usize) -> io::Result<()> {
+        if self.end - self.pos >= bytes {
+            return Ok(());
+        }
+        self.buf.copy_within(self.pos..self.end, 0);
+        self.end -= self.pos;
+        self.pos = 0;
+        while self.end < bytes {
+            if self.end == self.buf.len() {
+                // Grown only when full, so the buffer stays within twice the bytes received.
+                let grown = bytes.min(self.buf.len().saturating_mul(2));
+                self.buf.resize(grown, 0);
+            }
+            let room = &mut self.buf[self.end..];
+            let n = bounded(
+                &self.state,
+                &mut self.socket_timeout,
+                Direction::Read,
+                |mut s| s.read(room),
+            )?;
+            if n == 0 {
+                self.state.mark_broken();
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                ));
+            }
+            self.end += n;
+        }
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use thrift::protocol::{
 };
 use thrift::ProtocolErrorKind;
 
-use super::{check_count, check_length, error, skip_value, utf8, value_type, Depth, Source};
+use super::{backed_count, check_length, error, skip_value, utf8, value_type, Depth, Source};
 
 /// Reads the strict binary protocol from a [`Source`].
 #[derive(Debug)]
@@ -185,7 +185,7 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
     fn read_list_begin(&mut self) -> thrift::Result<TListIdentifier> {
         let element_type = self.read_element_type()?;
         let size = self.read_i32()?;
-        let size = check_count(size.into(), min_size(element_type), self.src.remaining())?;
+        let size = backed_count(&mut self.src, size.into(), min_size(element_type))?;
         self.depth.enter()?;
         Ok(TListIdentifier::new(element_type, size))
     }
@@ -198,7 +198,7 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
     fn read_set_begin(&mut self) -> thrift::Result<TSetIdentifier> {
         let element_type = self.read_element_type()?;
         let size = self.read_i32()?;
-        let size = check_count(size.into(), min_size(element_type), self.src.remaining())?;
+        let size = backed_count(&mut self.src, size.into(), min_size(element_type))?;
         self.depth.enter()?;
         Ok(TSetIdentifier::new(element_type, size))
     }
@@ -213,7 +213,7 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
         let value_type = self.read_element_type()?;
         let size = self.read_i32()?;
         let pair = min_size(key_type) + min_size(value_type);
-        let size = check_count(size.into(), pair, self.src.remaining())?;
+        let size = backed_count(&mut self.src, size.into(), pair)?;
         self.depth.enter()?;
         Ok(TMapIdentifier::new(key_type, value_type, size))
     }

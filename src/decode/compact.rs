@@ -6,7 +6,7 @@ use thrift::protocol::{
 };
 use thrift::ProtocolErrorKind;
 
-use super::{check_count, check_length, error, skip_value, utf8, value_type, Depth, Source};
+use super::{backed_count, check_length, error, skip_value, utf8, value_type, Depth, Source};
 
 const PROTOCOL_ID: u8 = 0x82;
 const VERSION: u8 = 0x01;
@@ -82,7 +82,7 @@ impl<S: Source> CompactIn<S> {
         } else {
             i32::from(short_count)
         };
-        let count = check_count(count.into(), min_size(element_type), self.src.remaining())?;
+        let count = backed_count(&mut self.src, count.into(), min_size(element_type))?;
         self.depth.enter()?;
         Ok((element_type, count))
     }
@@ -314,7 +314,7 @@ impl<S: Source> TInputProtocol for CompactIn<S> {
         let key_type = collection_type(types >> 4)?;
         let value_type = collection_type(types & 0x0F)?;
         let pair = min_size(key_type) + min_size(value_type);
-        let size = check_count(size.into(), pair, self.src.remaining())?;
+        let size = backed_count(&mut self.src, size.into(), pair)?;
         self.depth.enter()?;
         Ok(TMapIdentifier::new(key_type, value_type, size))
     }

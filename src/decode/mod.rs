@@ -55,6 +55,16 @@ pub(crate) trait Source {
         Ok(())
     }
 
+    /// Makes sure the next `bytes` bytes of the message have arrived, before a container count
+    /// that needs them is trusted: generated code reserves room for every element a count
+    /// declares, so a count must be backed by bytes received, not merely by bytes a frame
+    /// header promised. The caller has checked `bytes <= remaining()`. Sources that hold the
+    /// whole message already have nothing to do.
+    fn demand(&mut self, bytes: usize) -> io::Result<()> {
+        let _ = bytes;
+        Ok(())
+    }
+
     /// Reads one byte.
     #[inline]
     fn read_byte(&mut self) -> io::Result<u8> {
@@ -103,6 +113,10 @@ impl<S: Source + ?Sized> Source for &mut S {
 
     fn begin_message(&mut self) -> io::Result<()> {
         (**self).begin_message()
+    }
+
+    fn demand(&mut self, bytes: usize) -> io::Result<()> {
+        (**self).demand(bytes)
     }
 
     #[inline]
@@ -247,6 +261,20 @@ fn check_length(len: i64, remaining: usize) -> thrift::Result<usize> {
             format!("string or binary of {len} bytes is longer than the {remaining} bytes left in the message"),
         )),
     }
+}
+
+/// Checks a declared element count against what is left of the message and waits until the
+/// bytes its elements need at the least have arrived.
+#[inline]
+fn backed_count<S: Source + ?Sized>(
+    src: &mut S,
+    count: i64,
+    element_bytes: usize,
+) -> thrift::Result<i32> {
+    let count = check_count(count, element_bytes, src.remaining())?;
+    // Cannot overflow: check_count has checked the product against `remaining()`.
+    src.demand(count as usize * element_bytes)?;
+    Ok(count)
 }
 
 /// Checks a declared element count against what is left of the message, given the fewest bytes
