@@ -1,10 +1,12 @@
 //! A Thrift server: a fixed pool of worker threads fed by one poller thread.
 //!
-//! The poller watches the listening socket and every idle connection. When a connection becomes
-//! readable it goes, in arrival order, onto a channel the workers take from; a worker reads one
-//! request, runs the processor and writes the response, then hands the connection back to the
-//! poller, or queues it again at once when the client already sent its next request. An idle
-//! connection therefore never holds a worker, however many of them are open.
+//! The poller watches the listening socket and every connection waiting for bytes. When a
+//! connection becomes readable it goes, in arrival order, onto a channel the workers take from;
+//! a worker reads what has arrived, and for each whole request runs the processor and writes the
+//! response. While no other connection waits for a worker, it waits a moment (`conn::LINGER`) for
+//! the client's next request or the rest of one; then it hands the connection back to the
+//! poller, with any part of a request received so far. An idle connection, or one whose client
+//! stalls in the middle of a request, therefore never holds a worker, however many are open.
 
 mod config;
 mod conn;
@@ -83,7 +85,8 @@ pub struct ServerStats {
     pub busy_workers: usize,
     /// Client connections open, idle or not.
     pub open_connections: usize,
-    /// Open connections waiting for their client's next request.
+    /// Open connections waiting in the poller for their client's next request, or for the rest
+    /// of one.
     pub idle_connections: usize,
     /// Connections with a request waiting for a free worker.
     pub queued_connections: usize,
@@ -106,7 +109,7 @@ struct Shared {
     config: ServerConfig,
     poller: Arc<Poller>,
     table: Mutex<Table>,
-    work_tx: Sender<Conn>,
+    work_tx: Sender<Work>,
     stopping: AtomicBool,
     counters: Counters,
 }
@@ -125,7 +128,7 @@ enum State {
     /// Bound, not started.
     Ready {
         listener: TcpListener,
-        work_rx: Receiver<Conn>,
+        work_rx: Receiver<Work>,
     },
     Running(Threads),
     /// `stop` is waiting for the threads.
@@ -136,16 +139,32 @@ enum State {
 struct Threads {
     poller: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
-    /// Dropped to tell the workers to finish the queued work and exit.
-    stop_tx: Sender<()>,
     /// Disconnects once every worker has exited.
     done_rx: Receiver<()>,
 }
 
+/// What the workers take from their queue.
+enum Work {
+    /// Serve this connection: bytes arrived on it, or are buffered.
+    Serve(Conn),
+    /// Exit; queued before it, the connections are served first.
+    Stop,
+}
+
 impl Shared {
-    /// Hands a connection back to the poller to wait for its next request.
-    fn park(&self, conn: Conn) {
-        let refused = self.table.lock().park(conn, Instant::now());
+    /// Queues a connection for the workers, behind the ones already waiting.
+    fn queue(&self, conn: Conn) {
+        if let Err(returned) = self.work_tx.send(Work::Serve(conn)) {
+            // Only when every worker is gone, which the server never lets happen while running.
+            if let Work::Serve(conn) = returned.into_inner() {
+                self.discard(conn);
+            }
+        }
+    }
+
+    /// Hands a connection back to the poller to wait for bytes until `expires`.
+    fn park(&self, conn: Conn, expires: Instant) {
+        let refused = self.table.lock().park(conn, expires);
         if let Some((conn, err)) = refused {
             if let Some(err) = err {
                 error!(target: TARGET, "cannot watch connection from {}: {err}", conn.peer());
@@ -269,17 +288,16 @@ impl ThriftServer {
         }
     }
 
-    fn spawn(&self, listener: TcpListener, work_rx: Receiver<Conn>) -> io::Result<Threads> {
-        let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(0);
+    fn spawn(&self, listener: TcpListener, work_rx: Receiver<Work>) -> io::Result<Threads> {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let mut workers = Vec::with_capacity(self.shared.config.workers);
         let mut spawned = Ok(());
         for n in 0..self.shared.config.workers {
             let shared = Arc::clone(&self.shared);
-            let (work_rx, stop_rx, done_tx) = (work_rx.clone(), stop_rx.clone(), done_tx.clone());
+            let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
             let worker = thread::Builder::new()
                 .name(format!("thrift-worker-{n}"))
-                .spawn(move || run_worker(&shared, &work_rx, &stop_rx, done_tx));
+                .spawn(move || run_worker(&shared, &work_rx, done_tx));
             match worker {
                 Ok(worker) => workers.push(worker),
                 Err(err) => {
@@ -303,12 +321,11 @@ impl ThriftServer {
             Ok(poller) => Ok(Threads {
                 poller,
                 workers,
-                stop_tx,
                 done_rx,
             }),
             Err(err) => {
                 self.shared.stopping.store(true, Ordering::SeqCst);
-                drop(stop_tx);
+                self.stop_workers(workers.len());
                 for worker in workers {
                     let _ = worker.join();
                 }
@@ -380,7 +397,8 @@ impl ThriftServer {
         if threads.poller.join().is_err() {
             error!(target: TARGET, "the poller thread panicked");
         }
-        drop(threads.stop_tx);
+        // Behind whatever the poller queued before it stopped.
+        self.stop_workers(threads.workers.len());
         let all_done = loop {
             match threads.done_rx.recv_deadline(deadline) {
                 Ok(()) => continue,
@@ -406,6 +424,14 @@ impl ThriftServer {
             );
         } else {
             info!(target: TARGET, "stopped the server on {}", self.local_addr);
+        }
+    }
+
+    /// Tells `workers` workers to exit once the connections queued so far are served.
+    fn stop_workers(&self, workers: usize) {
+        for _ in 0..workers {
+            // Cannot fail: `self.shared` holds a receiver.
+            let _ = self.shared.work_tx.send(Work::Stop);
         }
     }
 
@@ -447,42 +473,27 @@ impl std::fmt::Debug for ThriftServer {
 }
 
 /// A worker thread's loop. `_done` is dropped when the worker exits.
-fn run_worker(shared: &Shared, work: &Receiver<Conn>, stop: &Receiver<()>, _done: Sender<()>) {
-    loop {
-        crossbeam_channel::select! {
-            recv(work) -> conn => match conn {
-                Ok(conn) => serve(shared, conn),
-                Err(_) => return,
-            },
-            recv(stop) -> _ => break,
-        }
-    }
-    // Requests that arrived before the poller stopped are still answered.
-    while let Ok(conn) = work.try_recv() {
+fn run_worker(shared: &Shared, work: &Receiver<Work>, _done: Sender<()>) {
+    // One channel, so taking work is a single receive; requests that arrived before the poller
+    // stopped are queued ahead of the stop and still answered.
+    while let Ok(Work::Serve(conn)) = work.recv() {
         serve(shared, conn);
     }
 }
 
 fn serve(shared: &Shared, mut conn: Conn) {
-    let counters = &shared.counters;
-    counters.busy.fetch_add(1, Ordering::Relaxed);
-    let next = conn.serve_one(shared);
-    counters.busy.fetch_sub(1, Ordering::Relaxed);
+    let next = conn.serve(shared);
     let stopping = shared.stopping.load(Ordering::SeqCst);
     match next {
-        Next::Park if !stopping => shared.park(conn),
-        Next::Requeue if !stopping => {
-            if let Err(returned) = shared.work_tx.send(conn) {
-                shared.discard(returned.into_inner());
-            }
-        }
-        Next::Park | Next::Requeue => {
+        Next::Park(expires) if !stopping => shared.park(conn, expires),
+        Next::Requeue if !stopping => shared.queue(conn),
+        Next::Park(_) | Next::Requeue => {
             debug!(target: TARGET, "closing connection from {}: the server is stopping", conn.peer());
             shared.discard(conn);
         }
         Next::Close(closed) => {
             if closed.is_error() {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
+                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
             }
             log!(target: TARGET, closed.level(), "closing connection from {}: {closed}", conn.peer());
             shared.discard(conn);

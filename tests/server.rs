@@ -943,26 +943,103 @@ fn a_client_leaving_before_its_response_costs_only_its_connection() {
 }
 
 #[test]
-fn a_stalled_half_request_is_dropped_after_the_request_timeout() {
+fn a_stalled_half_request_does_not_hold_the_only_worker() {
     let _lock = shared_lock();
+    // Far longer than the test may take, so it is not the timeout that frees the worker.
+    let request_timeout = Duration::from_secs(30);
     let config = ServerConfig::default()
         .workers(1)
-        .request_timeout(Duration::from_millis(300));
+        .request_timeout(request_timeout);
     let (server, _) = calculator(config);
     let request = add(1, 2, 3);
     let mut stalled = raw(server.local_addr());
     stalled.write_all(&request[..request.len() / 2]).unwrap();
-    // The only worker waits for the rest of the request...
-    wait_for_stats(&server, "the worker reading the half request", |s| {
-        s.busy_workers == 1 || s.errors == 1
+    wait_for_stats(&server, "the half request waiting in the poller", |s| {
+        s.idle_connections == 1 && s.busy_workers == 0
     });
-    // ...until the request timeout frees it for other clients.
-    assert_serving(&server);
+
+    let started = Instant::now();
+    let mut other = raw(server.local_addr());
+    other.write_all(&add(2, 20, 22)).unwrap();
+    let reply = read_reply(&mut other, Transport::Framed, Protocol::Binary);
+    assert_eq!((reply.seq, reply.result), (2, Some(42)));
     assert!(
-        closed_by_server(&mut stalled),
-        "the stalled connection was left open"
+        started.elapsed() < Duration::from_secs(5),
+        "the second client waited {:?} for the stalled one",
+        started.elapsed()
     );
-    assert!(server.stats().errors >= 1);
+
+    // The stalled request completes where it left off.
+    stalled.write_all(&request[request.len() / 2..]).unwrap();
+    let reply = read_reply(&mut stalled, Transport::Framed, Protocol::Binary);
+    assert_eq!((reply.seq, reply.result), (1, Some(5)));
+    assert_eq!(server.stats().errors, 0);
+}
+
+#[test]
+fn a_stalled_half_request_is_dropped_after_the_request_timeout() {
+    let _lock = shared_lock();
+    for transport in [Transport::Framed, Transport::Buffered] {
+        let config = ServerConfig::default()
+            .workers(1)
+            .transport(transport)
+            .request_timeout(Duration::from_millis(300));
+        let (server, _) = calculator(config);
+        let request = call(
+            transport,
+            Protocol::Binary,
+            "add",
+            1,
+            &[Arg::I32(1, 2), Arg::I32(2, 3)],
+        );
+        let mut stalled = raw(server.local_addr());
+        let started = Instant::now();
+        stalled.write_all(&request[..request.len() / 2]).unwrap();
+        assert!(
+            closed_by_server(&mut stalled),
+            "{transport:?}: the stalled connection was left open"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "{transport:?}: closed after {:?}, before its request timeout",
+            started.elapsed()
+        );
+        wait_for_stats(&server, "the timeout counted as an error", |s| {
+            s.errors == 1 && s.open_connections == 0
+        });
+        assert_serving_over(&server, transport);
+    }
+}
+
+#[test]
+fn a_busy_connection_does_not_keep_its_worker_from_a_waiting_one() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(1));
+    let addr = server.local_addr();
+    let (stop_tx, stop) = crossbeam_channel::bounded::<()>(1);
+    // A client calling in a tight loop, whose connection could stay on the only worker.
+    let busy = thread::spawn(move || {
+        let mut c = framed_binary(addr);
+        let mut calls = 0u64;
+        while stop.try_recv().is_err() {
+            assert_eq!(c.add(1, 1).unwrap(), 2);
+            calls += 1;
+        }
+        calls
+    });
+    wait_for_stats(&server, "the busy client calling", |s| s.requests > 100);
+    for n in 0..20 {
+        let started = Instant::now();
+        let mut c = framed_binary(addr);
+        assert_eq!(c.add(n, 1).unwrap(), n + 1);
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a new client waited {:?} behind a busy one",
+            started.elapsed()
+        );
+    }
+    stop_tx.send(()).unwrap();
+    assert!(busy.join().unwrap() > 100);
 }
 
 #[test]

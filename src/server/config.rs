@@ -119,9 +119,10 @@ impl ServerConfig {
     /// How long a client has to send the rest of a request once its first byte has arrived, and
     /// to accept its response.
     ///
-    /// A request that does not arrive in time closes its connection, so a client that sends half
-    /// a request and stalls holds a worker for at most this long. Defaults to 10 seconds.
-    /// Zero is treated as 1 ms.
+    /// A request that does not arrive in time closes its connection. Meanwhile the part received
+    /// waits in the poller, not in a worker, so a client that sends half a request and stalls
+    /// keeps no other client waiting. A response the client does not read in time closes the
+    /// connection too. Defaults to 10 seconds. Zero is treated as 1 ms.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout.max(MIN_TIMEOUT);
         self

@@ -1,8 +1,14 @@
 //! One client connection: reading a request, running the processor on it, writing the response.
+//!
+//! A worker never blocks reading a request. It takes in what has arrived; when the request is
+//! not all there, it waits at most [`LINGER`] for more (and only while no other connection
+//! waits for a worker), then hands the connection back to the poller with the part received,
+//! to be dispatched again when more arrives or closed at the request's deadline. So a client
+//! that sends half a request and stalls holds no worker, and neither does an idle one.
 
 use std::any::Any;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -11,9 +17,11 @@ use std::time::{Duration, Instant};
 
 use log::{error, Level};
 use polling::{Event, Poller};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::RecvFlags;
 use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TInputProtocol, TMessageIdentifier,
-    TMessageType, TOutputProtocol,
+    TMessageType, TOutputProtocol, TType,
 };
 use thrift::server::TProcessor;
 use thrift::{ApplicationError, ApplicationErrorKind};
@@ -29,41 +37,70 @@ use crate::{Protocol, Transport};
 const READ_CHUNK: usize = 8 * 1024;
 
 /// Buffers larger than this are freed when their connection goes idle, so a client that once
-/// sent or received a large message does not keep that much memory while it sits idle.
-const KEEP_BUFFER: usize = 64 * 1024;
+/// sent or received a large message does not keep that much memory while it sits idle. Large
+/// enough that the usual large message (64 KiB of payload and its framing) keeps its buffers,
+/// which would otherwise be freed and zero-filled again on every such request.
+const KEEP_BUFFER: usize = 256 * 1024;
 
 /// The length prefix of a framed message.
 const FRAME_HEADER: usize = 4;
 
-/// A client connection, owned by one thread at a time: the poller while it is idle, a worker
-/// while a request on it is read and answered.
+/// How long a worker waits on its connection for more bytes before handing it back to the
+/// poller: the client's next request after a response, or the rest of a request.
+///
+/// A client calling in a loop sends its next request within tens of microseconds of reading a
+/// response, so this keeps a busy connection on its worker with no trip through the poller (an
+/// epoll re-arm, a wake-up, a hand-off to another thread). The worker only waits while no other
+/// connection is queued for a worker, so this is also at most how long a queued connection can
+/// wait for a worker that is lingering.
+const LINGER: Duration = Duration::from_millis(1);
+
+/// A client connection, owned by one thread at a time: the poller while it waits for bytes, a
+/// worker while it is served.
 pub(super) struct Conn {
     key: usize,
     peer: SocketAddr,
     socket: Registered<TcpStream>,
     input: Input,
-    clock: Clock,
+    /// When the first byte of the request being received arrived, while one is partly here.
+    started: Option<Instant>,
+    /// Whether the part of the request received so far was acknowledged at once.
+    acked: bool,
+    /// For the buffered transport: how many bytes were buffered when the request was last
+    /// found incomplete (see [`Conn::next_request`]).
+    short_at: usize,
     /// The response being built; framed responses start with room for their length.
     output: Vec<u8>,
 }
 
-/// What the worker does with a connection after serving one request on it.
+/// What the worker does with a connection once it lets it go.
 pub(super) enum Next {
-    /// Nothing more is buffered: wait for the client's next request.
-    Park,
-    /// More bytes are buffered: queue it behind the other ready connections.
+    /// Hand it to the poller to wait for more bytes, until the instant given; then close it.
+    Park(Instant),
+    /// Bytes are waiting on it: queue it behind the other ready connections.
     Requeue,
     /// Close it.
     Close(Closed),
 }
 
+/// Where a whole request lies in the connection's input.
+struct Request {
+    /// Bytes before the message: the frame header.
+    skip: usize,
+    /// The message's length.
+    len: usize,
+    /// A buffered message that could not be decoded: its end is unknown, so the bytes given
+    /// to the processor are all that arrived, and the connection closes after the answer.
+    malformed: bool,
+}
+
 impl Conn {
-    /// Sets up an accepted socket for blocking reads and writes bounded by the request timeout.
+    /// Sets up an accepted socket: blocking writes bounded by the request timeout. Reads never
+    /// block (see [`Conn::receive`]), so they need no timeout.
     pub(super) fn configure(stream: &TcpStream, config: &ServerConfig) -> io::Result<()> {
         // Some systems hand out accepted sockets with the listener's non-blocking flag.
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(config.request_timeout))?;
         stream.set_write_timeout(Some(config.request_timeout))
     }
 
@@ -79,7 +116,9 @@ impl Conn {
             peer,
             socket: Registered::new(poller, stream, Event::readable(key))?,
             input: Input::default(),
-            clock: Clock::starting(Instant::now()),
+            started: None,
+            acked: false,
+            short_at: 0,
             output: Vec::new(),
         })
     }
@@ -92,136 +131,260 @@ impl Conn {
         self.peer
     }
 
-    /// Asks the poller to report the connection's next request.
+    /// Whether part of a request has arrived and the rest has not.
+    pub(super) fn mid_request(&self) -> bool {
+        self.started.is_some()
+    }
+
+    /// Asks the poller to report the connection's next bytes.
     pub(super) fn rearm(&self) -> io::Result<()> {
         self.socket.rearm(Event::readable(self.key))
     }
 
-    /// Reads one request, runs the processor on it and sends the response.
-    pub(super) fn serve_one(&mut self, shared: &Shared) -> Next {
+    /// Serves the connection's requests for as long as it may keep its worker: while whole
+    /// requests arrive, or the rest of one arrives within [`LINGER`], and no other connection
+    /// waits for a worker.
+    ///
+    /// The connection was queued because bytes arrived on it, or were left buffered.
+    pub(super) fn serve(&mut self, shared: &Shared) -> Next {
         let config = &shared.config;
-        self.clock = Clock::starting(Instant::now() + config.request_timeout);
-        let next = match config.transport {
-            Transport::Framed => self.serve_framed(shared),
-            Transport::Buffered => self.serve_buffered(shared),
-        };
-        if self.clock.shortened {
-            if let Err(err) = self
-                .socket
-                .get()
-                .set_read_timeout(Some(config.request_timeout))
-            {
-                return Next::Close(Closed::Read(err));
-            }
-        }
-        match next {
-            Next::Requeue if !self.input.available().is_empty() => Next::Requeue,
-            Next::Requeue | Next::Park => {
-                self.shrink();
-                Next::Park
-            }
-            closed => closed,
-        }
-    }
-
-    fn serve_framed(&mut self, shared: &Shared) -> Next {
-        let max = shared.config.max_message_size;
-        if let Err(closed) = self.fill(FRAME_HEADER) {
-            return Next::Close(closed);
-        }
-        let header = &self.input.available()[..FRAME_HEADER];
-        let declared = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-        let Ok(len) = usize::try_from(declared) else {
-            return Next::Close(Closed::NegativeFrame(declared));
-        };
-        if len > max {
-            return Next::Close(Closed::FrameTooLarge { len, max });
-        }
-        if let Err(closed) = self.fill(FRAME_HEADER + len) {
-            return Next::Close(closed);
-        }
-
-        // The whole frame is in memory, so every length in it is checked against bytes that
-        // really arrived.
-        let frame = &self.input.available()[FRAME_HEADER..FRAME_HEADER + len];
-        self.output.clear();
-        self.output.extend_from_slice(&[0; FRAME_HEADER]);
-        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let config = &shared.config;
-        let processed = process(&*shared.processor, config, frame, &mut self.output, false);
-        if let Err(err) = answer_frame(processed, config, frame, &mut self.output, |payload| {
-            log_panic(shared, self.peer, payload)
-        }) {
-            return Next::Close(Closed::BadMessage(err));
-        }
-        // Whatever the processor left unread of the frame is skipped with it.
-        self.input.consume(FRAME_HEADER + len);
-
-        if let Err(closed) = self.send(Transport::Framed) {
-            return Next::Close(closed);
-        }
-        Next::Requeue
-    }
-
-    fn serve_buffered(&mut self, shared: &Shared) -> Next {
-        let max = shared.config.max_message_size;
-        self.output.clear();
-        let mut request = BufferedRequest {
-            socket: self.socket.get(),
-            input: &mut self.input,
-            clock: &mut self.clock,
-            consumed: 0,
-            max,
-            failure: None,
-        };
-        shared.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let processed = process(
-            &*shared.processor,
-            &shared.config,
-            &mut request,
-            &mut self.output,
-            true,
-        );
-        if let Some(closed) = request.failure {
-            return Next::Close(closed);
-        }
-        match processed {
-            Processed::Done {
-                result: Ok(()),
-                undecodable,
-            } => {
-                if let Err(closed) = self.send(Transport::Buffered) {
-                    return Next::Close(closed);
-                }
-                if undecodable {
-                    // Where the next request starts is lost with the unread rest of this one.
-                    return Next::Close(Closed::Undecodable);
-                }
-                Next::Requeue
-            }
-            Processed::Done {
-                result: Err(err), ..
-            } => Next::Close(Closed::BadMessage(err)),
-            Processed::Panicked(payload) => {
-                log_panic(shared, self.peer, payload.as_ref());
-                Next::Close(Closed::Panicked)
-            }
-        }
-    }
-
-    /// Reads until at least `need` bytes are buffered.
-    fn fill(&mut self, need: usize) -> Result<(), Closed> {
+        let mut readable = true;
+        let mut served = false;
         loop {
-            let had = self.input.available().len();
-            if had >= need {
-                return Ok(());
+            match self.next_request(config, readable) {
+                Err(closed) => return Next::Close(closed),
+                Ok(Some(request)) => {
+                    // Fairness: one request per turn while other connections wait for a worker.
+                    if served && worker_wanted(shared) {
+                        return Next::Requeue;
+                    }
+                    if let Err(closed) = self.answer(shared, &request) {
+                        return Next::Close(closed);
+                    }
+                    served = true;
+                    // The client has not seen the response yet; its next request, if it sent
+                    // one already, is found by the wait below at no extra cost.
+                    readable = false;
+                    continue;
+                }
+                Ok(None) => {}
             }
-            let spare = self.input.spare(need);
-            match recv(self.socket.get(), &mut self.clock, spare) {
-                Ok(0) if had == 0 => return Err(Closed::ByPeer),
-                Ok(0) => return Err(Closed::MidRequest),
-                Ok(n) => self.input.end += n,
-                Err(err) => return Err(Closed::from_read_error(err, self.clock.timeout)),
+            if readable {
+                match self.receive(config) {
+                    Err(closed) => return Next::Close(closed),
+                    // A read that filled the room it had may have left more behind.
+                    Ok(Received { got, filled }) => {
+                        readable = filled;
+                        if got > 0 {
+                            continue;
+                        }
+                    }
+                }
+            }
+            // Everything that arrived is taken in and no whole request is here.
+            let deadline = self.started.map(|started| started + config.request_timeout);
+            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                return Next::Close(Closed::Timeout(config.request_timeout));
+            }
+            if worker_wanted(shared) || !self.linger(deadline) {
+                return Next::Park(self.park(config));
+            }
+            if worker_wanted(shared) {
+                // Bytes are here, but another connection was first.
+                return Next::Requeue;
+            }
+            readable = true;
+        }
+    }
+
+    /// The next request if it is all buffered, `None` if more has to arrive first.
+    ///
+    /// `more_coming` says the socket may hold more bytes right now; a buffered request is then
+    /// only looked for when the buffer has doubled since it was last found incomplete, so a large
+    /// request arriving in many reads is not decoded again after each one.
+    fn next_request(
+        &mut self,
+        config: &ServerConfig,
+        more_coming: bool,
+    ) -> Result<Option<Request>, Closed> {
+        let available = self.input.available();
+        match config.transport {
+            Transport::Framed => {
+                let Some(header) = available.get(..FRAME_HEADER) else {
+                    return Ok(None);
+                };
+                let declared = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+                let Ok(len) = usize::try_from(declared) else {
+                    return Err(Closed::NegativeFrame(declared));
+                };
+                let max = config.max_message_size;
+                if len > max {
+                    return Err(Closed::FrameTooLarge { len, max });
+                }
+                Ok((available.len() >= FRAME_HEADER + len).then_some(Request {
+                    skip: FRAME_HEADER,
+                    len,
+                    malformed: false,
+                }))
+            }
+            Transport::Buffered => {
+                if available.is_empty() || (more_coming && available.len() < 2 * self.short_at) {
+                    return Ok(None);
+                }
+                let request = match measure(config, available) {
+                    Measured::Whole(len) => Request {
+                        skip: 0,
+                        len,
+                        malformed: false,
+                    },
+                    Measured::Short => {
+                        self.short_at = available.len();
+                        return Ok(None);
+                    }
+                    Measured::TooLarge => {
+                        return Err(Closed::MessageTooLarge(config.max_message_size))
+                    }
+                    // The processor reads the same bytes and answers as it does to any request
+                    // it cannot decode.
+                    Measured::Malformed => Request {
+                        skip: 0,
+                        len: available.len(),
+                        malformed: true,
+                    },
+                };
+                self.short_at = 0;
+                Ok(Some(request))
+            }
+        }
+    }
+
+    /// Runs the processor on a whole buffered request and sends its response.
+    fn answer(&mut self, shared: &Shared, request: &Request) -> Result<(), Closed> {
+        let config = &shared.config;
+        let counters = &shared.counters;
+        counters.busy.fetch_add(1, Ordering::Relaxed);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let message = &self.input.available()[request.skip..request.skip + request.len];
+        self.output.clear();
+        // The response is sent before closing for what comes after.
+        let answered: Result<Option<Closed>, Closed> = match config.transport {
+            Transport::Framed => {
+                self.output.extend_from_slice(&[0; FRAME_HEADER]);
+                // The whole frame is in memory, so every length in it is checked against bytes
+                // that really arrived.
+                let processed = process(&*shared.processor, config, message, &mut self.output);
+                answer_frame(processed, config, message, &mut self.output, |payload| {
+                    log_panic(shared, self.peer, payload)
+                })
+                .map(|()| None)
+                .map_err(Closed::BadMessage)
+            }
+            Transport::Buffered => {
+                match process(&*shared.processor, config, message, &mut self.output) {
+                    // Where the next request starts is lost with a request that could not be
+                    // decoded; the client still gets the error reply the processor wrote.
+                    Processed::Done {
+                        result: Ok(()),
+                        undecodable,
+                    } => Ok((undecodable || request.malformed).then_some(Closed::Undecodable)),
+                    Processed::Done {
+                        result: Err(err), ..
+                    } => Err(Closed::BadMessage(err)),
+                    Processed::Panicked(payload) => {
+                        log_panic(shared, self.peer, payload.as_ref());
+                        Err(Closed::Panicked)
+                    }
+                }
+            }
+        };
+        // Whatever the processor left unread of the message is skipped with it.
+        self.input.consume(request.skip + request.len);
+        self.started = (!self.input.available().is_empty()).then(Instant::now);
+        self.acked = false;
+        let sent = answered.and_then(|close_after| {
+            self.send(config.transport)?;
+            close_after.map_or(Ok(()), Err)
+        });
+        counters.busy.fetch_sub(1, Ordering::Relaxed);
+        sent
+    }
+
+    /// Reads what has arrived, without waiting.
+    fn receive(&mut self, config: &ServerConfig) -> Result<Received, Closed> {
+        let had = self.input.available().len();
+        let wanted = match config.transport {
+            Transport::Framed => match self.input.available().get(..FRAME_HEADER) {
+                // `next_request` has checked the length.
+                Some(header) => {
+                    FRAME_HEADER
+                        + i32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize
+                }
+                None => FRAME_HEADER,
+            },
+            Transport::Buffered => config.max_message_size.saturating_add(1),
+        };
+        let spare = self.input.spare(wanted);
+        let room = spare.len();
+        let got = loop {
+            // The socket blocks (for writes), so this read asks not to.
+            match rustix::net::recv(self.socket.get(), &mut *spare, RecvFlags::DONTWAIT) {
+                Ok((got, _)) => break got,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) => {
+                    return Ok(Received {
+                        got: 0,
+                        filled: false,
+                    })
+                }
+                Err(err) => return Err(Closed::Read(err.into())),
+            }
+        };
+        match got {
+            0 if had == 0 => Err(Closed::ByPeer),
+            0 => Err(Closed::MidRequest),
+            _ => {
+                self.input.end += got;
+                if had == 0 {
+                    self.started = Some(Instant::now());
+                }
+                Ok(Received {
+                    got,
+                    filled: got == room,
+                })
+            }
+        }
+    }
+
+    /// Waits up to [`LINGER`] (and not past `deadline`) for bytes to arrive; returns whether
+    /// some did, or the connection has something else to report (its end, an error).
+    fn linger(&mut self, deadline: Option<Instant>) -> bool {
+        if self.started.is_some() && !self.acked {
+            acknowledge_now(self.socket.get());
+            self.acked = true;
+        }
+        let wait = deadline.map_or(LINGER, |deadline| {
+            LINGER.min(deadline.saturating_duration_since(Instant::now()))
+        });
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: wait.subsec_nanos().into(),
+        };
+        let mut fds = [PollFd::new(self.socket.get(), PollFlags::IN)];
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(ready) => ready > 0,
+            // Let the caller read: it reports whatever is wrong with the socket.
+            Err(_) => true,
+        }
+    }
+
+    /// Readies the connection to wait in the poller; returns when to close it if nothing more
+    /// arrives: the request's deadline mid-request, else the end of the idle timeout.
+    fn park(&mut self, config: &ServerConfig) -> Instant {
+        match self.started {
+            Some(started) => started + config.request_timeout,
+            None => {
+                self.shrink();
+                Instant::now() + config.idle_timeout
             }
         }
     }
@@ -250,6 +413,19 @@ impl Conn {
             self.output = Vec::new();
         }
     }
+}
+
+/// Whether the worker should let its connection go: another connection waits for a worker,
+/// or the server is stopping.
+fn worker_wanted(shared: &Shared) -> bool {
+    !shared.work_tx.is_empty() || shared.stopping.load(Ordering::Relaxed)
+}
+
+/// What one read took in.
+struct Received {
+    got: usize,
+    /// The read filled all the room it had, so more may be waiting.
+    filled: bool,
 }
 
 /// Bytes received and not yet consumed: `buf[pos..end]`. `buf` beyond `end` is spare room,
@@ -294,48 +470,87 @@ impl Input {
     }
 }
 
-/// The deadline of the request being read.
-struct Clock {
-    deadline: Instant,
-    timeout: Duration,
-    reads: u32,
-    /// Whether the socket's read timeout was lowered to what is left until the deadline.
-    shortened: bool,
+/// Where a buffered request ends, as far as the bytes received tell.
+enum Measured {
+    /// The first `n` bytes hold a whole message.
+    Whole(usize),
+    /// The bytes end inside the message.
+    Short,
+    /// The message is longer than the largest message size.
+    TooLarge,
+    /// The bytes are not a message.
+    Malformed,
 }
 
-impl Clock {
-    fn starting(deadline: Instant) -> Clock {
-        Clock {
-            deadline,
-            timeout: deadline.saturating_duration_since(Instant::now()),
-            reads: 0,
-            shortened: false,
-        }
+/// Finds the end of the buffered (unframed) message at the start of `bytes` by reading through
+/// it with the bounded decoder, so that the processor runs only on a request that is all here
+/// and a worker never waits inside it for the rest.
+fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
+    let mut scan = Scan {
+        bytes,
+        used: 0,
+        max: config.max_message_size,
+        short: false,
+        too_large: false,
+    };
+    fn walk<P: TInputProtocol>(mut p: P) -> thrift::Result<()> {
+        p.read_message_begin()?;
+        p.skip(TType::Struct)?;
+        p.read_message_end()
+    }
+    let walked = match config.protocol {
+        Protocol::Binary => walk(BinaryIn::new(&mut scan, config.max_depth)),
+        Protocol::Compact => walk(CompactIn::new(&mut scan, config.max_depth)),
+    };
+    match walked {
+        Ok(()) => Measured::Whole(scan.used),
+        Err(_) if scan.too_large => Measured::TooLarge,
+        Err(_) if scan.short => Measured::Short,
+        Err(_) => Measured::Malformed,
     }
 }
 
-/// Reads from the socket, giving up at the clock's deadline.
-///
-/// The socket's read timeout is the whole request timeout, which bounds the first read of a
-/// request; later reads lower it to what is left, so a client trickling bytes cannot stretch
-/// the request past its deadline. The common request, read in one call, costs no extra call.
-fn recv(socket: &TcpStream, clock: &mut Clock, dst: &mut [u8]) -> io::Result<usize> {
-    if clock.reads > 0 {
-        let left = clock.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
+/// The received bytes of a buffered message, read through to find its end. It may hold up to
+/// the largest message size, however much of it has arrived.
+struct Scan<'a> {
+    bytes: &'a [u8],
+    used: usize,
+    max: usize,
+    /// The bytes ran out before the message did.
+    short: bool,
+    /// The message went past the largest message size.
+    too_large: bool,
+}
+
+impl Scan<'_> {
+    fn take(&mut self, len: usize) -> io::Result<&[u8]> {
+        if len > self.remaining() {
+            self.too_large = true;
+            return Err(io::Error::other("the message is over the size limit"));
         }
-        socket.set_read_timeout(Some(left))?;
-        clock.shortened = true;
-        acknowledge_now(socket);
+        let Some(taken) = self.bytes.get(self.used..self.used + len) else {
+            self.short = true;
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        };
+        self.used += len;
+        Ok(taken)
     }
-    clock.reads += 1;
-    let mut socket = socket;
-    loop {
-        match socket.read(dst) {
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            result => return result,
-        }
+}
+
+impl Source for Scan<'_> {
+    #[inline]
+    fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
+        dst.copy_from_slice(self.take(dst.len())?);
+        Ok(())
+    }
+
+    #[inline]
+    fn remaining(&self) -> usize {
+        self.max - self.used
+    }
+
+    fn discard(&mut self, len: usize) -> io::Result<()> {
+        self.take(len).map(drop)
     }
 }
 
@@ -354,94 +569,6 @@ fn acknowledge_now(socket: &TcpStream) {
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
 fn acknowledge_now(_socket: &TcpStream) {}
 
-/// The bytes of one buffered request as the processor reads them, straight off the connection.
-struct BufferedRequest<'a> {
-    socket: &'a TcpStream,
-    input: &'a mut Input,
-    clock: &'a mut Clock,
-    consumed: usize,
-    max: usize,
-    /// Why reading stopped, when the connection failed rather than the bytes.
-    failure: Option<Closed>,
-}
-
-impl BufferedRequest<'_> {
-    fn fail(&mut self, closed: Closed) -> io::Error {
-        let err = io::Error::other(closed.to_string());
-        self.failure = Some(closed);
-        err
-    }
-}
-
-impl Read for BufferedRequest<'_> {
-    fn read(&mut self, dst: &mut [u8]) -> io::Result<usize> {
-        if dst.is_empty() {
-            return Ok(0);
-        }
-        if self.input.available().is_empty() {
-            // Large reads go straight into the caller's buffer instead of through ours.
-            let direct = dst.len() >= READ_CHUNK;
-            let received = if direct {
-                recv(self.socket, self.clock, dst)
-            } else {
-                recv(self.socket, self.clock, self.input.spare(READ_CHUNK))
-            };
-            match received {
-                Ok(0) if self.consumed == 0 => return Err(self.fail(Closed::ByPeer)),
-                Ok(0) => return Err(self.fail(Closed::MidRequest)),
-                Ok(n) if direct => return self.count(n),
-                Ok(n) => self.input.end += n,
-                Err(err) => {
-                    let closed = Closed::from_read_error(err, self.clock.timeout);
-                    return Err(self.fail(closed));
-                }
-            }
-        }
-        let available = self.input.available();
-        let n = available.len().min(dst.len());
-        dst[..n].copy_from_slice(&available[..n]);
-        self.input.consume(n);
-        self.count(n)
-    }
-}
-
-/// A buffered request may hold up to the largest message size, less what it already used.
-impl Source for BufferedRequest<'_> {
-    #[inline]
-    fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
-        if dst.len() > self.remaining() {
-            return Err(self.fail(Closed::MessageTooLarge(self.max)));
-        }
-        let available = self.input.available();
-        if available.len() >= dst.len() {
-            dst.copy_from_slice(&available[..dst.len()]);
-            self.input.consume(dst.len());
-            self.consumed += dst.len();
-            return Ok(());
-        }
-        let mut got = 0;
-        while got < dst.len() {
-            got += self.read(&mut dst[got..])?;
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn remaining(&self) -> usize {
-        self.max.saturating_sub(self.consumed)
-    }
-}
-
-impl BufferedRequest<'_> {
-    fn count(&mut self, n: usize) -> io::Result<usize> {
-        self.consumed += n;
-        if self.consumed > self.max {
-            return Err(self.fail(Closed::MessageTooLarge(self.max)));
-        }
-        Ok(n)
-    }
-}
-
 enum Processed {
     /// The processor returned. `undecodable` when some read of the request failed; the
     /// processor has then written an error reply.
@@ -458,7 +585,6 @@ fn process<S: Source>(
     config: &ServerConfig,
     source: S,
     out: &mut Vec<u8>,
-    skip_unread: bool,
 ) -> Processed {
     let max_depth = config.max_depth;
     // A panicking handler leaves nothing behind that this connection or the server reuses: the
@@ -468,13 +594,11 @@ fn process<S: Source>(
             processor,
             Tracked::new(BinaryIn::new(source, max_depth)),
             &mut TBinaryOutputProtocol::new(out, true),
-            skip_unread,
         ),
         Protocol::Compact => finish(
             processor,
             Tracked::new(CompactIn::new(source, max_depth)),
             &mut TCompactOutputProtocol::new(out),
-            skip_unread,
         ),
     });
     match panic::catch_unwind(run) {
@@ -513,13 +637,8 @@ fn finish<P: TInputProtocol>(
     processor: &(dyn TProcessor + Send + Sync),
     mut input: Tracked<P>,
     output: &mut dyn TOutputProtocol,
-    skip_unread: bool,
 ) -> (thrift::Result<()>, bool) {
     let result = processor.process(&mut input, output);
-    if result.is_ok() && skip_unread {
-        // A failure here is recorded by the tracker and closes the connection.
-        let _ = input.skip_unread_arguments();
-    }
     (result, input.failed())
 }
 
@@ -583,13 +702,6 @@ pub(super) enum Closed {
 }
 
 impl Closed {
-    fn from_read_error(err: io::Error, timeout: Duration) -> Closed {
-        match err.kind() {
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Closed::Timeout(timeout),
-            _ => Closed::Read(err),
-        }
-    }
-
     /// Whether the close counts as an error in the server's statistics.
     pub(super) fn is_error(&self) -> bool {
         !matches!(self, Closed::ByPeer)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use log::{debug, error, info, warn};
 use polling::{AsRawSource, AsSource, Event, Events, Poller};
 
-use super::conn::Conn;
+use super::conn::{Closed, Conn};
 use super::{Shared, TARGET};
 
 /// The poller key of the listening socket; connections use their slot index.
@@ -76,10 +76,10 @@ enum Slot {
     Free,
     /// With a worker or in the workers' queue.
     Busy,
-    /// Waiting for its next request, watched by the poller.
+    /// Waiting for bytes, watched by the poller; closed at `expires` if none come.
     Parked {
         conn: Conn,
-        since: Instant,
+        expires: Instant,
     },
 }
 
@@ -115,23 +115,28 @@ impl Table {
         }
     }
 
-    fn take_parked(&mut self, key: usize) -> Option<(Conn, Instant)> {
+    fn take_parked(&mut self, key: usize) -> Option<Conn> {
         let slot = self.slots.get_mut(key)?;
         if !matches!(slot, Slot::Parked { .. }) {
             return None;
         }
         match std::mem::replace(slot, Slot::Busy) {
-            Slot::Parked { conn, since } => {
+            Slot::Parked { conn, .. } => {
                 self.idle -= 1;
-                Some((conn, since))
+                Some(conn)
             }
             _ => unreachable!("checked above"),
         }
     }
 
-    /// Parks `conn` and asks the poller to watch it. Gives the connection back, to be closed,
-    /// when the server is stopping or the poller refused it (with the poller's error).
-    pub(super) fn park(&mut self, conn: Conn, now: Instant) -> Option<(Conn, Option<io::Error>)> {
+    /// Parks `conn` until `expires` and asks the poller to watch it. Gives the connection back,
+    /// to be closed, when the server is stopping or the poller refused it (with the poller's
+    /// error).
+    pub(super) fn park(
+        &mut self,
+        conn: Conn,
+        expires: Instant,
+    ) -> Option<(Conn, Option<io::Error>)> {
         if self.closed {
             return Some((conn, None));
         }
@@ -142,23 +147,27 @@ impl Table {
             return Some((conn, Some(err)));
         }
         let key = conn.key();
-        self.slots[key] = Slot::Parked { conn, since: now };
+        self.slots[key] = Slot::Parked { conn, expires };
         self.idle += 1;
         None
     }
 
-    /// Takes out every parked connection idle since `cutoff` or earlier, freeing their slots.
-    fn take_idle_since(&mut self, cutoff: Instant) -> Vec<Conn> {
+    /// Takes out every parked connection that expires at `now` or earlier, freeing their slots.
+    fn take_expired(&mut self, now: Instant) -> Vec<Conn> {
+        self.take_parked_where(|expires| expires <= now)
+    }
+
+    fn take_parked_where(&mut self, expired: impl Fn(Instant) -> bool) -> Vec<Conn> {
         let expired: Vec<usize> = self
             .slots
             .iter()
             .enumerate()
-            .filter(|(_, slot)| matches!(slot, Slot::Parked { since, .. } if *since <= cutoff))
+            .filter(|(_, slot)| matches!(slot, Slot::Parked { expires, .. } if expired(*expires)))
             .map(|(key, _)| key)
             .collect();
         let mut conns = Vec::with_capacity(expired.len());
         for key in expired {
-            if let Some((conn, _)) = self.take_parked(key) {
+            if let Some(conn) = self.take_parked(key) {
                 self.release(key);
                 conns.push(conn);
             }
@@ -170,10 +179,11 @@ impl Table {
 /// The poller thread's loop; returns once the server is stopping, after closing the listener and
 /// every idle connection.
 pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
-    let idle_timeout = shared.config.idle_timeout;
-    // Idle connections are closed at most a quarter of the idle timeout late (and at most a
-    // second), without a timer per connection.
-    let sweep_every = (idle_timeout / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
+    let config = &shared.config;
+    // Connections are closed at most a quarter of their timeout late (and at most a second),
+    // without a timer per connection.
+    let sweep_every = (config.idle_timeout.min(config.request_timeout) / 4)
+        .clamp(Duration::from_millis(1), Duration::from_secs(1));
     let mut next_sweep = Instant::now() + sweep_every;
     let mut accept_paused_until: Option<Instant> = None;
     let mut events = Events::new();
@@ -212,10 +222,23 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
         }
         if next_sweep <= now {
             next_sweep = now + sweep_every;
-            if let Some(cutoff) = now.checked_sub(idle_timeout) {
-                let expired = shared.table.lock().take_idle_since(cutoff);
-                for conn in expired {
-                    debug!(target: TARGET, "closing connection from {}: idle for {idle_timeout:?}", conn.peer());
+            let expired = shared.table.lock().take_expired(now);
+            for conn in expired {
+                if conn.mid_request() {
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        target: TARGET,
+                        "closing connection from {}: {}",
+                        conn.peer(),
+                        Closed::Timeout(config.request_timeout)
+                    );
+                } else {
+                    debug!(
+                        target: TARGET,
+                        "closing connection from {}: idle for {:?}",
+                        conn.peer(),
+                        config.idle_timeout
+                    );
                 }
             }
         }
@@ -226,7 +249,7 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
     let idle = {
         let mut table = shared.table.lock();
         table.closed = true;
-        table.take_idle_since(Instant::now())
+        table.take_parked_where(|_| true)
     };
     if let Ok(addr) = addr {
         info!(target: TARGET, "stopped accepting on {addr}; closed {} idle connections", idle.len());
@@ -236,11 +259,8 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
 /// Hands a connection that became readable to the workers.
 fn dispatch(shared: &Shared, key: usize) {
     let taken = shared.table.lock().take_parked(key);
-    if let Some((conn, _)) = taken {
-        if let Err(returned) = shared.work_tx.send(conn) {
-            // Only when every worker is gone, which the server never lets happen while running.
-            shared.discard(returned.into_inner());
-        }
+    if let Some(conn) = taken {
+        shared.queue(conn);
     }
 }
 
@@ -280,7 +300,7 @@ fn accept(shared: &Shared, listener: &Registered<TcpListener>) -> Option<Instant
                     Ok(conn) => {
                         table.slots[key] = Slot::Parked {
                             conn,
-                            since: Instant::now(),
+                            expires: Instant::now() + shared.config.idle_timeout,
                         };
                         table.idle += 1;
                     }

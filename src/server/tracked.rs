@@ -1,23 +1,17 @@
-//! An input protocol that remembers how far the processor read a request.
+//! An input protocol that remembers whether the processor could decode a request.
 
 use thrift::protocol::{
     TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
     TSetIdentifier, TStructIdentifier, TType,
 };
 
-/// Wraps the input protocol handed to the processor and records what it did with the request.
+/// Wraps the input protocol handed to the processor and records whether some read failed.
 ///
-/// A generated processor answers a call to an unknown method without reading its arguments, and
-/// answers a request it failed to decode with an error reply. Neither shows in its return value,
-/// yet on a buffered connection the server must know both: the unread arguments have to be
-/// skipped before the next request, and after a decoding error the next request's start is lost.
+/// A generated processor answers a request it failed to decode with an error reply, which does
+/// not show in its return value; on a buffered connection the server must know, because the next
+/// request's start is lost with the unread rest of this one.
 pub(super) struct Tracked<P> {
     inner: P,
-    began: bool,
-    /// How many structs are open; the arguments are the outermost one.
-    depth: usize,
-    /// Whether the arguments struct was read to its end.
-    arguments_read: bool,
     failed: bool,
 }
 
@@ -25,9 +19,6 @@ impl<P: TInputProtocol> Tracked<P> {
     pub(super) fn new(inner: P) -> Self {
         Tracked {
             inner,
-            began: false,
-            depth: 0,
-            arguments_read: false,
             failed: false,
         }
     }
@@ -35,19 +26,6 @@ impl<P: TInputProtocol> Tracked<P> {
     /// Whether some read failed, so the request was not decoded to its end.
     pub(super) fn failed(&self) -> bool {
         self.failed
-    }
-
-    /// Reads the arguments of a request whose header the processor read but whose arguments it
-    /// left, so the next request starts where the protocol stands. Does nothing otherwise.
-    ///
-    /// Generated processors never call `read_message_end` (a no-op in the binary and compact
-    /// protocols), so the end of the arguments struct is what marks a request as read.
-    pub(super) fn skip_unread_arguments(&mut self) -> thrift::Result<()> {
-        if self.began && !self.arguments_read && self.depth == 0 && !self.failed {
-            self.skip(TType::Struct)?;
-            self.read_message_end()?;
-        }
-        Ok(())
     }
 
     fn track<T>(&mut self, result: thrift::Result<T>) -> thrift::Result<T> {
@@ -68,26 +46,10 @@ macro_rules! delegate {
 }
 
 impl<P: TInputProtocol> TInputProtocol for Tracked<P> {
-    fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
-        self.began = true;
-        let result = self.inner.read_message_begin();
-        self.track(result)
-    }
-
-    fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
-        self.depth += 1;
-        let result = self.inner.read_struct_begin();
-        self.track(result)
-    }
-
-    fn read_struct_end(&mut self) -> thrift::Result<()> {
-        self.depth = self.depth.saturating_sub(1);
-        self.arguments_read |= self.began && self.depth == 0;
-        let result = self.inner.read_struct_end();
-        self.track(result)
-    }
-
     delegate! {
+        read_message_begin -> TMessageIdentifier;
+        read_struct_begin -> Option<TStructIdentifier>;
+        read_struct_end -> ();
         read_message_end -> ();
         read_field_begin -> TFieldIdentifier;
         read_field_end -> ();
