@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use log::{error, Level};
 use polling::{Event, Poller};
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::RecvFlags;
 use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TInputProtocol, TMessageIdentifier,
@@ -53,6 +52,9 @@ const FRAME_HEADER: usize = 4;
 /// epoll re-arm, a wake-up, a hand-off to another thread). The worker only waits while no other
 /// connection is queued for a worker, so this is also at most how long a queued connection can
 /// wait for a worker that is lingering.
+///
+/// It is the socket's read timeout, set once at accept, so the wait is the read itself with no
+/// extra call; Linux rounds it up to whole timer ticks (1 to 4 ms, by the kernel's HZ).
 const LINGER: Duration = Duration::from_millis(1);
 
 /// A client connection, owned by one thread at a time: the poller while it waits for bytes, a
@@ -95,12 +97,13 @@ struct Request {
 }
 
 impl Conn {
-    /// Sets up an accepted socket: blocking writes bounded by the request timeout. Reads never
-    /// block (see [`Conn::receive`]), so they need no timeout.
+    /// Sets up an accepted socket: blocking writes bounded by the request timeout, reads that
+    /// wait at most [`LINGER`] (see [`Conn::receive`]).
     pub(super) fn configure(stream: &TcpStream, config: &ServerConfig) -> io::Result<()> {
         // Some systems hand out accepted sockets with the listener's non-blocking flag.
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(LINGER))?;
         stream.set_write_timeout(Some(config.request_timeout))
     }
 
@@ -170,7 +173,7 @@ impl Conn {
                 Ok(None) => {}
             }
             if readable {
-                match self.receive(config) {
+                match self.receive(config, false) {
                     Err(closed) => return Next::Close(closed),
                     // A read that filled the room it had may have left more behind.
                     Ok(Received { got, filled }) => {
@@ -182,18 +185,22 @@ impl Conn {
                 }
             }
             // Everything that arrived is taken in and no whole request is here.
-            let deadline = self.started.map(|started| started + config.request_timeout);
-            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+            let timed_out = self
+                .started
+                .is_some_and(|started| started.elapsed() >= config.request_timeout);
+            if timed_out {
                 return Next::Close(Closed::Timeout(config.request_timeout));
             }
-            if worker_wanted(shared) || !self.linger(deadline) {
+            if worker_wanted(shared) {
                 return Next::Park(self.park(config));
             }
-            if worker_wanted(shared) {
+            match self.receive(config, true) {
+                Err(closed) => return Next::Close(closed),
+                Ok(Received { got: 0, .. }) => return Next::Park(self.park(config)),
                 // Bytes are here, but another connection was first.
-                return Next::Requeue;
+                Ok(_) if worker_wanted(shared) => return Next::Requeue,
+                Ok(Received { filled, .. }) => readable = filled,
             }
-            readable = true;
         }
     }
 
@@ -309,8 +316,8 @@ impl Conn {
         sent
     }
 
-    /// Reads what has arrived, without waiting.
-    fn receive(&mut self, config: &ServerConfig) -> Result<Received, Closed> {
+    /// Reads what has arrived; when nothing has and `linger` is set, waits up to [`LINGER`].
+    fn receive(&mut self, config: &ServerConfig, linger: bool) -> Result<Received, Closed> {
         let had = self.input.available().len();
         let wanted = match config.transport {
             Transport::Framed => match self.input.available().get(..FRAME_HEADER) {
@@ -323,11 +330,20 @@ impl Conn {
             },
             Transport::Buffered => config.max_message_size.saturating_add(1),
         };
+        let flags = if linger {
+            if self.started.is_some() && !self.acked {
+                acknowledge_now(self.socket.get());
+                self.acked = true;
+            }
+            // Blocks until the socket's read timeout, which is `LINGER`.
+            RecvFlags::empty()
+        } else {
+            RecvFlags::DONTWAIT
+        };
         let spare = self.input.spare(wanted);
         let room = spare.len();
         let got = loop {
-            // The socket blocks (for writes), so this read asks not to.
-            match rustix::net::recv(self.socket.get(), &mut *spare, RecvFlags::DONTWAIT) {
+            match rustix::net::recv(self.socket.get(), &mut *spare, flags) {
                 Ok((got, _)) => break got,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => {
@@ -352,28 +368,6 @@ impl Conn {
                     filled: got == room,
                 })
             }
-        }
-    }
-
-    /// Waits up to [`LINGER`] (and not past `deadline`) for bytes to arrive; returns whether
-    /// some did, or the connection has something else to report (its end, an error).
-    fn linger(&mut self, deadline: Option<Instant>) -> bool {
-        if self.started.is_some() && !self.acked {
-            acknowledge_now(self.socket.get());
-            self.acked = true;
-        }
-        let wait = deadline.map_or(LINGER, |deadline| {
-            LINGER.min(deadline.saturating_duration_since(Instant::now()))
-        });
-        let timeout = Timespec {
-            tv_sec: 0,
-            tv_nsec: wait.subsec_nanos().into(),
-        };
-        let mut fds = [PollFd::new(self.socket.get(), PollFlags::IN)];
-        match rustix::event::poll(&mut fds, Some(&timeout)) {
-            Ok(ready) => ready > 0,
-            // Let the caller read: it reports whatever is wrong with the socket.
-            Err(_) => true,
         }
     }
 
