@@ -63,6 +63,7 @@ pub struct ClientConfig {
     pub(crate) read_timeout: Duration,
     pub(crate) pool_timeout: Duration,
     pub(crate) pool_size: u32,
+    pub(crate) reuse_unchecked: Duration,
     pub(crate) maxfail: u32,
     pub(crate) time_unit: Duration,
     pub(crate) reset_timeout: Duration,
@@ -87,6 +88,7 @@ impl Default for ClientConfig {
             read_timeout: Duration::from_millis(250),
             pool_timeout: Duration::from_millis(100),
             pool_size: 10,
+            reuse_unchecked: Duration::from_millis(1),
             maxfail: 3,
             time_unit: Duration::from_secs(60),
             reset_timeout: Duration::from_secs(10),
@@ -146,6 +148,19 @@ impl ClientConfig {
     /// Zero is raised to 1.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = size.max(1);
+        self
+    }
+
+    /// How long after its last answer a pooled connection is reused without first checking
+    /// (with one non-blocking `recv`) that the server has not closed it meanwhile. Defaults to
+    /// 1 ms, so back-to-back calls skip the check while a connection that sat idle longer is
+    /// always checked, and replaced without failing the call if the server closed it.
+    ///
+    /// A server that closes a connection within this window of answering on it (it stops or
+    /// restarts) can make the next call on it fail with a transport error instead. Zero checks
+    /// before every reuse.
+    pub fn reuse_unchecked_within(mut self, window: Duration) -> Self {
+        self.reuse_unchecked = window;
         self
     }
 
@@ -305,6 +320,7 @@ impl fmt::Debug for ClientConfig {
             .field("read_timeout", &self.read_timeout)
             .field("pool_timeout", &self.pool_timeout)
             .field("pool_size", &self.pool_size)
+            .field("reuse_unchecked", &self.reuse_unchecked)
             .field("maxfail", &self.maxfail)
             .field("time_unit", &self.time_unit)
             .field("reset_timeout", &self.reset_timeout)

@@ -158,7 +158,7 @@ impl<C: Send + 'static> Pool<C> {
             return Err(Error::Closed);
         }
         if let Some(live) = &slot.live {
-            if live.state.is_reusable() {
+            if live.state.is_reusable(self.config.reuse_unchecked) {
                 return Ok(slot);
             }
             log::debug!(target: "blocking_thrift::pool", "{}: pooled connection was closed by the server; reconnecting", self.endpoint);

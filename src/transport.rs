@@ -71,6 +71,10 @@ fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     Ok(socket.into())
 }
 
+fn since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -86,6 +90,8 @@ pub(crate) struct ConnState {
     broken: AtomicBool,
     /// The reader holds bytes, or owes bytes of a frame, that no call has asked for.
     leftover: AtomicBool,
+    /// When a read last brought bytes, in nanoseconds after `epoch()`.
+    last_heard: AtomicU64,
     /// The size of a request refused for exceeding `max_message_size` (0: none); nothing of
     /// it was sent, so the connection stays usable.
     oversized: AtomicU64,
@@ -95,8 +101,8 @@ pub(crate) struct ConnState {
 impl ConnState {
     /// Starts the clock of a call: everything it sends and reads must be done within `budget`.
     pub(crate) fn arm(&self, budget: Duration) {
-        let at = (Instant::now() + budget).saturating_duration_since(epoch());
-        self.deadline.store(at.as_nanos() as u64, Ordering::Relaxed);
+        self.deadline
+            .store(since_epoch(Instant::now() + budget), Ordering::Relaxed);
         self.timed_out.store(false, Ordering::Relaxed);
         self.oversized.store(0, Ordering::Relaxed);
     }
@@ -144,10 +150,17 @@ impl ConnState {
     }
 
     /// Whether an idle pooled connection can carry another call: the peer has not closed it
-    /// and sent nothing unasked. Costs one non-blocking `recv`.
-    pub(crate) fn is_reusable(&self) -> bool {
+    /// and sent nothing unasked. Costs one non-blocking `recv`, unless the peer answered on
+    /// this connection within the last `unchecked`: then it is taken to be there still, which
+    /// spares back-to-back calls a system call each.
+    pub(crate) fn is_reusable(&self, unchecked: Duration) -> bool {
         if self.is_broken() || self.leftover.load(Ordering::Relaxed) {
             return false;
+        }
+        let heard = self.last_heard.load(Ordering::Relaxed);
+        let quiet = since_epoch(Instant::now()).saturating_sub(heard);
+        if u128::from(quiet) < unchecked.as_nanos() {
+            return true;
         }
         let mut byte = [MaybeUninit::<u8>::uninit()];
         match SockRef::from(&self.stream)
@@ -182,6 +195,7 @@ pub(crate) fn split(
         broken: AtomicBool::new(false),
         leftover: AtomicBool::new(false),
         oversized: AtomicU64::new(0),
+        last_heard: AtomicU64::new(0),
         max_message_size,
     });
     let framed = transport == Transport::Framed;
@@ -225,7 +239,8 @@ fn bounded<T>(
 ) -> io::Result<T> {
     let deadline = state.deadline();
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let left = deadline.saturating_duration_since(now);
         if left.is_zero() {
             return Err(timed_out(state));
         }
@@ -234,7 +249,13 @@ fn bounded<T>(
             *socket_timeout = left;
         }
         match op(&state.stream) {
-            Ok(v) => return Ok(v),
+            Ok(v) => {
+                if let Direction::Read = direction {
+                    // The peer was there at least as late as this: it answered.
+                    state.last_heard.store(since_epoch(now), Ordering::Relaxed);
+                }
+                return Ok(v);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e)
                 if matches!(
