@@ -88,6 +88,9 @@ pub struct ServerStats {
     /// Open connections waiting in the poller for their client's next request, or for the rest
     /// of one.
     pub idle_connections: usize,
+    /// Bytes the buffers of those waiting connections hold, bounded by
+    /// [`ServerConfig::max_waiting_bytes`].
+    pub waiting_bytes: usize,
     /// Connections with a request waiting for a free worker.
     pub queued_connections: usize,
     /// Connections accepted, including those closed at once for being over the limit.
@@ -164,10 +167,18 @@ impl Shared {
 
     /// Hands a connection back to the poller to wait for bytes until `expires`.
     fn park(&self, conn: Conn, expires: Instant) {
-        let refused = self.table.lock().park(conn, expires);
+        let max_held = self.config.max_waiting_bytes;
+        let refused = self.table.lock().park(conn, expires, max_held);
         if let Some((conn, err)) = refused {
-            if let Some(err) = err {
-                error!(target: TARGET, "cannot watch connection from {}: {err}", conn.peer());
+            match err {
+                Some(err) if err.kind() == io::ErrorKind::OutOfMemory => {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(target: TARGET, "closing connection from {} mid-request: {err}, the limit is {max_held}", conn.peer());
+                }
+                Some(err) => {
+                    error!(target: TARGET, "cannot watch connection from {}: {err}", conn.peer())
+                }
+                None => {}
             }
             self.discard(conn);
         }
@@ -437,9 +448,9 @@ impl ThriftServer {
 
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> ServerStats {
-        let (open, idle) = {
+        let (open, idle, held) = {
             let table = self.shared.table.lock();
-            (table.open(), table.idle())
+            (table.open(), table.idle(), table.held())
         };
         let counters = &self.shared.counters;
         ServerStats {
@@ -447,6 +458,7 @@ impl ThriftServer {
             busy_workers: counters.busy.load(Ordering::Relaxed),
             open_connections: open,
             idle_connections: idle,
+            waiting_bytes: held,
             queued_connections: self.shared.work_tx.len(),
             accepted_connections: counters.accepted.load(Ordering::Relaxed),
             rejected_connections: counters.rejected.load(Ordering::Relaxed),

@@ -1063,3 +1063,29 @@ fn stats_describe_the_server() {
         "{stats:?}"
     );
 }
+
+#[test]
+fn partial_requests_waiting_together_cannot_hold_more_than_max_waiting_bytes() {
+    let _lock = shared_lock();
+    let config = ServerConfig::default()
+        .workers(1)
+        .request_timeout(Duration::from_secs(30))
+        .max_waiting_bytes(64 * 1024);
+    let (server, _) = calculator(config);
+    // Each client declares a 1 MiB frame, sends 100 KiB of it and stalls.
+    let mut stalled: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = raw(server.local_addr());
+            stream.write_all(&(1u32 << 20).to_be_bytes()).unwrap();
+            stream.write_all(&vec![0u8; 100 * 1024]).unwrap();
+            stream
+        })
+        .collect();
+    for (n, stream) in stalled.iter_mut().enumerate() {
+        assert!(closed_by_server(stream), "stalled client {n} still open");
+    }
+    let stats = server.stats();
+    assert!(stats.waiting_bytes <= 64 * 1024, "{stats:?}");
+    assert!(stats.errors >= 3, "{stats:?}");
+    assert_serving(&server);
+}

@@ -33,6 +33,7 @@ pub struct ServerConfig {
     pub(super) request_timeout: Duration,
     pub(super) max_connections: usize,
     pub(super) drain_timeout: Duration,
+    pub(super) max_waiting_bytes: usize,
 }
 
 /// The smallest timeout the server uses; sockets reject a zero timeout.
@@ -50,6 +51,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
+            max_waiting_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -147,6 +149,20 @@ impl ServerConfig {
     /// not wait.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// The most memory, in bytes, that the buffers of connections waiting for bytes may hold
+    /// together: mostly requests that have started to arrive but are not complete yet.
+    ///
+    /// A partial request waits without a worker, so without this bound clients that each send
+    /// most of a large request and stall could make the server hold `max_connections` times
+    /// `max_message_size`. A connection whose partial request would take the total past it is
+    /// closed (and logged); idle connections give their buffers back instead. Defaults to
+    /// 256 MiB. It may be smaller than `max_message_size`: a request larger than it still gets
+    /// through when it arrives while a worker reads it.
+    pub fn max_waiting_bytes(mut self, bytes: usize) -> Self {
+        self.max_waiting_bytes = bytes;
         self
     }
 }

@@ -399,6 +399,19 @@ impl Conn {
         socket.write_all(&self.output).map_err(Closed::Write)
     }
 
+    /// The memory the connection's buffers hold while it waits in the poller.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.input.buf.len() + self.output.capacity()
+    }
+
+    /// Frees the buffers if no request has started in them.
+    pub(super) fn release_buffers(&mut self) {
+        if self.input.available().is_empty() {
+            self.input = Input::default();
+            self.output = Vec::new();
+        }
+    }
+
     fn shrink(&mut self) {
         if self.input.available().is_empty() && self.input.buf.len() > KEEP_BUFFER {
             self.input = Input::default();

@@ -69,6 +69,8 @@ pub(super) struct Table {
     slots: Vec<Slot>,
     free: Vec<usize>,
     idle: usize,
+    /// What the buffers of parked connections hold, together.
+    held: usize,
     closed: bool,
 }
 
@@ -76,10 +78,12 @@ enum Slot {
     Free,
     /// With a worker or in the workers' queue.
     Busy,
-    /// Waiting for bytes, watched by the poller; closed at `expires` if none come.
+    /// Waiting for bytes, watched by the poller; closed at `expires` if none come. `held` is
+    /// what its buffers held when it was parked.
     Parked {
         conn: Conn,
         expires: Instant,
+        held: usize,
     },
 }
 
@@ -90,6 +94,10 @@ impl Table {
 
     pub(super) fn idle(&self) -> usize {
         self.idle
+    }
+
+    pub(super) fn held(&self) -> usize {
+        self.held
     }
 
     fn reserve(&mut self) -> usize {
@@ -108,8 +116,9 @@ impl Table {
     /// Frees the slot of a connection that is being closed.
     pub(super) fn release(&mut self, key: usize) {
         if let Some(slot) = self.slots.get_mut(key) {
-            if let Slot::Parked { .. } = std::mem::replace(slot, Slot::Free) {
+            if let Slot::Parked { held, .. } = std::mem::replace(slot, Slot::Free) {
                 self.idle -= 1;
+                self.held -= held;
             }
             self.free.push(key);
         }
@@ -121,8 +130,9 @@ impl Table {
             return None;
         }
         match std::mem::replace(slot, Slot::Busy) {
-            Slot::Parked { conn, .. } => {
+            Slot::Parked { conn, held, .. } => {
                 self.idle -= 1;
+                self.held -= held;
                 Some(conn)
             }
             _ => unreachable!("checked above"),
@@ -132,14 +142,29 @@ impl Table {
     /// Parks `conn` until `expires` and asks the poller to watch it. Gives the connection back,
     /// to be closed, when the server is stopping or the poller refused it (with the poller's
     /// error).
+    ///
+    /// A connection whose buffers would take what parked connections hold past `max_held` is
+    /// refused too, after an idle one has given its buffers back.
     pub(super) fn park(
         &mut self,
-        conn: Conn,
+        mut conn: Conn,
         expires: Instant,
+        max_held: usize,
     ) -> Option<(Conn, Option<io::Error>)> {
         if self.closed {
             return Some((conn, None));
         }
+        if self.held.saturating_add(conn.held_bytes()) > max_held {
+            conn.release_buffers();
+            if self.held.saturating_add(conn.held_bytes()) > max_held {
+                let err = io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!("waiting requests already hold {} bytes", self.held),
+                );
+                return Some((conn, Some(err)));
+            }
+        }
+        let held = conn.held_bytes();
         // Re-armed under the table's lock (a quick, non-blocking epoll_ctl): the poller thread
         // takes a connection out of its slot only under this lock, so the event cannot be handled
         // before the connection is back in its slot.
@@ -147,8 +172,13 @@ impl Table {
             return Some((conn, Some(err)));
         }
         let key = conn.key();
-        self.slots[key] = Slot::Parked { conn, expires };
+        self.slots[key] = Slot::Parked {
+            conn,
+            expires,
+            held,
+        };
         self.idle += 1;
+        self.held += held;
         None
     }
 
@@ -298,9 +328,11 @@ fn accept(shared: &Shared, listener: &Registered<TcpListener>) -> Option<Instant
                 let key = table.reserve();
                 match Conn::new(key, peer, stream, Arc::clone(&shared.poller)) {
                     Ok(conn) => {
+                        // A new connection's buffers are empty: it holds nothing yet.
                         table.slots[key] = Slot::Parked {
                             conn,
                             expires: Instant::now() + shared.config.idle_timeout,
+                            held: 0,
                         };
                         table.idle += 1;
                     }
