@@ -81,6 +81,7 @@ pub struct ClientStats {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Calls the breaker let through (or refused for a closed client); see `stats`.
     calls: AtomicU64,
     successes: AtomicU64,
     user_exceptions: AtomicU64,
@@ -232,7 +233,7 @@ impl<C: Send + 'static> ThriftClient<C> {
         let counts = self.inner.pool.counts();
         let open = get(&counts.open);
         ClientStats {
-            calls: get(&s.calls),
+            calls: get(&s.calls) + get(&s.rejected),
             successes: get(&s.successes),
             user_exceptions: get(&s.user_exceptions),
             failures: get(&s.failures),
@@ -262,16 +263,18 @@ impl<C: Send + 'static> Inner<C> {
         &self,
         deadline: Option<Instant>,
     ) -> Result<(Permit, Checkout<C>), Error> {
-        bump(&self.stats.calls);
         if self.pool.is_closed() {
+            bump(&self.stats.calls);
             return Err(Error::Closed);
         }
         let Some(permit) = self.breaker.acquire() else {
+            // The one counter a rejection touches: `calls` adds rejections in the snapshot.
             bump(&self.stats.rejected);
             return Err(Error::CircuitOpen {
                 endpoint: self.endpoint.clone(),
             });
         };
+        bump(&self.stats.calls);
         match self.pool.checkout(deadline) {
             Ok(slot) => {
                 self.pool.counts().in_use.fetch_add(1, Ordering::Relaxed);
