@@ -127,7 +127,10 @@ fn a_reply_holding_a_container_from_the_python_server() {
             ThriftClient::new(&server.addr, CalculatorSyncClient::new, config);
         let profiles = calc.call(|c| c.profiles(300)).unwrap();
         assert_eq!(profiles.len(), 300);
-        assert!(profiles.iter().enumerate().all(|(i, p)| p.uid == Some(i as i32)));
+        assert!(profiles
+            .iter()
+            .enumerate()
+            .all(|(i, p)| p.uid == Some(i as i32)));
         let err = calc.call(|c| c.profiles(-2)).unwrap_err();
         assert!(err.user_exception::<InvalidOperation>().is_some(), "{err}");
     }
