@@ -72,6 +72,7 @@ pub struct ClientConfig {
     pub(crate) transport: Transport,
     pub(crate) protocol: Protocol,
     pub(crate) max_message_size: usize,
+    pub(crate) max_container_elements: usize,
     pub(crate) clock: Clock,
     pub(crate) failures: Vec<ErrorMatcher>,
     pub(crate) retryable: Vec<ErrorMatcher>,
@@ -97,6 +98,7 @@ impl Default for ClientConfig {
             transport: Transport::Framed,
             protocol: Protocol::Binary,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            max_container_elements: crate::decode::DEFAULT_MAX_ELEMENTS,
             clock: Clock::system(),
             failures: Vec::new(),
             retryable: Vec::new(),
@@ -228,6 +230,17 @@ impl ClientConfig {
         self
     }
 
+    /// The most elements one list, set or map in a response may declare. Defaults to
+    /// 16,777,216: at one byte an element, what a 16 MiB response can hold.
+    ///
+    /// Every count is also bounded by what is left of its response and trusted only once the
+    /// bytes its elements need have arrived; this limit applies on top, for services that know
+    /// their containers are smaller. A response over it fails with `Error::Protocol`.
+    pub fn max_container_elements(mut self, elements: usize) -> Self {
+        self.max_container_elements = elements;
+        self
+    }
+
     /// The clock the breaker (and endpoint reaping) reads. Defaults to [`Clock::system`].
     pub fn clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
@@ -284,6 +297,7 @@ impl ClientConfig {
         Limits {
             max_message_size: self.max_message_size,
             max_depth: DEFAULT_MAX_DEPTH,
+            max_elements: self.max_container_elements,
         }
     }
 
@@ -329,6 +343,7 @@ impl fmt::Debug for ClientConfig {
             .field("transport", &self.transport)
             .field("protocol", &self.protocol)
             .field("max_message_size", &self.max_message_size)
+            .field("max_container_elements", &self.max_container_elements)
             .field("clock", &self.clock)
             .field("failures", &names(&self.failures))
             .field("retryable", &names(&self.retryable))

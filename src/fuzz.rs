@@ -44,6 +44,7 @@ pub fn with_client<R>(
     let limits = Limits {
         max_message_size,
         max_depth: DEFAULT_MAX_DEPTH,
+        max_elements: crate::decode::DEFAULT_MAX_ELEMENTS,
     };
     let input = protocol::input(protocol, reader, limits);
     let output = protocol::output(protocol, writer);

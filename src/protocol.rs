@@ -75,6 +75,7 @@ impl std::str::FromStr for Protocol {
 pub(crate) struct Limits {
     pub(crate) max_message_size: usize,
     pub(crate) max_depth: usize,
+    pub(crate) max_elements: usize,
 }
 
 /// Builds the input protocol of `protocol` over `source`.
@@ -86,8 +87,12 @@ where
     S: Source + Send + 'static,
 {
     match protocol {
-        Protocol::Binary => Box::new(BinaryIn::new(source, limits.max_depth)),
-        Protocol::Compact => Box::new(CompactIn::new(source, limits.max_depth)),
+        Protocol::Binary => {
+            Box::new(BinaryIn::new(source, limits.max_depth).max_elements(limits.max_elements))
+        }
+        Protocol::Compact => {
+            Box::new(CompactIn::new(source, limits.max_depth).max_elements(limits.max_elements))
+        }
     }
 }
 

@@ -636,6 +636,7 @@ mod tests {
         let limits = Limits {
             max_message_size: usize::MAX,
             max_depth: 64,
+            max_elements: usize::MAX,
         };
         protocol::input(Protocol::Binary, reader, limits)
     }

@@ -510,3 +510,16 @@ fn an_oversized_request_fails_alone_and_is_not_the_endpoints_fault() {
     assert_eq!(calc.call(|c| c.echo(vec![1; 1000])).unwrap(), vec![1; 1000]);
     assert_eq!(calc.stats().failures, 0);
 }
+
+#[test]
+fn a_response_container_over_the_element_limit_fails_the_call() {
+    let server = server();
+    let config = ClientConfig::default().max_container_elements(5);
+    let calc = client(&server.endpoint(), config);
+    assert_eq!(calc.call(|c| c.profiles(5)).unwrap().len(), 5);
+    let err = calc.call(|c| c.profiles(6)).unwrap_err();
+    assert!(
+        matches!(&err, Error::Protocol(_)) && err.to_string().contains("exceeds the limit of 5"),
+        "{err}"
+    );
+}

@@ -6,12 +6,16 @@ use thrift::protocol::{
 };
 use thrift::ProtocolErrorKind;
 
-use super::{backed_count, check_length, error, skip_value, utf8, value_type, Depth, Source};
+use super::{
+    backed_count, check_length, error, skip_value, utf8, value_type, Depth, Source,
+    DEFAULT_MAX_ELEMENTS,
+};
 
 /// Reads the strict binary protocol from a [`Source`].
 #[derive(Debug)]
 pub(crate) struct BinaryIn<S> {
     src: S,
+    max_elements: usize,
     depth: Depth,
 }
 
@@ -21,7 +25,14 @@ impl<S: Source> BinaryIn<S> {
         BinaryIn {
             src,
             depth: Depth::new(max_depth),
+            max_elements: DEFAULT_MAX_ELEMENTS,
         }
+    }
+
+    /// Refuses containers of more than `max` elements, whatever the message could hold.
+    pub(crate) fn max_elements(mut self, max: usize) -> Self {
+        self.max_elements = max;
+        self
     }
 
     #[inline]
@@ -185,7 +196,12 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
     fn read_list_begin(&mut self) -> thrift::Result<TListIdentifier> {
         let element_type = self.read_element_type()?;
         let size = self.read_i32()?;
-        let size = backed_count(&mut self.src, size.into(), min_size(element_type))?;
+        let size = backed_count(
+            &mut self.src,
+            size.into(),
+            min_size(element_type),
+            self.max_elements,
+        )?;
         self.depth.enter()?;
         Ok(TListIdentifier::new(element_type, size))
     }
@@ -198,7 +214,12 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
     fn read_set_begin(&mut self) -> thrift::Result<TSetIdentifier> {
         let element_type = self.read_element_type()?;
         let size = self.read_i32()?;
-        let size = backed_count(&mut self.src, size.into(), min_size(element_type))?;
+        let size = backed_count(
+            &mut self.src,
+            size.into(),
+            min_size(element_type),
+            self.max_elements,
+        )?;
         self.depth.enter()?;
         Ok(TSetIdentifier::new(element_type, size))
     }
@@ -213,7 +234,7 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
         let value_type = self.read_element_type()?;
         let size = self.read_i32()?;
         let pair = min_size(key_type) + min_size(value_type);
-        let size = backed_count(&mut self.src, size.into(), pair)?;
+        let size = backed_count(&mut self.src, size.into(), pair, self.max_elements)?;
         self.depth.enter()?;
         Ok(TMapIdentifier::new(key_type, value_type, size))
     }

@@ -6,7 +6,10 @@ use thrift::protocol::{
 };
 use thrift::ProtocolErrorKind;
 
-use super::{backed_count, check_length, error, skip_value, utf8, value_type, Depth, Source};
+use super::{
+    backed_count, check_length, error, skip_value, utf8, value_type, Depth, Source,
+    DEFAULT_MAX_ELEMENTS,
+};
 
 const PROTOCOL_ID: u8 = 0x82;
 const VERSION: u8 = 0x01;
@@ -16,6 +19,7 @@ const VERSION_MASK: u8 = 0x1F;
 #[derive(Debug)]
 pub(crate) struct CompactIn<S> {
     src: S,
+    max_elements: usize,
     depth: Depth,
     /// Field ids are sent as deltas from the previous field of the same struct.
     last_field_id: i16,
@@ -31,10 +35,17 @@ impl<S: Source> CompactIn<S> {
         CompactIn {
             src,
             depth: Depth::new(max_depth),
+            max_elements: DEFAULT_MAX_ELEMENTS,
             last_field_id: 0,
             outer_field_ids: Vec::new(),
             pending_bool: None,
         }
+    }
+
+    /// Refuses containers of more than `max` elements, whatever the message could hold.
+    pub(crate) fn max_elements(mut self, max: usize) -> Self {
+        self.max_elements = max;
+        self
     }
 
     fn read_varint32(&mut self) -> thrift::Result<u32> {
@@ -82,7 +93,12 @@ impl<S: Source> CompactIn<S> {
         } else {
             i32::from(short_count)
         };
-        let count = backed_count(&mut self.src, count.into(), min_size(element_type))?;
+        let count = backed_count(
+            &mut self.src,
+            count.into(),
+            min_size(element_type),
+            self.max_elements,
+        )?;
         self.depth.enter()?;
         Ok((element_type, count))
     }
@@ -314,7 +330,7 @@ impl<S: Source> TInputProtocol for CompactIn<S> {
         let key_type = collection_type(types >> 4)?;
         let value_type = collection_type(types & 0x0F)?;
         let pair = min_size(key_type) + min_size(value_type);
-        let size = backed_count(&mut self.src, size.into(), pair)?;
+        let size = backed_count(&mut self.src, size.into(), pair, self.max_elements)?;
         self.depth.enter()?;
         Ok(TMapIdentifier::new(key_type, value_type, size))
     }

@@ -31,6 +31,10 @@ mod compact;
 pub(crate) use binary::BinaryIn;
 pub(crate) use compact::CompactIn;
 
+/// The most elements one container may declare when nothing else is configured: at one byte
+/// an element, what a message of the default 16 MiB limit can hold.
+pub(crate) const DEFAULT_MAX_ELEMENTS: usize = 16 * 1024 * 1024;
+
 /// Nesting allowed when nothing else is configured; Apache Thrift's default.
 pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
 
@@ -270,7 +274,14 @@ fn backed_count<S: Source + ?Sized>(
     src: &mut S,
     count: i64,
     element_bytes: usize,
+    max_elements: usize,
 ) -> thrift::Result<i32> {
+    if usize::try_from(count).is_ok_and(|n| n > max_elements) {
+        return Err(error(
+            ProtocolErrorKind::SizeLimit,
+            format!("container of {count} elements exceeds the limit of {max_elements}"),
+        ));
+    }
     let count = check_count(count, element_bytes, src.remaining())?;
     // Cannot overflow: check_count has checked the product against `remaining()`.
     src.demand(count as usize * element_bytes)?;
@@ -466,5 +477,42 @@ mod source_tests {
         assert!(check_count(-1, 1, 12).is_err());
         assert!(check_count(i32::MAX as i64, usize::MAX, usize::MAX).is_err());
         assert!(check_count(i32::MAX as i64 + 1, 1, usize::MAX).is_err());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use thrift::protocol::TInputProtocol;
+
+    #[test]
+    fn a_container_over_the_element_limit_is_refused_even_when_the_bytes_are_there() {
+        // list<i8> of 10 elements, all present: binary then compact.
+        let mut binary = vec![3u8];
+        binary.extend_from_slice(&10i32.to_be_bytes());
+        binary.extend_from_slice(&[0; 10]);
+        let compact = [[0xA3u8].as_slice(), &[0; 10]].concat();
+
+        let mut fits = BinaryIn::new(&binary[..], 64).max_elements(10);
+        assert_eq!(fits.read_list_begin().unwrap().size, 10);
+        let err = BinaryIn::new(&binary[..], 64)
+            .max_elements(9)
+            .read_list_begin()
+            .unwrap_err();
+        assert!(
+            matches!(&err, thrift::Error::Protocol(e) if e.message.contains("exceeds the limit of 9")),
+            "{err:?}"
+        );
+
+        let mut fits = CompactIn::new(&compact[..], 64).max_elements(10);
+        assert_eq!(fits.read_list_begin().unwrap().size, 10);
+        let err = CompactIn::new(&compact[..], 64)
+            .max_elements(9)
+            .read_list_begin()
+            .unwrap_err();
+        assert!(
+            matches!(&err, thrift::Error::Protocol(e) if e.message.contains("exceeds the limit of 9")),
+            "{err:?}"
+        );
     }
 }

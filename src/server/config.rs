@@ -34,6 +34,7 @@ pub struct ServerConfig {
     pub(super) max_connections: usize,
     pub(super) drain_timeout: Duration,
     pub(super) max_waiting_bytes: usize,
+    pub(super) max_container_elements: usize,
 }
 
 /// The smallest timeout the server uses; sockets reject a zero timeout.
@@ -52,6 +53,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
             max_waiting_bytes: 256 * 1024 * 1024,
+            max_container_elements: crate::decode::DEFAULT_MAX_ELEMENTS,
         }
     }
 }
@@ -149,6 +151,17 @@ impl ServerConfig {
     /// not wait.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
+        self
+    }
+
+    /// The most elements one list, set or map in a request may declare. Defaults to
+    /// 16,777,216: at one byte an element, what a 16 MiB request can hold.
+    ///
+    /// Every count is also bounded by what is left of its request; this limit applies on top,
+    /// for services that know their containers are smaller. A request over it gets an error
+    /// reply, as for any undecodable request.
+    pub fn max_container_elements(mut self, elements: usize) -> Self {
+        self.max_container_elements = elements;
         self
     }
 

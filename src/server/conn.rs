@@ -506,8 +506,12 @@ fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
         p.read_message_end()
     }
     let walked = match config.protocol {
-        Protocol::Binary => walk(BinaryIn::new(&mut scan, config.max_depth)),
-        Protocol::Compact => walk(CompactIn::new(&mut scan, config.max_depth)),
+        Protocol::Binary => walk(
+            BinaryIn::new(&mut scan, config.max_depth).max_elements(config.max_container_elements),
+        ),
+        Protocol::Compact => walk(
+            CompactIn::new(&mut scan, config.max_depth).max_elements(config.max_container_elements),
+        ),
     };
     match walked {
         Ok(()) => Measured::Whole(scan.used),
@@ -594,17 +598,18 @@ fn process<S: Source>(
     out: &mut Vec<u8>,
 ) -> Processed {
     let max_depth = config.max_depth;
+    let max_elements = config.max_container_elements;
     // A panicking handler leaves nothing behind that this connection or the server reuses: the
     // protocols are dropped, the buffers are cleared before the next request.
     let run = AssertUnwindSafe(move || match config.protocol {
         Protocol::Binary => finish(
             processor,
-            Tracked::new(BinaryIn::new(source, max_depth)),
+            Tracked::new(BinaryIn::new(source, max_depth).max_elements(max_elements)),
             &mut TBinaryOutputProtocol::new(out, true),
         ),
         Protocol::Compact => finish(
             processor,
-            Tracked::new(CompactIn::new(source, max_depth)),
+            Tracked::new(CompactIn::new(source, max_depth).max_elements(max_elements)),
             &mut TCompactOutputProtocol::new(out),
         ),
     });
