@@ -144,3 +144,78 @@ fn python_client_buffered_compact() {
         Protocol::Compact,
     );
 }
+
+/// The path of an example binary, which `cargo test` builds next to the test binaries.
+fn example(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} was not built (run through cargo test)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_example_server_serves_the_python_client_and_stops_on_sigterm() {
+    if !python_thrift_available("the_example_server_serves_the_python_client_and_stops_on_sigterm")
+    {
+        return;
+    }
+    use std::io::{BufRead, BufReader};
+    let mut server = Command::new(example("calculator_server"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--name",
+            "example",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(server.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("the example said {line:?}"))
+        .to_owned();
+    let out = Command::new("python3")
+        .arg(peer_script())
+        .args(["--addr", &addr, "--expect-name", "example"])
+        .output()
+        .unwrap();
+    let _ = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < CLIENT_PATIENCE,
+            "the example did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "the example exited with {status}");
+}
