@@ -280,6 +280,20 @@ fn bounded<T>(
     }
 }
 
+/// One read from the socket, bounded by the call's deadline; the peer closing the connection
+/// is an error, since a response is expected.
+fn receive(state: &ConnState, socket_timeout: &mut Duration, out: &mut [u8]) -> io::Result<usize> {
+    let n = bounded(state, socket_timeout, Direction::Read, |mut s| s.read(out))?;
+    if n == 0 {
+        state.mark_broken();
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "server closed the connection",
+        ));
+    }
+    Ok(n)
+}
+
 fn set_timeout(stream: &TcpStream, direction: Direction, timeout: Duration) -> io::Result<()> {
     let timeout = Some(timeout.max(Duration::from_micros(1)));
     match direction {
@@ -322,20 +336,7 @@ pub(crate) struct Reader {
 
 impl Reader {
     fn fill(&mut self) -> io::Result<usize> {
-        let buf = &mut self.buf[..];
-        let n = bounded(
-            &self.state,
-            &mut self.socket_timeout,
-            Direction::Read,
-            |mut s| s.read(buf),
-        )?;
-        if n == 0 {
-            self.state.mark_broken();
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "server closed the connection",
-            ));
-        }
+        let n = receive(&self.state, &mut self.socket_timeout, &mut self.buf[..])?;
         self.pos = 0;
         self.end = n;
         Ok(n)
@@ -345,20 +346,7 @@ impl Reader {
     fn read_buffered(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.end {
             if out.len() >= self.buf.len() {
-                let n = bounded(
-                    &self.state,
-                    &mut self.socket_timeout,
-                    Direction::Read,
-                    |mut s| s.read(out),
-                )?;
-                if n == 0 {
-                    self.state.mark_broken();
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "server closed the connection",
-                    ));
-                }
-                return Ok(n);
+                return receive(&self.state, &mut self.socket_timeout, out);
             }
             self.fill()?;
         }
@@ -494,21 +482,11 @@ impl Source for Reader {
                 let grown = bytes.min(self.buf.len().saturating_mul(2));
                 self.buf.resize(grown, 0);
             }
-            let room = &mut self.buf[self.end..];
-            let n = bounded(
+            self.end += receive(
                 &self.state,
                 &mut self.socket_timeout,
-                Direction::Read,
-                |mut s| s.read(room),
+                &mut self.buf[self.end..],
             )?;
-            if n == 0 {
-                self.state.mark_broken();
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "server closed the connection",
-                ));
-            }
-            self.end += n;
         }
         Ok(())
     }
