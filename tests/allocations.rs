@@ -58,7 +58,7 @@ fn a_pooled_call_allocates_no_more_than_a_bare_generated_call() {
     let calls = 1_000;
 
     let mut channel = TTcpChannel::new();
-    channel.open(&server.endpoint()).unwrap();
+    channel.open(server.endpoint()).unwrap();
     let (read, write) = channel.split().unwrap();
     let mut bare = CalculatorSyncClient::new(
         TBinaryInputProtocol::new(TFramedReadTransport::new(read), true),
