@@ -49,6 +49,9 @@ impl CalculatorSyncHandler for Handler {
     fn handle_zip(&self) -> thrift::Result<()> {
         self.0.handle_zip()
     }
+    fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>> {
+        self.0.handle_profiles(count)
+    }
 }
 
 fn servers() -> &'static [ThriftServer] {
