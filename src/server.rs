@@ -99,6 +99,9 @@ pub struct ServerStats {
     pub rejected_connections: u64,
     /// Requests handed to the processor.
     pub requests: u64,
+    /// Requests whose arguments could not be decoded (bad sizes, types, nesting or UTF-8): each
+    /// got an error reply, and on the buffered transport its connection was closed.
+    pub bad_requests: u64,
     /// Connections closed because of bad input, a timeout, a failed read or write, or a
     /// panicking handler (but not idle or closed by their client).
     pub errors: u64,
@@ -120,6 +123,7 @@ struct Shared {
 #[derive(Default)]
 struct Counters {
     accepted: AtomicU64,
+    bad_requests: AtomicU64,
     rejected: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
@@ -463,6 +467,7 @@ impl ThriftServer {
             accepted_connections: counters.accepted.load(Ordering::Relaxed),
             rejected_connections: counters.rejected.load(Ordering::Relaxed),
             requests: counters.requests.load(Ordering::Relaxed),
+            bad_requests: counters.bad_requests.load(Ordering::Relaxed),
             errors: counters.errors.load(Ordering::Relaxed),
             panics: counters.panics.load(Ordering::Relaxed),
         }

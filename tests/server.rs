@@ -1089,3 +1089,28 @@ fn partial_requests_waiting_together_cannot_hold_more_than_max_waiting_bytes() {
     assert!(stats.errors >= 3, "{stats:?}");
     assert_serving(&server);
 }
+
+#[test]
+fn undecodable_arguments_are_answered_and_counted_as_bad_requests() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default());
+    // echo(1: <binary of length -1>): the header decodes, the arguments do not.
+    let mut message = encode(Protocol::Binary, "echo", TMessageType::Call, 7, &[]);
+    let stop = message.len() - 1;
+    message.truncate(stop);
+    message.extend_from_slice(&[11, 0, 1, 0xff, 0xff, 0xff, 0xff, 0]);
+    let mut stream = raw(server.local_addr());
+    stream.write_all(&wire(Transport::Framed, message)).unwrap();
+    let reply = read_reply(&mut stream, Transport::Framed, Protocol::Binary);
+    assert_eq!(
+        (reply.kind, reply.seq),
+        (TMessageType::Exception, 7),
+        "{reply:?}"
+    );
+    // The framed connection stays usable.
+    stream.write_all(&add(8, 2, 3)).unwrap();
+    let reply = read_reply(&mut stream, Transport::Framed, Protocol::Binary);
+    assert_eq!((reply.seq, reply.result), (8, Some(5)), "{reply:?}");
+    let stats = server.stats();
+    assert_eq!((stats.bad_requests, stats.requests), (1, 2), "{stats:?}");
+}

@@ -280,6 +280,7 @@ impl Conn {
                 // The whole frame is in memory, so every length in it is checked against bytes
                 // that really arrived.
                 let processed = process(&*shared.processor, config, message, &mut self.output);
+                count_undecodable(&processed, counters);
                 answer_frame(processed, config, message, &mut self.output, |payload| {
                     log_panic(shared, self.peer, payload)
                 })
@@ -287,7 +288,9 @@ impl Conn {
                 .map_err(Closed::BadMessage)
             }
             Transport::Buffered => {
-                match process(&*shared.processor, config, message, &mut self.output) {
+                let processed = process(&*shared.processor, config, message, &mut self.output);
+                count_undecodable(&processed, counters);
+                match processed {
                     // Where the next request starts is lost with a request that could not be
                     // decoded; the client still gets the error reply the processor wrote.
                     Processed::Done {
@@ -652,6 +655,17 @@ fn finish<P: TInputProtocol>(
 ) -> (thrift::Result<()>, bool) {
     let result = processor.process(&mut input, output);
     (result, input.failed())
+}
+
+/// Counts a request whose arguments could not be decoded: the processor answered it with an
+/// error reply.
+fn count_undecodable(processed: &Processed, counters: &super::Counters) {
+    if let Processed::Done {
+        undecodable: true, ..
+    } = processed
+    {
+        counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 fn log_panic(shared: &Shared, peer: SocketAddr, payload: &(dyn Any + Send)) {
