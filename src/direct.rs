@@ -260,6 +260,8 @@ impl<C: Send + 'static> Drop for Call<C> {
     }
 }
 
+/// Implements protocol reads by passing each to `self.read`, for the call protocols of the
+/// direct handles (this one and the multi-endpoint one).
 macro_rules! forward_reads {
     ($($name:ident -> $ty:ty;)*) => {
         $(fn $name(&mut self) -> thrift::Result<$ty> {
@@ -268,13 +270,16 @@ macro_rules! forward_reads {
     };
 }
 
+/// Implements protocol writes, with at most one argument, by passing each to `self.write`.
 macro_rules! forward_writes {
-    ($($name:ident($arg:ident: $ty:ty);)*) => {
-        $(fn $name(&mut self, $arg: $ty) -> thrift::Result<()> {
-            self.write(|p| p.$name($arg))
+    ($($name:ident($($arg:ident: $ty:ty)?);)*) => {
+        $(fn $name(&mut self $(, $arg: $ty)?) -> thrift::Result<()> {
+            self.write(|p| p.$name($($arg)?))
         })*
     };
 }
+
+pub(crate) use {forward_reads, forward_writes};
 
 impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
     fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {

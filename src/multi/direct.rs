@@ -16,6 +16,7 @@ use thrift::{ProtocolError, ProtocolErrorKind, TConfiguration, TThriftClient};
 use super::MultiThriftClient;
 use crate::client::{past_deadline, ThriftClient};
 use crate::config::{ClientConfig, DEFAULT_MAX_DEPTH};
+use crate::direct::{forward_reads, forward_writes};
 use crate::error::Error;
 use crate::mirror::Mirrored;
 use crate::pool::within;
@@ -362,22 +363,6 @@ fn classify(response: &[u8], message_type: TMessageType) -> thrift::Result<Reply
     let start = input.transport.position() as usize;
     input.skip(field.field_type)?;
     Ok(Reply::Exception(start..input.transport.position() as usize))
-}
-
-macro_rules! forward_reads {
-    ($($name:ident -> $ty:ty;)*) => {
-        $(fn $name(&mut self) -> thrift::Result<$ty> {
-            self.read(|p| p.$name())
-        })*
-    };
-}
-
-macro_rules! forward_writes {
-    ($($name:ident($($arg:ident: $ty:ty)?);)*) => {
-        $(fn $name(&mut self $(, $arg: $ty)?) -> thrift::Result<()> {
-            self.write(|p| p.$name($($arg)?))
-        })*
-    };
 }
 
 impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
