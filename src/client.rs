@@ -292,7 +292,7 @@ impl<C: Send + 'static> Inner<C> {
         result: Result<R, Error>,
     ) -> Result<R, Error> {
         self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
-        drop(slot);
+        self.pool.checkin(slot);
         match result {
             Ok(value) => {
                 bump(&self.stats.successes);
@@ -313,7 +313,7 @@ impl<C: Send + 'static> Inner<C> {
         declared_failure: bool,
     ) {
         self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
-        drop(slot);
+        self.pool.checkin(slot);
         bump(if application {
             &self.stats.application_errors
         } else {
@@ -328,7 +328,7 @@ impl<C: Send + 'static> Inner<C> {
     /// Ends a call that never reached an outcome.
     pub(crate) fn abandon(&self, permit: Permit, slot: Checkout<C>) {
         self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
-        drop(slot);
+        self.pool.checkin(slot);
         self.breaker.release(permit);
     }
 

@@ -1,16 +1,20 @@
-//! The connection pool: r2d2 manages slots, each of which may hold one open connection.
+//! The connection pool: r2d2 hands out tokens, and a token's holder takes one of the pool's
+//! cells, each of which may hold one open connection.
 //!
 //! r2d2 opens connections on its own helper threads and, when that fails, reports only a
 //! timeout with the last error's text, and keeps retrying in the background. Here r2d2's
-//! "connection" is an empty slot that costs nothing to make; the caller's own thread opens the
-//! socket inside the slot when it checks the slot out. That keeps every phase's timeout and
-//! error exact, and no socket is touched while nobody calls (an open breaker stays quiet).
+//! "connection" is a token that costs nothing to make; the caller's own thread opens the
+//! socket when its cell has none. That keeps every phase's timeout and error exact, and no
+//! socket is touched while nobody calls (an open breaker stays quiet). Keeping connections in
+//! cells of our own, not inside r2d2's idle list, lets a thread take back its own connection.
 
 use std::fmt;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Timeout};
@@ -28,16 +32,18 @@ pub(crate) fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
 /// Builds a generated client over a connection's protocols.
 pub(crate) type MakeClient<C> = dyn Fn(InputProtocol, OutputProtocol) -> C + Send + Sync;
 
-/// A pooled place for one connection.
-pub(crate) struct Slot<C> {
-    live: Option<Live<C>>,
-    counts: Arc<Counts>,
-}
-
 /// An open connection and the generated client that talks over it.
 pub(crate) struct Live<C> {
     pub(crate) client: C,
     pub(crate) state: Arc<ConnState>,
+    counts: Arc<Counts>,
+}
+
+impl<C> Drop for Live<C> {
+    fn drop(&mut self) {
+        self.state.shutdown();
+        self.counts.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Connection counters the pool keeps for the client's stats.
@@ -47,66 +53,111 @@ pub(crate) struct Counts {
     pub(crate) in_use: AtomicU64,
 }
 
-impl<C> Slot<C> {
-    /// Drops the connection, if any; the slot stays usable.
+/// r2d2's "connection": a permit to use one of the pool's cells. r2d2 bounds how many are
+/// out and queues the callers that wait for one.
+pub(crate) struct Token {
+    /// The cell this token's last holder took and never gave back (its checkout was dropped
+    /// without a check-in, for instance by a panic). The token's next holder frees it.
+    claim: Option<usize>,
+}
+
+/// The r2d2 manager of tokens.
+pub(crate) struct TokenManager {
+    closed: Arc<AtomicBool>,
+}
+
+impl r2d2::ManageConnection for TokenManager {
+    type Connection = Token;
+    type Error = io::Error;
+
+    fn connect(&self) -> io::Result<Token> {
+        Ok(Token { claim: None })
+    }
+
+    fn is_valid(&self, _token: &mut Token) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn has_broken(&self, _token: &mut Token) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+}
+
+/// One place for a connection. There are `pool_size` cells, as many as tokens, so a token's
+/// holder always finds a cell that is idle or empty.
+enum CellState<C> {
+    Empty,
+    Idle(Live<C>),
+    /// Taken by a token's holder, with or without a connection.
+    Busy,
+}
+
+/// A cell on a cache line of its own: threads that keep to their own cells do not share one.
+#[repr(align(128))]
+struct Cell<C>(Mutex<CellState<C>>);
+
+/// A token, the cell it took and the open connection in it. Give it back with
+/// [`Pool::checkin`]; dropped instead, it closes its connection.
+pub(crate) struct Checkout<C> {
+    live: Option<Live<C>>,
+    cell: usize,
+    token: r2d2::PooledConnection<TokenManager>,
+}
+
+impl<C> Checkout<C> {
+    /// Closes the connection; the call gives back an empty cell.
     pub(crate) fn discard(&mut self) {
-        if let Some(live) = self.live.take() {
-            live.state.shutdown();
-            self.counts.open.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.live = None;
     }
 
     pub(crate) fn live(&mut self) -> &mut Live<C> {
         self.live
             .as_mut()
-            .expect("a checked-out slot holds a connection")
+            .expect("a checkout holds a connection until it is discarded")
     }
 }
-
-impl<C> Drop for Slot<C> {
-    fn drop(&mut self) {
-        self.discard();
-    }
-}
-
-/// The r2d2 manager of slots.
-pub(crate) struct SlotManager<C> {
-    counts: Arc<Counts>,
-    closed: Arc<AtomicBool>,
-    _client: std::marker::PhantomData<fn() -> C>,
-}
-
-impl<C: Send + 'static> r2d2::ManageConnection for SlotManager<C> {
-    type Connection = Slot<C>;
-    type Error = io::Error;
-
-    fn connect(&self) -> io::Result<Slot<C>> {
-        Ok(Slot {
-            live: None,
-            counts: self.counts.clone(),
-        })
-    }
-
-    fn is_valid(&self, _slot: &mut Slot<C>) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn has_broken(&self, _slot: &mut Slot<C>) -> bool {
-        self.closed.load(Ordering::Relaxed)
-    }
-}
-
-/// A checked-out slot with an open connection in it; back to the pool on drop.
-pub(crate) type Checkout<C> = r2d2::PooledConnection<SlotManager<C>>;
 
 /// The connections of one endpoint.
+///
+/// A thread takes back the connection it used last when that one is idle. Over loopback or
+/// any fast link, a connection that hops between client threads makes every call wake its
+/// server-side peer from another CPU; kept to one thread, the two settle next to each other,
+/// and a call costs about a third less CPU.
 pub(crate) struct Pool<C: Send + 'static> {
+    id: u64,
     endpoint: Arc<str>,
     config: ClientConfig,
     make: Arc<MakeClient<C>>,
-    pool: r2d2::Pool<SlotManager<C>>,
+    tokens: r2d2::Pool<TokenManager>,
+    cells: Box<[Cell<C>]>,
     counts: Arc<Counts>,
     closed: Arc<AtomicBool>,
+}
+
+thread_local! {
+    /// The cells this thread gave back last, by pool id: where its next call looks first.
+    static LAST_CELLS: std::cell::Cell<[(u64, usize); 4]> =
+        const { std::cell::Cell::new([(0, 0); 4]) };
+}
+
+fn last_cell(pool: u64) -> Option<usize> {
+    let last = LAST_CELLS.with(std::cell::Cell::get);
+    last.iter()
+        .find(|(id, _)| *id == pool)
+        .map(|&(_, cell)| cell)
+}
+
+fn remember_cell(pool: u64, cell: usize) {
+    LAST_CELLS.with(|last| {
+        let mut entries = last.get();
+        if entries[0] != (pool, cell) {
+            // Most recent first; a pool already listed moves to the front.
+            let at = entries.iter().position(|(id, _)| *id == pool).unwrap_or(3);
+            entries.copy_within(0..at, 1);
+            entries[0] = (pool, cell);
+            last.set(entries);
+        }
+    });
 }
 
 impl<C: Send + 'static> Pool<C> {
@@ -116,57 +167,149 @@ impl<C: Send + 'static> Pool<C> {
         make: Arc<MakeClient<C>>,
         helpers: Arc<scheduled_thread_pool::ScheduledThreadPool>,
     ) -> Pool<C> {
-        let counts = Arc::new(Counts::default());
+        static IDS: AtomicU64 = AtomicU64::new(1);
         let closed = Arc::new(AtomicBool::new(false));
-        let manager = SlotManager {
-            counts: counts.clone(),
+        let manager = TokenManager {
             closed: closed.clone(),
-            _client: std::marker::PhantomData,
         };
-        let pool = r2d2::Pool::builder()
+        let tokens = r2d2::Pool::builder()
             .max_size(config.pool_size)
             // Open nothing ahead of use: building a client must not touch the network.
             .min_idle(Some(0))
             .test_on_check_out(false)
+            // Tokens hold nothing worth reaping; a dropped token would strand its claim.
+            .idle_timeout(None)
+            .max_lifetime(None)
             .connection_timeout(config.pool_timeout.max(Duration::from_millis(1)))
             .thread_pool(helpers)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
+        let cells = (0..config.pool_size)
+            .map(|_| Cell(Mutex::new(CellState::Empty)))
+            .collect();
         Pool {
+            id: IDS.fetch_add(1, Ordering::Relaxed),
             endpoint,
             config,
             make,
-            pool,
-            counts,
+            tokens,
+            cells,
+            counts: Arc::new(Counts::default()),
             closed,
         }
     }
 
-    /// Takes a slot and makes sure it holds a working connection, opening one if needed.
+    /// Takes a token and a cell with a working connection in it, opening one if needed.
     /// The pool wait and the connect are each cut to what is left until `deadline`, if any.
     pub(crate) fn checkout(&self, deadline: Option<Instant>) -> Result<Checkout<C>, Error> {
         let wait = within(self.config.pool_timeout, deadline);
-        let mut slot = match self.pool.try_get() {
-            Some(slot) => slot,
+        let mut token = match self.tokens.try_get() {
+            Some(token) => token,
             None if wait.is_zero() => return Err(Error::Timeout(Timeout::PoolWait)),
             None => self
-                .pool
+                .tokens
                 .get_timeout(wait)
                 .map_err(|_| Error::Timeout(Timeout::PoolWait))?,
         };
+        if let Some(stranded) = token.claim.take() {
+            *self.cells[stranded].0.lock() = CellState::Empty;
+        }
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        if let Some(live) = &slot.live {
+        let (cell, live) = self.take_cell();
+        token.claim = Some(cell);
+        let mut checkout = Checkout { live, cell, token };
+        if let Some(live) = &checkout.live {
             if live.state.is_reusable(self.config.reuse_unchecked) {
-                return Ok(slot);
+                return Ok(checkout);
             }
             log::debug!(target: "blocking_thrift::pool", "{}: pooled connection was closed by the server; reconnecting", self.endpoint);
-            slot.discard();
+            checkout.discard();
         }
-        slot.live = Some(self.open(within(self.config.connect_timeout, deadline))?);
-        self.counts.open.fetch_add(1, Ordering::Relaxed);
-        Ok(slot)
+        match self.open(within(self.config.connect_timeout, deadline)) {
+            Ok(live) => {
+                checkout.live = Some(live);
+                Ok(checkout)
+            }
+            Err(err) => {
+                self.checkin(checkout);
+                Err(err)
+            }
+        }
+    }
+
+    /// Marks a cell busy and takes its connection: this thread's last cell if it is idle, else
+    /// the first idle one, else the first empty one. The caller holds a token, so one of them
+    /// is idle or empty; a pass can still miss it while other threads move, hence the loop.
+    fn take_cell(&self) -> (usize, Option<Live<C>>) {
+        if let Some(index) = last_cell(self.id) {
+            if let Some(cell) = self.cells.get(index) {
+                let mut state = cell.0.lock();
+                if matches!(*state, CellState::Idle(_)) {
+                    let CellState::Idle(live) = std::mem::replace(&mut *state, CellState::Busy)
+                    else {
+                        unreachable!("matched as idle")
+                    };
+                    return (index, Some(live));
+                }
+            }
+        }
+        loop {
+            let mut empty = None;
+            for (index, cell) in self.cells.iter().enumerate() {
+                let mut state = cell.0.lock();
+                match &*state {
+                    CellState::Idle(_) => {
+                        let CellState::Idle(live) = std::mem::replace(&mut *state, CellState::Busy)
+                        else {
+                            unreachable!("matched as idle")
+                        };
+                        return (index, Some(live));
+                    }
+                    CellState::Empty => {
+                        empty.get_or_insert(index);
+                    }
+                    CellState::Busy => {}
+                }
+            }
+            if let Some(index) = empty {
+                let mut state = self.cells[index].0.lock();
+                if matches!(*state, CellState::Empty) {
+                    *state = CellState::Busy;
+                    return (index, None);
+                }
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// Gives a checkout back: its connection, if it still has one, waits idle in its cell.
+    pub(crate) fn checkin(&self, checkout: Checkout<C>) {
+        let Checkout {
+            live,
+            cell,
+            mut token,
+        } = checkout;
+        let closing = {
+            let mut state = self.cells[cell].0.lock();
+            // Read under the cell's lock: `close` sets the flag before it sweeps the cells.
+            match live {
+                Some(live) if !self.closed.load(Ordering::Acquire) => {
+                    *state = CellState::Idle(live);
+                    None
+                }
+                live => {
+                    *state = CellState::Empty;
+                    live
+                }
+            }
+        };
+        // Closed outside the lock.
+        drop(closing);
+        token.claim = None;
+        drop(token);
+        remember_cell(self.id, cell);
     }
 
     fn open(&self, connect_timeout: Duration) -> Result<Live<C>, Error> {
@@ -184,9 +327,11 @@ impl<C: Send + 'static> Pool<C> {
         log::debug!(target: "blocking_thrift::pool", "{}: connection opened", self.endpoint);
         let input = protocol::input(self.config.protocol, reader, self.config.limits());
         let output = protocol::output(self.config.protocol, writer);
+        self.counts.open.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             client: (self.make)(input, output),
             state,
+            counts: self.counts.clone(),
         })
     }
 
@@ -197,9 +342,16 @@ impl<C: Send + 'static> Pool<C> {
     /// Closes every idle connection now and every busy one when its call returns.
     pub(crate) fn close(&self) {
         self.closed.store(true, Ordering::Release);
-        // Slots taken here are dropped on return because `has_broken` now says so.
-        while let Some(mut slot) = self.pool.try_get() {
-            slot.discard();
+        for cell in self.cells.iter() {
+            let idle = {
+                let mut state = cell.0.lock();
+                match &*state {
+                    CellState::Idle(_) => std::mem::replace(&mut *state, CellState::Empty),
+                    _ => CellState::Empty,
+                }
+            };
+            // Closed outside the lock.
+            drop(idle);
         }
     }
 
@@ -214,5 +366,114 @@ impl<C: Send + 'static> fmt::Debug for Pool<C> {
             .field("endpoint", &self.endpoint)
             .field("open", &self.counts.open.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{SocketAddr, TcpListener};
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A listener that accepts and holds connections until the test ends.
+    fn listener() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                held.push(stream);
+            }
+        });
+        addr
+    }
+
+    fn pool(addr: SocketAddr, size: u32) -> Pool<()> {
+        let config = ClientConfig::default()
+            .pool_size(size)
+            .connect_timeout(Duration::from_secs(5))
+            .pool_timeout(Duration::from_secs(5));
+        Pool::new(
+            addr.to_string().into(),
+            config,
+            Arc::new(|_, _| ()),
+            crate::client::pool_helpers(),
+        )
+    }
+
+    fn local_port(checkout: &mut Checkout<()>) -> u16 {
+        checkout.live().state.local_port()
+    }
+
+    #[test]
+    fn a_thread_takes_back_the_connection_it_used_last() {
+        let pool = pool(listener(), 4);
+        let (taken, other_took) = std::sync::mpsc::channel();
+        let (give_back, other_may_give_back) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let pool = &pool;
+            let other = s.spawn(move || {
+                let mut theirs = pool.checkout(None).unwrap();
+                taken.send(local_port(&mut theirs)).unwrap();
+                other_may_give_back.recv().unwrap();
+                pool.checkin(theirs);
+            });
+            // The other thread holds the first connection while this one opens a second.
+            let other_port = other_took.recv().unwrap();
+            let mut mine = pool.checkout(None).unwrap();
+            let my_port = local_port(&mut mine);
+            assert_ne!(my_port, other_port);
+            give_back.send(()).unwrap();
+            other.join().unwrap();
+            pool.checkin(mine);
+            for _ in 0..3 {
+                let mut again = pool.checkout(None).unwrap();
+                assert_eq!(local_port(&mut again), my_port);
+                pool.checkin(again);
+            }
+        });
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_thread_new_to_the_pool_takes_an_idle_connection_before_opening_one() {
+        let pool = pool(listener(), 4);
+        let mut first = pool.checkout(None).unwrap();
+        let port = local_port(&mut first);
+        pool.checkin(first);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut second = pool.checkout(None).unwrap();
+                assert_eq!(local_port(&mut second), port);
+                pool.checkin(second);
+            });
+        });
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_checkout_dropped_without_checkin_closes_its_connection_and_frees_its_cell() {
+        let pool = pool(listener(), 1);
+        drop(pool.checkout(None).unwrap());
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 0);
+        // The only cell was left busy; the token's next holder frees it.
+        let again = pool.checkout(None).unwrap();
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 1);
+        pool.checkin(again);
+    }
+
+    #[test]
+    fn close_closes_idle_connections_and_those_checked_in_later() {
+        let pool = pool(listener(), 2);
+        let idle = pool.checkout(None).unwrap();
+        let busy = pool.checkout(None).unwrap();
+        pool.checkin(idle);
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 2);
+        pool.close();
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 1);
+        pool.checkin(busy);
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 0);
+        assert!(matches!(pool.checkout(None), Err(Error::Closed)));
     }
 }

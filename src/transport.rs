@@ -172,6 +172,12 @@ impl ConnState {
         }
     }
 
+    /// The connection's local port, which tells connections apart in tests.
+    #[cfg(test)]
+    pub(crate) fn local_port(&self) -> u16 {
+        self.stream.local_addr().map_or(0, |addr| addr.port())
+    }
+
     /// Closes both directions, so that a thread blocked on this connection wakes up.
     pub(crate) fn shutdown(&self) {
         self.mark_broken();
