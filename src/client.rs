@@ -178,7 +178,11 @@ impl<C: Send + 'static> ThriftClient<C> {
     where
         F: FnOnce(&mut C) -> thrift::Result<R>,
     {
-        let (permit, mut slot) = self.inner.begin_by(deadline)?;
+        let mut call = Unfinished {
+            inner: &self.inner,
+            parts: Some(self.inner.begin_by(deadline)?),
+        };
+        let (_, slot) = call.parts.as_mut().expect("parts taken only below");
         let live = slot.live();
         live.state
             .arm(within(self.inner.config.read_timeout, deadline));
@@ -188,6 +192,7 @@ impl<C: Send + 'static> ThriftClient<C> {
         });
         let broken = live.state.is_broken();
         let result = result.map_err(|e| Error::from_call(e, &live.state));
+        let (permit, mut slot) = call.parts.take().expect("parts taken only here");
         if broken || result.as_ref().is_err_and(Error::poisons_connection) {
             slot.discard();
         }
@@ -248,6 +253,23 @@ impl<C: Send + 'static> ThriftClient<C> {
             connections_open: open,
             connections_idle: open.saturating_sub(get(&counts.in_use)),
             breaker: self.inner.breaker.state(),
+        }
+    }
+}
+
+/// A call whose closure is running. Should the closure panic, this gives the connection (closed:
+/// its message may be cut short) and the breaker's permit back, so that neither the pool's
+/// capacity nor a half-open breaker's one probe is lost with it.
+struct Unfinished<'a, C: Send + 'static> {
+    inner: &'a Inner<C>,
+    parts: Option<(Permit, Checkout<C>)>,
+}
+
+impl<C: Send + 'static> Drop for Unfinished<'_, C> {
+    fn drop(&mut self) {
+        if let Some((permit, mut slot)) = self.parts.take() {
+            slot.discard();
+            self.inner.abandon(permit, slot);
         }
     }
 }

@@ -324,6 +324,55 @@ fn open_breaker_rejects_without_touching_the_network() {
     assert_eq!(calc.call(|c| c.add(2, 1)).unwrap(), 3);
 }
 
+/// Runs `f` on another thread and fails the test if it takes longer than `limit` (a leaked
+/// pool slot would make the next call wait forever instead of failing).
+fn within_limit<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || done.send(f()).unwrap());
+    result.recv_timeout(limit).expect("the call did not finish")
+}
+
+#[test]
+fn a_panicking_call_gives_its_connection_back_closed() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default().pool_size(1));
+    assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        calc.call(|c| -> thrift::Result<()> {
+            c.ping()?;
+            panic!("the caller's own bug");
+        })
+    }));
+    assert!(panicked.is_err());
+    // The connection it held may be mid-message, so it is closed, not pooled.
+    assert_eq!(calc.stats().connections_open, 0);
+    let again = calc.clone();
+    assert_eq!(
+        within_limit(Duration::from_secs(20), move || again.call(|c| c.add(2, 2))).unwrap(),
+        4
+    );
+    assert_eq!(calc.stats().connections_open, 1);
+}
+
+#[test]
+fn a_panicking_probe_lets_the_next_caller_probe() {
+    let (calc, clock, old) = open_breaker(3);
+    let _server = RefServer::start_on(
+        &old.endpoint(),
+        Transport::Framed,
+        Protocol::Binary,
+        old.service.clone(),
+    );
+    clock.advance(Duration::from_secs(10));
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        calc.call(|_| -> thrift::Result<()> { panic!("the caller's own bug") })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(calc.breaker_state(), BreakerState::HalfOpen);
+    assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+}
+
 #[test]
 fn failed_probe_reopens_the_breaker() {
     let (calc, clock, _server) = open_breaker(1);
