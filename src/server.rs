@@ -116,6 +116,9 @@ struct Shared {
     poller: Arc<Poller>,
     table: Mutex<Table>,
     work_tx: Sender<Work>,
+    /// Workers waiting for work, or about to: the queued connections they will take are not
+    /// waiting for a busy worker to let go of its connection.
+    free_workers: AtomicUsize,
     stopping: AtomicBool,
     counters: Counters,
 }
@@ -236,6 +239,7 @@ impl ThriftServer {
             poller: Arc::new(Poller::new()?),
             table: Mutex::new(Table::default()),
             work_tx,
+            free_workers: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
         });
@@ -493,7 +497,13 @@ impl std::fmt::Debug for ThriftServer {
 fn run_worker(shared: &Shared, work: &Receiver<Work>, _done: Sender<()>) {
     // One channel, so taking work is a single receive; requests that arrived before the poller
     // stopped are queued ahead of the stop and still answered.
-    while let Ok(Work::Serve(conn)) = work.recv() {
+    loop {
+        shared.free_workers.fetch_add(1, Ordering::Relaxed);
+        let next = work.recv();
+        shared.free_workers.fetch_sub(1, Ordering::Relaxed);
+        let Ok(Work::Serve(conn)) = next else {
+            return;
+        };
         serve(shared, conn);
     }
 }

@@ -425,10 +425,15 @@ impl Conn {
     }
 }
 
-/// Whether the worker should let its connection go: another connection waits for a worker,
-/// or the server is stopping.
+/// Whether the worker should let its connection go: more connections are queued than free
+/// workers will take, or the server is stopping.
+///
+/// Counting the free workers matters under load: a connection queued while a free worker is
+/// still waking up to take it would otherwise make every busy worker park its connection too,
+/// and those would come back through the poller, queued, making the next ones park.
 fn worker_wanted(shared: &Shared) -> bool {
-    !shared.work_tx.is_empty() || shared.stopping.load(Ordering::Relaxed)
+    shared.work_tx.len() > shared.free_workers.load(Ordering::Relaxed)
+        || shared.stopping.load(Ordering::Relaxed)
 }
 
 /// What one read took in.
