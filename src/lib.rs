@@ -45,6 +45,7 @@ mod breaker;
 mod client;
 mod clock;
 mod config;
+mod counter;
 mod decode;
 mod direct;
 mod error;
