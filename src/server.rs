@@ -3,9 +3,9 @@
 //! The poller watches the listening socket and every connection waiting for bytes. When a
 //! connection becomes readable it goes, in arrival order, onto a channel the workers take from;
 //! a worker reads what has arrived, and for each whole request runs the processor and writes the
-//! response. While no other connection waits for a worker, it waits a moment (`conn::LINGER`) for
-//! the client's next request or the rest of one; then it hands the connection back to the
-//! poller, with any part of a request received so far. An idle connection, or one whose client
+//! response. While no other connection waits for a worker (and none had to lately), it waits a
+//! moment (`conn::LINGER`) for the client's next request or the rest of one; then it hands the
+//! connection back to the poller, with any part of a request received so far. An idle connection, or one whose client
 //! stalls in the middle of a request, therefore never holds a worker, however many are open.
 
 mod config;
@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, log, warn};
@@ -109,6 +109,45 @@ pub struct ServerStats {
     pub panics: u64,
 }
 
+/// How long after connections last had to wait for a busy worker workers stop lingering on
+/// their own connections.
+const SHORTAGE_MEMORY: Duration = Duration::from_millis(20);
+
+/// When a connection was last queued with no free worker to take it: then more connections
+/// want serving than there are workers, and a worker that waits on its own connection for the
+/// next request keeps the others waiting (for as long as that client takes, which on a loaded
+/// machine can be milliseconds). Workers stop lingering while this is recent.
+struct Shortage {
+    epoch: Instant,
+    /// Nanoseconds after `epoch`, plus one; 0: never.
+    at: AtomicU64,
+}
+
+impl Shortage {
+    fn new(epoch: Instant) -> Self {
+        Shortage {
+            epoch,
+            at: AtomicU64::new(0),
+        }
+    }
+
+    fn note(&self, now: Instant) {
+        self.at.store(self.ticks(now), Ordering::Relaxed);
+    }
+
+    /// Whether a shortage was noted within [`SHORTAGE_MEMORY`] before `at`, or after it.
+    fn near(&self, at: Instant) -> bool {
+        let noted = self.at.load(Ordering::Relaxed);
+        noted != 0 && self.ticks(at) < noted.saturating_add(SHORTAGE_MEMORY.as_nanos() as u64)
+    }
+
+    fn ticks(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX - 1)
+            .saturating_add(1)
+    }
+}
+
 /// What the server's threads share.
 struct Shared {
     processor: Box<dyn TProcessor + Send + Sync>,
@@ -119,6 +158,8 @@ struct Shared {
     /// Workers waiting for work, or about to: the queued connections they will take are not
     /// waiting for a busy worker to let go of its connection.
     free_workers: AtomicUsize,
+    /// When a connection was last queued with no free worker to take it.
+    shortage: Shortage,
     stopping: AtomicBool,
     counters: Counters,
 }
@@ -169,6 +210,10 @@ impl Shared {
             if let Work::Serve(conn) = returned.into_inner() {
                 self.discard(conn);
             }
+            return;
+        }
+        if self.work_tx.len() > self.free_workers.load(Ordering::Relaxed) {
+            self.shortage.note(Instant::now());
         }
     }
 
@@ -240,6 +285,7 @@ impl ThriftServer {
             table: Mutex::new(Table::default()),
             work_tx,
             free_workers: AtomicUsize::new(0),
+            shortage: Shortage::new(Instant::now()),
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
         });
@@ -531,6 +577,23 @@ fn serve(shared: &Shared, mut conn: Conn) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn workers_stop_lingering_for_a_while_after_a_shortage() {
+        let epoch = Instant::now();
+        let at = |ms| epoch + Duration::from_millis(ms);
+        let shortage = Shortage::new(epoch);
+        assert!(!shortage.near(at(0)));
+        assert!(!shortage.near(at(1_000)));
+        shortage.note(at(100));
+        assert!(shortage.near(at(50)), "a request begun before it");
+        assert!(shortage.near(at(100)));
+        assert!(shortage.near(at(119)));
+        assert!(!shortage.near(at(120)));
+        assert!(!shortage.near(at(5_000)));
+        shortage.note(at(5_000));
+        assert!(shortage.near(at(5_010)));
+    }
 
     #[test]
     fn shared_types_are_send_and_sync() {

@@ -50,8 +50,8 @@ const FRAME_HEADER: usize = 4;
 /// A client calling in a loop sends its next request within tens of microseconds of reading a
 /// response, so this keeps a busy connection on its worker with no trip through the poller (an
 /// epoll re-arm, a wake-up, a hand-off to another thread). The worker only waits while no other
-/// connection is queued for a worker, so this is also at most how long a queued connection can
-/// wait for a worker that is lingering.
+/// connection is queued for a worker, and none had to wait for one lately: with more busy
+/// connections than workers, a worker waiting on one slow client would keep the others queued.
 ///
 /// It is the socket's read timeout, set once at accept, so the wait is the read itself with no
 /// extra call; Linux rounds it up to whole timer ticks (1 to 4 ms, by the kernel's HZ).
@@ -66,6 +66,8 @@ pub(super) struct Conn {
     input: Input,
     /// When the first byte of the request being received arrived, while one is partly here.
     started: Option<Instant>,
+    /// When the latest request began to arrive.
+    last_request: Instant,
     /// Whether the part of the request received so far was acknowledged at once.
     acked: bool,
     /// For the buffered transport: how many bytes were buffered when the request was last
@@ -120,6 +122,7 @@ impl Conn {
             socket: Registered::new(poller, stream, Event::readable(key))?,
             input: Input::default(),
             started: None,
+            last_request: Instant::now(),
             acked: false,
             short_at: 0,
             output: Vec::new(),
@@ -191,7 +194,7 @@ impl Conn {
             if timed_out {
                 return Next::Close(Closed::Timeout(config.request_timeout));
             }
-            if worker_wanted(shared) {
+            if worker_wanted(shared) || shared.shortage.near(self.last_request) {
                 return Next::Park(self.park(config));
             }
             match self.receive(config, true) {
@@ -364,7 +367,9 @@ impl Conn {
             _ => {
                 self.input.end += got;
                 if had == 0 {
-                    self.started = Some(Instant::now());
+                    let now = Instant::now();
+                    self.started = Some(now);
+                    self.last_request = now;
                 }
                 Ok(Received {
                     got,
