@@ -3,14 +3,15 @@
 //! bytes over plain sockets with no Thrift at all. Loopback only.
 //!
 //! ```sh
-//! cargo bench --bench rpc              # full: 5 rounds of 0.5 s per cell, a few minutes
+//! cargo bench --bench rpc              # full: 7 rounds of 0.5 s per cell, about 6 minutes
 //! cargo bench --bench rpc -- --quick   # 3 rounds of 0.1 s per cell, well under a minute
 //! cargo bench --bench rpc -- --filter ours/add/4 --rounds 1 --duration-ms 5000 --no-extras
 //! ```
 //!
-//! Every cell (stack x payload x client threads) runs once per round, in a shuffled order,
-//! so drift over the run touches all cells alike; the report gives the median and the range
-//! over rounds. Clients and servers share this process, so CPU per call is the whole
+//! Every cell (stack x payload x client threads) runs once per round, in a shuffled order
+//! that keeps the stacks of one payload and client count together, so drift over the run
+//! touches all cells alike and both sides of a ratio at nearly the same time; the report gives
+//! the median and the range over rounds, and each ratio is the median of the same-round ratios. Clients and servers share this process, so CPU per call is the whole
 //! process's user plus system time (getrusage) over the measured window, divided by calls.
 
 mod support;
@@ -148,8 +149,11 @@ impl Options {
         } else {
             Options {
                 quick,
-                rounds: 5,
-                warmup: Duration::from_millis(150),
+                // This machine's spread between rounds is wide (the host is shared); seven
+                // rounds give a steadier median, and a longer warm-up lets the scheduler settle
+                // each client thread next to the server thread it talks to.
+                rounds: 7,
+                warmup: Duration::from_millis(300),
                 duration: Duration::from_millis(500),
                 starve_after: Duration::from_secs(2),
                 rejections: 2_000_000,
@@ -370,6 +374,9 @@ impl Run {
 /// One round's measurement of one cell.
 #[derive(Clone, Debug)]
 struct Sample {
+    /// The round it was measured in, which pairs it with the other stacks' samples of the
+    /// same payload and client count.
+    round: usize,
     calls_per_sec: f64,
     p50: f64,
     p99: f64,
@@ -579,6 +586,7 @@ fn run_cell(cell: Cell, servers: &Servers, options: &Options) -> Outcome {
         return Outcome::Failed("no calls in the measured window".into());
     }
     Outcome::Measured(Sample {
+        round: 0,
         calls_per_sec: calls as f64 / elapsed.as_secs_f64(),
         p50: latencies.value_at_quantile(0.50) as f64,
         p99: latencies.value_at_quantile(0.99) as f64,
@@ -661,6 +669,19 @@ impl Results {
             .map(|s| spread(s, |s| s.calls_per_sec).0)
     }
 
+    /// The median over rounds of `a`'s calls/s divided by `b`'s in the same round.
+    fn paired_ratio(&self, a: &Cell, b: &Cell) -> Option<f64> {
+        let (a, b) = (self.samples.get(a)?, self.samples.get(b)?);
+        let mut ratios: Vec<f64> = a
+            .iter()
+            .filter_map(|x| {
+                let y = b.iter().find(|y| y.round == x.round)?;
+                (y.calls_per_sec > 0.0).then(|| x.calls_per_sec / y.calls_per_sec)
+            })
+            .collect();
+        (!ratios.is_empty()).then(|| median(&mut ratios))
+    }
+
     fn metric(&self, cell: &Cell, metric: impl Fn(&Sample) -> f64) -> Option<f64> {
         self.samples.get(cell).map(|s| spread(s, metric).0)
     }
@@ -679,6 +700,10 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "–".into(),
     }
+}
+
+fn show_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "–".into(), |r| format!("{r:.2}"))
 }
 
 fn table(results: &Results, cells: &[Cell]) -> String {
@@ -717,10 +742,10 @@ fn table(results: &Results, cells: &[Cell]) -> String {
             spread(samples, |s| s.client_cpu_per_call).0,
         );
         let (vs_stock, vs_floor) = if cell.stack == Stack::Ours {
-            let other = |stack| results.calls_per_sec(&Cell { stack, ..*cell });
+            let other = |stack| results.paired_ratio(cell, &Cell { stack, ..*cell });
             (
-                ratio(Some(rate), other(Stack::Stock)),
-                ratio(Some(rate), other(Stack::Floor)),
+                show_ratio(other(Stack::Stock)),
+                show_ratio(other(Stack::Floor)),
             )
         } else {
             ("".into(), "".into())
@@ -736,6 +761,29 @@ fn table(results: &Results, cells: &[Cell]) -> String {
         );
     }
     out
+}
+
+/// One round's order: the (payload, clients) groups shuffled, and the stacks shuffled within
+/// each group. The stacks that a ratio compares then run within seconds of each other, so that
+/// the host's slower and faster spells (they last seconds to minutes on a shared machine) touch
+/// both sides of a ratio alike, while no stack always runs first or last.
+fn round_order(cells: &[Cell], seed: u64) -> Vec<Cell> {
+    let mut groups: Vec<(Payload, usize)> = cells.iter().map(|c| (c.payload, c.clients)).collect();
+    groups.dedup();
+    groups.sort();
+    groups.dedup();
+    shuffle(&mut groups, seed);
+    let mut order = Vec::with_capacity(cells.len());
+    for (n, (payload, clients)) in groups.into_iter().enumerate() {
+        let mut group: Vec<Cell> = cells
+            .iter()
+            .filter(|c| c.payload == payload && c.clients == clients)
+            .copied()
+            .collect();
+        shuffle(&mut group, seed.wrapping_mul(1_000).wrapping_add(n as u64));
+        order.extend(group);
+    }
+    order
 }
 
 fn shuffle<T>(items: &mut [T], seed: u64) {
@@ -781,8 +829,7 @@ fn main() {
 
     let mut results = Results::default();
     for round in 0..options.rounds {
-        let mut order = cells.clone();
-        shuffle(&mut order, round as u64 + 1);
+        let order = round_order(&cells, round as u64 + 1);
         let round_started = Instant::now();
         for cell in order {
             // Starvation comes from the worker count, not from chance: once seen, it stays.
@@ -790,7 +837,11 @@ fn main() {
                 continue;
             }
             match run_cell(cell, &servers, &options) {
-                Outcome::Measured(sample) => results.samples.entry(cell).or_default().push(sample),
+                Outcome::Measured(sample) => results
+                    .samples
+                    .entry(cell)
+                    .or_default()
+                    .push(Sample { round, ..sample }),
                 Outcome::Starved => {
                     eprintln!("  {}: starved", cell.label());
                     results.starved.insert(cell);
@@ -827,8 +878,10 @@ fn main() {
     let _ = writeln!(report, "Machine: {}.", sys::machine());
     let _ = writeln!(
         report,
-        "Loopback only. {} rounds, cells shuffled within each round; per cell {} ms warm-up on fresh \
-         connections, then {} ms measured. Figures are medians over rounds (calls/s also min–max). \
+        "Loopback only. {} rounds; in each, the (payload, clients) groups run in a shuffled order, and \
+         the stacks of a group back to back, also shuffled. Per cell {} ms warm-up on fresh \
+         connections, then {} ms measured. Figures are medians over rounds (calls/s also min–max); \
+         a ratio is the median over rounds of the two cells' ratio in the same round. \
          Both servers run {SERVER_WORKERS} worker threads whatever the number of clients. A cell is \
          starved when some client finished no call within {} s. CPU per call is the whole process \
          (clients and servers share it): getrusage(RUSAGE_SELF) user+sys over the measured window \
