@@ -83,8 +83,8 @@ pub struct ClientStats {
 #[derive(Debug, Default)]
 struct Counters {
     /// Calls the breaker let through (or refused for a closed client); see `stats`.
-    calls: AtomicU64,
-    successes: AtomicU64,
+    calls: Striped,
+    successes: Striped,
     user_exceptions: AtomicU64,
     failures: AtomicU64,
     connect_errors: AtomicU64,
@@ -240,8 +240,8 @@ impl<C: Send + 'static> ThriftClient<C> {
         let counts = self.inner.pool.counts();
         let open = get(&counts.open);
         ClientStats {
-            calls: get(&s.calls) + s.rejected.get(),
-            successes: get(&s.successes),
+            calls: s.calls.get() + s.rejected.get(),
+            successes: s.successes.get(),
             user_exceptions: get(&s.user_exceptions),
             failures: get(&s.failures),
             connect_errors: get(&s.connect_errors),
@@ -253,7 +253,7 @@ impl<C: Send + 'static> ThriftClient<C> {
             application_errors: get(&s.application_errors),
             rejected: s.rejected.get(),
             connections_open: open,
-            connections_idle: open.saturating_sub(get(&counts.in_use)),
+            connections_idle: self.inner.pool.idle_connections(),
             breaker: self.inner.breaker.state(),
         }
     }
@@ -288,7 +288,7 @@ impl<C: Send + 'static> Inner<C> {
         deadline: Option<Instant>,
     ) -> Result<(Permit, Checkout<C>), Error> {
         if self.pool.is_closed() {
-            bump(&self.stats.calls);
+            self.stats.calls.bump();
             return Err(Error::Closed);
         }
         let Some(permit) = self.breaker.acquire() else {
@@ -301,12 +301,9 @@ impl<C: Send + 'static> Inner<C> {
                 endpoint: Arc::from(&*self.endpoint),
             });
         };
-        bump(&self.stats.calls);
+        self.stats.calls.bump();
         match self.pool.checkout(deadline) {
-            Ok(slot) => {
-                self.pool.counts().in_use.fetch_add(1, Ordering::Relaxed);
-                Ok((permit, slot))
-            }
+            Ok(slot) => Ok((permit, slot)),
             Err(err) => Err(self.settle(permit, past_deadline(err, deadline))),
         }
     }
@@ -318,11 +315,10 @@ impl<C: Send + 'static> Inner<C> {
         slot: Checkout<C>,
         result: Result<R, Error>,
     ) -> Result<R, Error> {
-        self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
         self.pool.checkin(slot);
         match result {
             Ok(value) => {
-                bump(&self.stats.successes);
+                self.stats.successes.bump();
                 self.breaker.record(permit, false);
                 Ok(value)
             }
@@ -339,7 +335,6 @@ impl<C: Send + 'static> Inner<C> {
         application: bool,
         declared_failure: bool,
     ) {
-        self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
         self.pool.checkin(slot);
         bump(if application {
             &self.stats.application_errors
@@ -354,7 +349,6 @@ impl<C: Send + 'static> Inner<C> {
 
     /// Ends a call that never reached an outcome.
     pub(crate) fn abandon(&self, permit: Permit, slot: Checkout<C>) {
-        self.pool.counts().in_use.fetch_sub(1, Ordering::Relaxed);
         self.pool.checkin(slot);
         self.breaker.release(permit);
     }

@@ -50,7 +50,6 @@ impl<C> Drop for Live<C> {
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
     pub(crate) open: AtomicU64,
-    pub(crate) in_use: AtomicU64,
 }
 
 /// r2d2's "connection": a permit to use one of the pool's cells. r2d2 bounds how many are
@@ -333,6 +332,14 @@ impl<C: Send + 'static> Pool<C> {
             state,
             counts: self.counts.clone(),
         })
+    }
+
+    /// Open connections not serving a call now.
+    pub(crate) fn idle_connections(&self) -> u64 {
+        self.cells
+            .iter()
+            .filter(|cell| matches!(*cell.0.lock(), CellState::Idle(_)))
+            .count() as u64
     }
 
     pub(crate) fn counts(&self) -> &Counts {
