@@ -383,24 +383,27 @@ mod tests {
 
     use super::*;
 
-    /// A listener that accepts and holds connections until the test ends.
+    /// A listener that holds each connection it accepts until the client closes it.
     fn listener() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
-            let mut held = Vec::new();
-            for stream in listener.incoming() {
-                held.push(stream);
+            for mut stream in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let _ = std::io::Read::read(&mut stream, &mut [0; 1]);
+                });
             }
         });
         addr
     }
 
     fn pool(addr: SocketAddr, size: u32) -> Pool<()> {
+        // Generous: under a burst of reconnects a loopback SYN is now and then dropped and
+        // sent again a second later.
         let config = ClientConfig::default()
             .pool_size(size)
-            .connect_timeout(Duration::from_secs(5))
-            .pool_timeout(Duration::from_secs(5));
+            .connect_timeout(Duration::from_secs(30))
+            .pool_timeout(Duration::from_secs(30));
         Pool::new(
             addr.to_string().into(),
             config,
@@ -468,6 +471,42 @@ mod tests {
         let again = pool.checkout(None).unwrap();
         assert_eq!(pool.counts().open.load(Ordering::Relaxed), 1);
         pool.checkin(again);
+    }
+
+    #[test]
+    fn threads_outnumbering_connections_never_open_more_than_pool_size() {
+        let pool = pool(listener(), 3);
+        std::thread::scope(|s| {
+            for t in 0..8 {
+                let pool = &pool;
+                s.spawn(move || {
+                    for i in 0..150 {
+                        let mut checkout = pool.checkout(None).unwrap();
+                        assert!(pool.counts().open.load(Ordering::Relaxed) <= 3);
+                        match (t + i) % 13 {
+                            // A call whose connection broke.
+                            0 => {
+                                checkout.discard();
+                                pool.checkin(checkout);
+                            }
+                            // A call that panicked: dropped without a check-in.
+                            1 => drop(checkout),
+                            _ => pool.checkin(checkout),
+                        }
+                    }
+                });
+            }
+        });
+        // The last calls may have broken every connection; whatever is open is idle now.
+        let open = pool.counts().open.load(Ordering::Relaxed);
+        assert!(open <= 3, "{open} connections open");
+        assert_eq!(pool.idle_connections(), open);
+        // Every place is free again: as many checkouts as the pool holds succeed at once.
+        let all: Vec<_> = (0..3).map(|_| pool.checkout(None).unwrap()).collect();
+        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 3);
+        for checkout in all {
+            pool.checkin(checkout);
+        }
     }
 
     #[test]
