@@ -24,6 +24,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, error, info, log, warn};
 use parking_lot::{Condvar, Mutex};
 use polling::{Event, Poller};
+use socket2::{Domain, Socket, Type};
 use thrift::server::TProcessor;
 
 use self::conn::{Conn, Next};
@@ -243,6 +244,34 @@ impl Shared {
     }
 }
 
+/// Binds the first address `addr` resolves to that can be bound, and listens there with room
+/// for `backlog` connections not yet accepted (the standard library's listeners have 128).
+fn listen<A: ToSocketAddrs>(addr: A, backlog: u32) -> io::Result<TcpListener> {
+    let mut last = None;
+    for addr in addr.to_socket_addrs()? {
+        let bound = (|| {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+            // As the standard library does: a restarted server can bind its port again while
+            // connections of the previous one linger in TIME_WAIT.
+            #[cfg(unix)]
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+            Ok::<_, io::Error>(TcpListener::from(socket))
+        })();
+        match bound {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
+
 impl ThriftServer {
     /// Binds `addr` and prepares to serve `processor` there; call [`start`](Self::start) or
     /// [`serve`](Self::serve) to begin.
@@ -258,7 +287,8 @@ impl ThriftServer {
         A: ToSocketAddrs,
         P: TProcessor + Send + Sync + 'static,
     {
-        ThriftServer::from_listener(TcpListener::bind(addr)?, processor, config)
+        let listener = listen(addr, config.backlog)?;
+        ThriftServer::from_listener(listener, processor, config)
     }
 
     /// Prepares to serve `processor` on an already bound listener.

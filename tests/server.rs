@@ -1114,3 +1114,54 @@ fn undecodable_arguments_are_answered_and_counted_as_bad_requests() {
     let stats = server.stats();
     assert_eq!((stats.bad_requests, stats.requests), (1, 2), "{stats:?}");
 }
+
+/// Opens up to `count` connections to a server that is not accepting yet, each allowed
+/// `timeout`; returns those that connected, stopping at the first that did not.
+fn connect_burst(addr: SocketAddr, count: usize, timeout: Duration) -> Vec<TcpStream> {
+    let mut streams = Vec::with_capacity(count);
+    for _ in 0..count {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(stream) => streams.push(stream),
+            Err(_) => break,
+        }
+    }
+    streams
+}
+
+#[test]
+fn a_burst_of_connections_waits_in_the_backlog_until_the_server_accepts() {
+    let _lock = shared_lock();
+    let service = Arc::new(CalculatorService::new("test-server"));
+    let processor = CalculatorSyncProcessor::new(service);
+    let server =
+        ThriftServer::bind("127.0.0.1:0", processor, ServerConfig::default().workers(2)).unwrap();
+    let addr = server.local_addr();
+    // More than the 128 the standard library's listeners queue: none is refused or dropped
+    // while nothing accepts them.
+    let burst = connect_burst(addr, 300, Duration::from_secs(3));
+    assert_eq!(burst.len(), 300, "only {} connections got in", burst.len());
+    server.start().unwrap();
+    let mut last = TcpStream::connect(addr).unwrap();
+    drop(burst);
+    last.write_all(&add(1, 2, 3)).unwrap();
+    let reply = read_reply(&mut last, Transport::Framed, Protocol::Binary);
+    assert_eq!((reply.seq, reply.result), (1, Some(5)));
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn the_backlog_setting_bounds_the_queue_of_connections_not_yet_accepted() {
+    let _lock = shared_lock();
+    let service = Arc::new(CalculatorService::new("test-server"));
+    let processor = CalculatorSyncProcessor::new(service);
+    let config = ServerConfig::default().backlog(8);
+    let server = ThriftServer::bind("127.0.0.1:0", processor, config).unwrap();
+    // Linux queues a few more than asked; with the queue full, a new client's handshake is
+    // dropped and tried again a second later, after this timeout.
+    let burst = connect_burst(server.local_addr(), 64, Duration::from_millis(300));
+    assert!(
+        (8..64).contains(&burst.len()),
+        "{} connections got into a backlog of 8",
+        burst.len()
+    );
+}

@@ -32,6 +32,7 @@ pub struct ServerConfig {
     pub(super) idle_timeout: Duration,
     pub(super) request_timeout: Duration,
     pub(super) max_connections: usize,
+    pub(super) backlog: u32,
     pub(super) drain_timeout: Duration,
     pub(super) max_waiting_bytes: usize,
     pub(super) max_container_elements: usize,
@@ -51,6 +52,7 @@ impl Default for ServerConfig {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
+            backlog: 1024,
             drain_timeout: Duration::from_secs(30),
             max_waiting_bytes: 256 * 1024 * 1024,
             max_container_elements: crate::decode::DEFAULT_MAX_ELEMENTS,
@@ -142,6 +144,18 @@ impl ServerConfig {
         self
     }
 
+    /// How many connections the system queues for the server before it accepts them (the
+    /// `listen` backlog), for a listener made by [`ThriftServer::bind`](crate::ThriftServer::bind).
+    ///
+    /// A connection arriving while the queue is full is not refused: its first packet is dropped
+    /// and the client tries again a second later, so a burst of clients bigger than the queue
+    /// makes some of them wait that second. Defaults to 1024 (the standard library's listeners
+    /// queue 128); the system caps it, on Linux at `net.core.somaxconn`. 0 is treated as 1.
+    pub fn backlog(mut self, connections: u32) -> Self {
+        self.backlog = connections.max(1);
+        self
+    }
+
     /// How long [`ThriftServer::stop`](crate::ThriftServer::stop) waits for requests that are
     /// already running to finish and deliver their responses.
     ///
@@ -193,6 +207,7 @@ mod tests {
             .idle_timeout(Duration::ZERO)
             .request_timeout(Duration::ZERO)
             .max_connections(0)
+            .backlog(0)
             .drain_timeout(Duration::ZERO);
         assert_eq!(config.workers, 1);
         assert_eq!(config.max_message_size, 1);
@@ -200,6 +215,7 @@ mod tests {
         assert_eq!(config.idle_timeout, MIN_TIMEOUT);
         assert_eq!(config.request_timeout, MIN_TIMEOUT);
         assert_eq!(config.max_connections, 1);
+        assert_eq!(config.backlog, 1);
         assert_eq!(config.drain_timeout, Duration::ZERO);
     }
 }
