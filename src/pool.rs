@@ -118,10 +118,11 @@ impl<C> Checkout<C> {
 
 /// The connections of one endpoint.
 ///
-/// A thread takes back the connection it used last when that one is idle. Over loopback or
-/// any fast link, a connection that hops between client threads makes every call wake its
-/// server-side peer from another CPU; kept to one thread, the two settle next to each other,
-/// and a call costs about a third less CPU.
+/// A thread takes back the connection it used last when that one is idle. A connection that
+/// hops between client threads also moves between CPUs, and when the server shares the machine
+/// (loopback, a sidecar) every call then wakes its server-side peer from another CPU; kept to
+/// one thread, the two settle next to each other, and over loopback a call costs about a third
+/// less CPU.
 pub(crate) struct Pool<C: Send + 'static> {
     id: u64,
     endpoint: Arc<str>,
