@@ -1,12 +1,13 @@
 //! A Thrift server: a fixed pool of worker threads fed by one poller thread.
 //!
 //! The poller watches the listening socket and every connection waiting for bytes. When a
-//! connection becomes readable it goes, in arrival order, onto a channel the workers take from;
-//! a worker reads what has arrived, and for each whole request runs the processor and writes the
+//! connection becomes readable it goes, in arrival order, onto a channel the workers take from; a
+//! worker reads what has arrived, and for each whole request runs the processor and writes the
 //! response. While no other connection waits for a worker (and none had to lately), it waits a
 //! moment (`conn::LINGER`) for the client's next request or the rest of one; then it hands the
-//! connection back to the poller, with any part of a request received so far. An idle connection, or one whose client
-//! stalls in the middle of a request, therefore never holds a worker, however many are open.
+//! connection back to the poller, with any part of a request received so far. An idle connection,
+//! or one whose client stalls in the middle of a request, therefore never holds a worker, however
+//! many are open.
 
 mod config;
 mod conn;
