@@ -22,6 +22,8 @@ pub struct CalculatorService {
     name: String,
     profiles: Mutex<HashMap<i32, UserProfile>>,
     zips: AtomicU64,
+    /// `slow` answers at once instead of sleeping.
+    never_sleeps: bool,
 }
 
 impl CalculatorService {
@@ -31,6 +33,13 @@ impl CalculatorService {
             name: name.into(),
             ..Default::default()
         }
+    }
+
+    /// The same handler, except that `slow` answers at once: for fuzzing and property tests,
+    /// whose random requests may ask it to sleep for weeks.
+    pub fn never_sleeping(mut self) -> Self {
+        self.never_sleeps = true;
+        self
     }
 
     /// How many oneway `zip` calls this handler has run.
@@ -53,7 +62,9 @@ impl CalculatorSyncHandler for CalculatorService {
     }
 
     fn handle_slow(&self, millis: i32) -> thrift::Result<i32> {
-        std::thread::sleep(Duration::from_millis(millis.max(0) as u64));
+        if !self.never_sleeps {
+            std::thread::sleep(Duration::from_millis(millis.max(0) as u64));
+        }
         Ok(millis)
     }
 

@@ -26,8 +26,7 @@ use thrift::protocol::{
 use thrift::server::TProcessor;
 
 use service::calculator::{
-    CalculatorSyncClient, CalculatorSyncHandler, CalculatorSyncProcessor, TCalculatorSyncClient,
-    UserProfile,
+    CalculatorSyncClient, CalculatorSyncProcessor, TCalculatorSyncClient, UserProfile,
 };
 use service::CalculatorService;
 
@@ -241,39 +240,6 @@ fn exchange(protocol: Protocol, calls: &Calls) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 // ---- The two paths ----
 
-/// The reference handler, except that `slow` does not sleep.
-struct Handler(CalculatorService);
-
-impl CalculatorSyncHandler for Handler {
-    fn handle_ping(&self) -> thrift::Result<()> {
-        self.0.handle_ping()
-    }
-    fn handle_add(&self, num1: i32, num2: i32) -> thrift::Result<i32> {
-        self.0.handle_add(num1, num2)
-    }
-    fn handle_echo(&self, data: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        self.0.handle_echo(data)
-    }
-    fn handle_slow(&self, millis: i32) -> thrift::Result<i32> {
-        Ok(millis)
-    }
-    fn handle_retrieve(&self, uid: i32) -> thrift::Result<UserProfile> {
-        self.0.handle_retrieve(uid)
-    }
-    fn handle_store(&self, user: UserProfile) -> thrift::Result<()> {
-        self.0.handle_store(user)
-    }
-    fn handle_whoami(&self, fail: bool) -> thrift::Result<String> {
-        self.0.handle_whoami(fail)
-    }
-    fn handle_zip(&self) -> thrift::Result<()> {
-        self.0.handle_zip()
-    }
-    fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>> {
-        self.0.handle_profiles(count)
-    }
-}
-
 /// One server per wire format, with the default limits, in the order of [`FORMATS`].
 fn servers() -> &'static [ThriftServer] {
     static SERVERS: OnceLock<Vec<ThriftServer>> = OnceLock::new();
@@ -285,8 +251,9 @@ fn servers() -> &'static [ThriftServer] {
                     .workers(1)
                     .transport(transport)
                     .protocol(protocol);
-                let processor =
-                    CalculatorSyncProcessor::new(Handler(CalculatorService::new("reference")));
+                let processor = CalculatorSyncProcessor::new(
+                    CalculatorService::new("reference").never_sleeping(),
+                );
                 let server = ThriftServer::bind("127.0.0.1:0", processor, config).unwrap();
                 server.start().unwrap();
                 server

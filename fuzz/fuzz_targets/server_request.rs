@@ -18,41 +18,8 @@ use libfuzzer_sys::fuzz_target;
 #[path = "../../idl/service.rs"]
 mod service;
 
-use service::calculator::{CalculatorSyncHandler, CalculatorSyncProcessor, UserProfile};
+use service::calculator::CalculatorSyncProcessor;
 use service::CalculatorService;
-
-/// The reference handler, except that `slow` does not sleep.
-struct Handler(CalculatorService);
-
-impl CalculatorSyncHandler for Handler {
-    fn handle_ping(&self) -> thrift::Result<()> {
-        self.0.handle_ping()
-    }
-    fn handle_add(&self, num1: i32, num2: i32) -> thrift::Result<i32> {
-        self.0.handle_add(num1, num2)
-    }
-    fn handle_echo(&self, data: Vec<u8>) -> thrift::Result<Vec<u8>> {
-        self.0.handle_echo(data)
-    }
-    fn handle_slow(&self, millis: i32) -> thrift::Result<i32> {
-        Ok(millis)
-    }
-    fn handle_retrieve(&self, uid: i32) -> thrift::Result<UserProfile> {
-        self.0.handle_retrieve(uid)
-    }
-    fn handle_store(&self, user: UserProfile) -> thrift::Result<()> {
-        self.0.handle_store(user)
-    }
-    fn handle_whoami(&self, fail: bool) -> thrift::Result<String> {
-        self.0.handle_whoami(fail)
-    }
-    fn handle_zip(&self) -> thrift::Result<()> {
-        self.0.handle_zip()
-    }
-    fn handle_profiles(&self, count: i32) -> thrift::Result<Vec<UserProfile>> {
-        self.0.handle_profiles(count)
-    }
-}
 
 fn servers() -> &'static [ThriftServer] {
     static SERVERS: OnceLock<Vec<ThriftServer>> = OnceLock::new();
@@ -65,7 +32,7 @@ fn servers() -> &'static [ThriftServer] {
                     .transport(transport)
                     .protocol(protocol);
                 let processor =
-                    CalculatorSyncProcessor::new(Handler(CalculatorService::new("fuzz")));
+                    CalculatorSyncProcessor::new(CalculatorService::new("fuzz").never_sleeping());
                 let server = ThriftServer::bind("127.0.0.1:0", processor, config).unwrap();
                 server.start().unwrap();
                 servers.push(server);
