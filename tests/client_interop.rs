@@ -73,24 +73,6 @@ fn every_wire_format_against_the_python_server() {
     }
 }
 
-/// The path of an example binary, which `cargo test` builds next to the test binaries.
-fn example(name: &str) -> std::path::PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} was not built (run through cargo test)",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn the_example_client_passes_against_the_python_server() {
     if !support::python_peer_available("the_example_client_passes_against_the_python_server") {
@@ -98,7 +80,7 @@ fn the_example_client_passes_against_the_python_server() {
     }
     for (transport, protocol) in ALL_WIRE_FORMATS {
         let server = PythonServer::start(transport, protocol, "py");
-        let out = Command::new(example("calculator_client"))
+        let out = Command::new(support::example("calculator_client"))
             .args(["--addr", &server.addr])
             .args(support::wire_args(transport, protocol))
             .output()

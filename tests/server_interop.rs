@@ -4,67 +4,32 @@
 //! Needs `python3` with the `thrift` package. Without it the tests print `SKIPPED: ...` and pass,
 //! unless `BLOCKING_THRIFT_REQUIRE_PYTHON=1` is set, which makes them fail instead.
 
-#[path = "../idl/service.rs"]
-mod service;
+mod support;
 
-use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blocking_thrift::{Protocol, ServerConfig, ThriftServer, Transport};
-use service::calculator::CalculatorSyncProcessor;
-use service::CalculatorService;
+use support::calculator::CalculatorSyncProcessor;
+use support::{example, python_peer_available, wire_args, CalculatorService};
 
 /// Bound on one run of the Python client; it normally takes well under a second.
 const CLIENT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Whether Python's Thrift library is importable. When it is not, either says loudly that the
-/// calling test is skipped, or panics if `BLOCKING_THRIFT_REQUIRE_PYTHON=1` demands the peer.
-fn python_thrift_available(test: &str) -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "import thrift"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success());
-    if found {
-        return true;
-    }
-    let why = "`python3 -c \"import thrift\"` failed (install it with `pip install thrift`)";
-    if std::env::var("BLOCKING_THRIFT_REQUIRE_PYTHON").as_deref() == Ok("1") {
-        panic!("{test}: {why}, and BLOCKING_THRIFT_REQUIRE_PYTHON=1 requires it");
-    }
-    // Straight to stderr: the test harness captures `eprintln!` of passing tests.
-    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {test}: {why} ***\n");
-    false
-}
-
-fn peer_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/calculator_client.py")
-}
-
-fn wire_name(transport: Transport, protocol: Protocol) -> (&'static str, &'static str) {
-    let transport = match transport {
-        Transport::Framed => "framed",
-        Transport::Buffered => "buffered",
-    };
-    let protocol = match protocol {
-        Protocol::Binary => "binary",
-        Protocol::Compact => "compact",
-    };
-    (transport, protocol)
+/// Apache Thrift's Python client for the reference service.
+fn peer_script() -> String {
+    support::peer_script("calculator_client.py")
 }
 
 /// Serves the reference service in `transport`/`protocol` and has the Python client check
 /// every method against it.
 fn python_client_passes(test: &str, transport: Transport, protocol: Protocol) {
-    if !python_thrift_available(test) {
+    if !python_peer_available(test) {
         return;
     }
     let _ = env_logger::builder().is_test(true).try_init();
-    let (transport_name, protocol_name) = wire_name(transport, protocol);
-    let label = format!("rust-{transport_name}-{protocol_name}");
+    let wire = wire_args(transport, protocol);
+    let label = format!("rust-{}-{}", wire[1], wire[3]);
     let config = ServerConfig::default()
         .workers(2)
         .transport(transport)
@@ -76,7 +41,7 @@ fn python_client_passes(test: &str, transport: Transport, protocol: Protocol) {
     let mut client = Command::new("python3")
         .arg(peer_script())
         .args(["--addr", &server.local_addr().to_string()])
-        .args(["--transport", transport_name, "--protocol", protocol_name])
+        .args(wire)
         .args(["--expect-name", &label])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -145,28 +110,9 @@ fn python_client_buffered_compact() {
     );
 }
 
-/// The path of an example binary, which `cargo test` builds next to the test binaries.
-fn example(name: &str) -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} was not built (run through cargo test)",
-        path.display()
-    );
-    path
-}
-
 #[test]
 fn the_example_server_serves_the_python_client_and_stops_on_sigterm() {
-    if !python_thrift_available("the_example_server_serves_the_python_client_and_stops_on_sigterm")
-    {
+    if !python_peer_available("the_example_server_serves_the_python_client_and_stops_on_sigterm") {
         return;
     }
     use std::io::{BufRead, BufReader};

@@ -236,8 +236,27 @@ pub fn python_peer_available(test: &str) -> bool {
     ok
 }
 
-fn peer_script(name: &str) -> String {
+/// The path of a Python peer under `tests/peers`.
+pub fn peer_script(name: &str) -> String {
     format!("{}/tests/peers/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The path of an example binary, which `cargo test` builds next to the test binaries.
+pub fn example(name: &str) -> std::path::PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} was not built (run through cargo test)",
+        path.display()
+    );
+    path
 }
 
 pub fn wire_args(transport: Transport, protocol: Protocol) -> [&'static str; 4] {
