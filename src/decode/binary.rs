@@ -53,6 +53,21 @@ impl<S: Source> BinaryIn<S> {
     fn read_element_type(&mut self) -> thrift::Result<TType> {
         self.read_type().and_then(value_type)
     }
+
+    /// The element type and count that start a list or a set, the count backed by the bytes
+    /// left; enters one level of nesting.
+    fn read_list_set_begin(&mut self) -> thrift::Result<(TType, i32)> {
+        let element_type = self.read_element_type()?;
+        let size = self.read_i32()?;
+        let size = backed_count(
+            &mut self.src,
+            size.into(),
+            min_size(element_type),
+            self.max_elements,
+        )?;
+        self.depth.enter()?;
+        Ok((element_type, size))
+    }
 }
 
 /// The type with binary protocol code `b`.
@@ -194,15 +209,7 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
     }
 
     fn read_list_begin(&mut self) -> thrift::Result<TListIdentifier> {
-        let element_type = self.read_element_type()?;
-        let size = self.read_i32()?;
-        let size = backed_count(
-            &mut self.src,
-            size.into(),
-            min_size(element_type),
-            self.max_elements,
-        )?;
-        self.depth.enter()?;
+        let (element_type, size) = self.read_list_set_begin()?;
         Ok(TListIdentifier::new(element_type, size))
     }
 
@@ -212,15 +219,7 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
     }
 
     fn read_set_begin(&mut self) -> thrift::Result<TSetIdentifier> {
-        let element_type = self.read_element_type()?;
-        let size = self.read_i32()?;
-        let size = backed_count(
-            &mut self.src,
-            size.into(),
-            min_size(element_type),
-            self.max_elements,
-        )?;
-        self.depth.enter()?;
+        let (element_type, size) = self.read_list_set_begin()?;
         Ok(TSetIdentifier::new(element_type, size))
     }
 
