@@ -237,8 +237,6 @@ impl<C: Send + 'static> ThriftClient<C> {
     pub fn stats(&self) -> ClientStats {
         let s = &self.inner.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let counts = self.inner.pool.counts();
-        let open = get(&counts.open);
         ClientStats {
             calls: s.calls.get() + s.rejected.get(),
             successes: s.successes.get(),
@@ -252,7 +250,7 @@ impl<C: Send + 'static> ThriftClient<C> {
             protocol_errors: get(&s.protocol_errors),
             application_errors: get(&s.application_errors),
             rejected: s.rejected.get(),
-            connections_open: open,
+            connections_open: self.inner.pool.open_connections(),
             connections_idle: self.inner.pool.idle_connections(),
             breaker: self.inner.breaker.state(),
         }

@@ -36,20 +36,15 @@ pub(crate) type MakeClient<C> = dyn Fn(InputProtocol, OutputProtocol) -> C + Sen
 pub(crate) struct Live<C> {
     pub(crate) client: C,
     pub(crate) state: Arc<ConnState>,
-    counts: Arc<Counts>,
+    /// The pool's count of open connections, which this one leaves on drop.
+    open: Arc<AtomicU64>,
 }
 
 impl<C> Drop for Live<C> {
     fn drop(&mut self) {
         self.state.shutdown();
-        self.counts.open.fetch_sub(1, Ordering::Relaxed);
+        self.open.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Connection counters the pool keeps for the client's stats.
-#[derive(Debug, Default)]
-pub(crate) struct Counts {
-    pub(crate) open: AtomicU64,
 }
 
 /// r2d2's "connection": a permit to use one of the pool's cells. r2d2 bounds how many are
@@ -91,6 +86,19 @@ enum CellState<C> {
     Busy,
 }
 
+impl<C> CellState<C> {
+    /// Takes the connection of an idle cell, which becomes busy; leaves any other cell alone.
+    fn take_idle(&mut self) -> Option<Live<C>> {
+        match std::mem::replace(self, CellState::Busy) {
+            CellState::Idle(live) => Some(live),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+}
+
 /// A cell on a cache line of its own: threads that keep to their own cells do not share one.
 #[repr(align(128))]
 struct Cell<C>(Mutex<CellState<C>>);
@@ -130,7 +138,8 @@ pub(crate) struct Pool<C: Send + 'static> {
     make: Arc<MakeClient<C>>,
     tokens: r2d2::Pool<TokenManager>,
     cells: Box<[Cell<C>]>,
-    counts: Arc<Counts>,
+    /// Connections open now, idle or busy.
+    open: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
 }
 
@@ -194,7 +203,7 @@ impl<C: Send + 'static> Pool<C> {
             make,
             tokens,
             cells,
-            counts: Arc::new(Counts::default()),
+            open: Arc::new(AtomicU64::new(0)),
             closed,
         }
     }
@@ -244,33 +253,19 @@ impl<C: Send + 'static> Pool<C> {
     /// is idle or empty; a pass can still miss it while other threads move, hence the loop.
     fn take_cell(&self) -> (usize, Option<Live<C>>) {
         if let Some(index) = last_cell(self.id) {
-            if let Some(cell) = self.cells.get(index) {
-                let mut state = cell.0.lock();
-                if matches!(*state, CellState::Idle(_)) {
-                    let CellState::Idle(live) = std::mem::replace(&mut *state, CellState::Busy)
-                    else {
-                        unreachable!("matched as idle")
-                    };
-                    return (index, Some(live));
-                }
+            if let Some(live) = self.cells.get(index).and_then(|c| c.0.lock().take_idle()) {
+                return (index, Some(live));
             }
         }
         loop {
             let mut empty = None;
             for (index, cell) in self.cells.iter().enumerate() {
                 let mut state = cell.0.lock();
-                match &*state {
-                    CellState::Idle(_) => {
-                        let CellState::Idle(live) = std::mem::replace(&mut *state, CellState::Busy)
-                        else {
-                            unreachable!("matched as idle")
-                        };
-                        return (index, Some(live));
-                    }
-                    CellState::Empty => {
-                        empty.get_or_insert(index);
-                    }
-                    CellState::Busy => {}
+                if let Some(live) = state.take_idle() {
+                    return (index, Some(live));
+                }
+                if matches!(*state, CellState::Empty) {
+                    empty.get_or_insert(index);
                 }
             }
             if let Some(index) = empty {
@@ -327,11 +322,11 @@ impl<C: Send + 'static> Pool<C> {
         log::debug!(target: "blocking_thrift::pool", "{}: connection opened", self.endpoint);
         let input = protocol::input(self.config.protocol, reader, self.config.limits());
         let output = protocol::output(self.config.protocol, writer);
-        self.counts.open.fetch_add(1, Ordering::Relaxed);
+        self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             client: (self.make)(input, output),
             state,
-            counts: self.counts.clone(),
+            open: self.open.clone(),
         })
     }
 
@@ -343,8 +338,9 @@ impl<C: Send + 'static> Pool<C> {
             .count() as u64
     }
 
-    pub(crate) fn counts(&self) -> &Counts {
-        &self.counts
+    /// Connections open now, idle or busy.
+    pub(crate) fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
     }
 
     /// Closes every idle connection now and every busy one when its call returns.
@@ -353,10 +349,11 @@ impl<C: Send + 'static> Pool<C> {
         for cell in self.cells.iter() {
             let idle = {
                 let mut state = cell.0.lock();
-                match &*state {
-                    CellState::Idle(_) => std::mem::replace(&mut *state, CellState::Empty),
-                    _ => CellState::Empty,
+                let idle = state.take_idle();
+                if idle.is_some() {
+                    *state = CellState::Empty;
                 }
+                idle
             };
             // Closed outside the lock.
             drop(idle);
@@ -372,7 +369,7 @@ impl<C: Send + 'static> fmt::Debug for Pool<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("endpoint", &self.endpoint)
-            .field("open", &self.counts.open.load(Ordering::Relaxed))
+            .field("open", &self.open_connections())
             .finish()
     }
 }
@@ -444,7 +441,7 @@ mod tests {
                 pool.checkin(again);
             }
         });
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 2);
+        assert_eq!(pool.open_connections(), 2);
     }
 
     #[test]
@@ -460,17 +457,17 @@ mod tests {
                 pool.checkin(second);
             });
         });
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.open_connections(), 1);
     }
 
     #[test]
     fn a_checkout_dropped_without_checkin_closes_its_connection_and_frees_its_cell() {
         let pool = pool(listener(), 1);
         drop(pool.checkout(None).unwrap());
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.open_connections(), 0);
         // The only cell was left busy; the token's next holder frees it.
         let again = pool.checkout(None).unwrap();
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.open_connections(), 1);
         pool.checkin(again);
     }
 
@@ -483,7 +480,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..150 {
                         let mut checkout = pool.checkout(None).unwrap();
-                        assert!(pool.counts().open.load(Ordering::Relaxed) <= 3);
+                        assert!(pool.open_connections() <= 3);
                         match (t + i) % 13 {
                             // A call whose connection broke.
                             0 => {
@@ -499,12 +496,12 @@ mod tests {
             }
         });
         // The last calls may have broken every connection; whatever is open is idle now.
-        let open = pool.counts().open.load(Ordering::Relaxed);
+        let open = pool.open_connections();
         assert!(open <= 3, "{open} connections open");
         assert_eq!(pool.idle_connections(), open);
         // Every place is free again: as many checkouts as the pool holds succeed at once.
         let all: Vec<_> = (0..3).map(|_| pool.checkout(None).unwrap()).collect();
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 3);
+        assert_eq!(pool.open_connections(), 3);
         for checkout in all {
             pool.checkin(checkout);
         }
@@ -516,11 +513,11 @@ mod tests {
         let idle = pool.checkout(None).unwrap();
         let busy = pool.checkout(None).unwrap();
         pool.checkin(idle);
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 2);
+        assert_eq!(pool.open_connections(), 2);
         pool.close();
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 1);
+        assert_eq!(pool.open_connections(), 1);
         pool.checkin(busy);
-        assert_eq!(pool.counts().open.load(Ordering::Relaxed), 0);
+        assert_eq!(pool.open_connections(), 0);
         assert!(matches!(pool.checkout(None), Err(Error::Closed)));
     }
 }
