@@ -769,7 +769,6 @@ fn table(results: &Results, cells: &[Cell]) -> String {
 /// both sides of a ratio alike, while no stack always runs first or last.
 fn round_order(cells: &[Cell], seed: u64) -> Vec<Cell> {
     let mut groups: Vec<(Payload, usize)> = cells.iter().map(|c| (c.payload, c.clients)).collect();
-    groups.dedup();
     groups.sort();
     groups.dedup();
     shuffle(&mut groups, seed);

@@ -214,9 +214,14 @@ impl Shared {
             }
             return;
         }
-        if self.work_tx.len() > self.free_workers.load(Ordering::Relaxed) {
+        if self.short_of_workers() {
             self.shortage.note(Instant::now());
         }
+    }
+
+    /// Whether more connections are queued than free workers will take.
+    fn short_of_workers(&self) -> bool {
+        self.work_tx.len() > self.free_workers.load(Ordering::Relaxed)
     }
 
     /// Hands a connection back to the poller to wait for bytes until `expires`.

@@ -437,8 +437,7 @@ impl Conn {
 /// still waking up to take it would otherwise make every busy worker park its connection too,
 /// and those would come back through the poller, queued, making the next ones park.
 fn worker_wanted(shared: &Shared) -> bool {
-    shared.work_tx.len() > shared.free_workers.load(Ordering::Relaxed)
-        || shared.stopping.load(Ordering::Relaxed)
+    shared.short_of_workers() || shared.stopping.load(Ordering::Relaxed)
 }
 
 /// What one read took in.
