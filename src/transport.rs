@@ -524,6 +524,7 @@ pub(crate) struct Writer {
 
 impl Writer {
     /// Drops a request over the size limit before any of it is sent.
+    #[cold]
     fn refuse(&mut self, len: usize) -> io::Error {
         self.reset();
         self.state.oversized.store(len as u64, Ordering::Relaxed);
@@ -548,7 +549,16 @@ impl Writer {
 }
 
 impl Write for Writer {
+    #[inline]
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_all(data)?;
+        Ok(data.len())
+    }
+
+    /// Takes all of `data` or none: the protocols write a message in many small pieces, so
+    /// this is kept small enough to inline into them.
+    #[inline]
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
         let header = if self.framed { 4 } else { 0 };
         let len = self.buf.len() - header + data.len();
         // Refused as soon as it is too large, so a huge request is never held in memory.
@@ -556,7 +566,7 @@ impl Write for Writer {
             return Err(self.refuse(len));
         }
         self.buf.extend_from_slice(data);
-        Ok(data.len())
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
