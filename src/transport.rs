@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Socket, Type};
@@ -71,26 +71,39 @@ fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     Ok(socket.into())
 }
 
-fn since_epoch(at: Instant) -> u64 {
-    at.saturating_duration_since(epoch()).as_nanos() as u64
+/// The monotonic clock that `Instant` reads, in nanoseconds: a call reads it at each step, and
+/// as one integer it is cheaper to read, store and subtract than an `Instant`.
+fn now_nanos() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is valid and writable for the duration of the call, which keeps no pointer
+    // to it. CLOCK_MONOTONIC exists on every system this crate builds for, so it cannot fail.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
+    }
+    (now.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(now.tv_nsec as u64)
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// What a connection's reader, writer and owner share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
     stream: TcpStream,
-    /// Nanoseconds after `epoch()` at which the current call's time runs out.
+    /// When the current call's time runs out, on [`now_nanos`]'s clock.
     deadline: AtomicU64,
     timed_out: AtomicBool,
     broken: AtomicBool,
     /// The reader holds bytes, or owes bytes of a frame, that no call has asked for.
     leftover: AtomicBool,
-    /// When a read last brought bytes, in nanoseconds after `epoch()`.
+    /// When a read last brought bytes, on [`now_nanos`]'s clock.
     last_heard: AtomicU64,
     /// The size of a request refused for exceeding `max_message_size` (0: none); nothing of
     /// it was sent, so the connection stays usable.
@@ -102,7 +115,7 @@ impl ConnState {
     /// Starts the clock of a call: everything it sends and reads must be done within `budget`.
     pub(crate) fn arm(&self, budget: Duration) {
         self.deadline
-            .store(since_epoch(Instant::now() + budget), Ordering::Relaxed);
+            .store(now_nanos().saturating_add(nanos(budget)), Ordering::Relaxed);
         self.timed_out.store(false, Ordering::Relaxed);
         self.oversized.store(0, Ordering::Relaxed);
     }
@@ -113,10 +126,6 @@ impl ConnState {
             0 => None,
             bytes => Some((bytes as usize, self.max_message_size)),
         }
-    }
-
-    fn deadline(&self) -> Instant {
-        epoch() + Duration::from_nanos(self.deadline.load(Ordering::Relaxed))
     }
 
     pub(crate) fn timed_out(&self) -> bool {
@@ -158,8 +167,7 @@ impl ConnState {
             return false;
         }
         let heard = self.last_heard.load(Ordering::Relaxed);
-        let quiet = since_epoch(Instant::now()).saturating_sub(heard);
-        if u128::from(quiet) < unchecked.as_nanos() {
+        if now_nanos().saturating_sub(heard) < nanos(unchecked) {
             return true;
         }
         let mut byte = [MaybeUninit::<u8>::uninit()];
@@ -243,10 +251,11 @@ fn bounded<T>(
     direction: Direction,
     mut op: impl FnMut(&TcpStream) -> io::Result<T>,
 ) -> io::Result<T> {
-    let deadline = state.deadline();
+    let deadline = state.deadline.load(Ordering::Relaxed);
+    let left_at = |now: u64| Duration::from_nanos(deadline.saturating_sub(now));
     loop {
-        let now = Instant::now();
-        let left = deadline.saturating_duration_since(now);
+        let now = now_nanos();
+        let left = left_at(now);
         if left.is_zero() {
             return Err(timed_out(state));
         }
@@ -258,7 +267,7 @@ fn bounded<T>(
             Ok(v) => {
                 if let Direction::Read = direction {
                     // The peer was there at least as late as this: it answered.
-                    state.last_heard.store(since_epoch(now), Ordering::Relaxed);
+                    state.last_heard.store(now, Ordering::Relaxed);
                 }
                 return Ok(v);
             }
@@ -271,7 +280,7 @@ fn bounded<T>(
             {
                 // The socket timeout may have been lowered for an earlier call: widen it to
                 // what is left of this one and go on, or give up if nothing is left.
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = left_at(now_nanos());
                 if left.is_zero() {
                     return Err(timed_out(state));
                 }
