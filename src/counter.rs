@@ -22,8 +22,17 @@ impl Striped {
         self.0[stripe()].0.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Takes one off, for a count that goes down as well as up (how many workers are busy). A
+    /// stripe may wrap below zero when another thread added the one taken off; the sum is
+    /// still right.
+    pub(crate) fn unbump(&self) {
+        self.0[stripe()].0.fetch_sub(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn get(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+        self.0
+            .iter()
+            .fold(0, |sum, s| sum.wrapping_add(s.0.load(Ordering::Relaxed)))
     }
 }
 
@@ -61,5 +70,18 @@ mod tests {
             }
         });
         assert_eq!(counter.get(), 12_000);
+    }
+
+    #[test]
+    fn a_count_taken_down_on_another_thread_still_adds_up() {
+        let busy = Striped::default();
+        busy.bump();
+        busy.bump();
+        std::thread::scope(|s| {
+            s.spawn(|| busy.unbump());
+        });
+        assert_eq!(busy.get(), 1);
+        busy.unbump();
+        assert_eq!(busy.get(), 0);
     }
 }

@@ -28,6 +28,8 @@ use polling::{Event, Poller};
 use socket2::{Domain, Socket, Type};
 use thrift::server::TProcessor;
 
+use crate::counter::Striped;
+
 use self::conn::{Conn, Next};
 use self::poller::{Registered, Table, LISTENER};
 
@@ -171,10 +173,13 @@ struct Counters {
     accepted: AtomicU64,
     bad_requests: AtomicU64,
     rejected: AtomicU64,
-    requests: AtomicU64,
+    /// Bumped by every request: striped, so that workers on different CPUs do not pass one
+    /// cache line back and forth.
+    requests: Striped,
     errors: AtomicU64,
     panics: AtomicU64,
-    busy: AtomicUsize,
+    /// Workers running the processor; striped as `requests` is.
+    busy: Striped,
 }
 
 enum State {
@@ -545,14 +550,14 @@ impl ThriftServer {
         let counters = &self.shared.counters;
         ServerStats {
             workers: self.shared.config.workers,
-            busy_workers: counters.busy.load(Ordering::Relaxed),
+            busy_workers: counters.busy.get() as usize,
             open_connections: open,
             idle_connections: idle,
             waiting_bytes: held,
             queued_connections: self.shared.work_tx.len(),
             accepted_connections: counters.accepted.load(Ordering::Relaxed),
             rejected_connections: counters.rejected.load(Ordering::Relaxed),
-            requests: counters.requests.load(Ordering::Relaxed),
+            requests: counters.requests.get(),
             bad_requests: counters.bad_requests.load(Ordering::Relaxed),
             errors: counters.errors.load(Ordering::Relaxed),
             panics: counters.panics.load(Ordering::Relaxed),

@@ -272,8 +272,8 @@ impl Conn {
     fn answer(&mut self, shared: &Shared, request: &Request) -> Result<(), Closed> {
         let config = &shared.config;
         let counters = &shared.counters;
-        counters.busy.fetch_add(1, Ordering::Relaxed);
-        counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.busy.bump();
+        counters.requests.bump();
         let message = &self.input.available()[request.skip..request.skip + request.len];
         self.output.clear();
         // The response is sent before closing for what comes after.
@@ -318,7 +318,7 @@ impl Conn {
             self.send(config.transport)?;
             close_after.map_or(Ok(()), Err)
         });
-        counters.busy.fetch_sub(1, Ordering::Relaxed);
+        counters.busy.unbump();
         sent
     }
 
