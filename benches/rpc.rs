@@ -11,7 +11,10 @@
 //! Every cell (stack x payload x client threads) runs once per round, in a shuffled order
 //! that keeps the stacks of one payload and client count together, so drift over the run
 //! touches all cells alike and both sides of a ratio at nearly the same time; the report gives
-//! the median and the range over rounds, and each ratio is the median of the same-round ratios. Clients and servers share this process, so CPU per call is the whole
+//! the median and the range over rounds, and each ratio is the median of the same-round ratios.
+//! Each cell runs in a process of its own (this binary again, with `--cell`), which starts the
+//! servers the cell needs, so no cell inherits threads, connections or their placement on the
+//! CPUs from the cells before it. Clients and servers share that process, so CPU per call is the
 //! process's user plus system time (getrusage) over the measured window, divided by calls.
 
 mod support;
@@ -128,6 +131,8 @@ struct Options {
     extras: bool,
     /// Run single-client cells with every thread on one CPU.
     pin_single: bool,
+    /// Run only this cell, once, in this process, and print its outcome (see [`Outcome::line`]).
+    cell: Option<String>,
 }
 
 impl Options {
@@ -145,6 +150,7 @@ impl Options {
                 filter: None,
                 extras: true,
                 pin_single: true,
+                cell: None,
             }
         } else {
             Options {
@@ -160,6 +166,7 @@ impl Options {
                 filter: None,
                 extras: true,
                 pin_single: true,
+                cell: None,
             }
         };
         let mut args = args.into_iter();
@@ -181,6 +188,7 @@ impl Options {
                 }
                 "--no-extras" => o.extras = false,
                 "--no-pin" => o.pin_single = false,
+                "--cell" => o.cell = Some(value("--cell")),
                 other => usage(&format!("unknown argument {other:?}")),
             }
         }
@@ -208,7 +216,7 @@ fn usage(problem: &str) -> ! {
     std::process::exit(2);
 }
 
-/// Everything the cells talk to; started once and kept for the whole run.
+/// Everything a cell talks to, started in the cell's own process.
 struct Servers {
     floor: BTreeMap<Payload, (SocketAddr, Arc<Vec<u8>>, usize)>,
     stock: Option<SocketAddr>,
@@ -269,9 +277,25 @@ struct Memory {
     accepted: usize,
 }
 
-/// Opens the idle connections of the `ours+1k-idle` cell to a server of their own, measuring
-/// the resident memory they cost on the way.
-fn hold_idle_connections(servers: &mut Servers) -> Memory {
+/// Starts the server of the `ours+1k-idle` cell and opens its idle connections; returns once
+/// the server has accepted them all (or 10 s have passed).
+fn start_idle(servers: &mut Servers) {
+    let server = peers::start_ours("idle");
+    servers.held = open_idle(server.local_addr(), IDLE_CONNECTIONS);
+    await_open(&server, IDLE_CONNECTIONS);
+    servers.idle = Some(server);
+}
+
+fn await_open(server: &ThriftServer, connections: usize) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while server.stats().open_connections < connections && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The resident memory idle connections cost our server, measured in this process before any
+/// cell runs.
+fn idle_memory() -> Memory {
     let rss = || sys::rss_bytes().unwrap_or(0) as f64;
     let settle = || std::thread::sleep(Duration::from_millis(300));
 
@@ -294,16 +318,12 @@ fn hold_idle_connections(servers: &mut Servers) -> Memory {
     let server = peers::start_ours("idle");
     settle();
     let before = rss();
-    servers.held = open_idle(server.local_addr(), IDLE_CONNECTIONS);
-    let until = Instant::now() + Duration::from_secs(10);
-    while server.stats().open_connections < IDLE_CONNECTIONS && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let held = open_idle(server.local_addr(), IDLE_CONNECTIONS);
+    await_open(&server, IDLE_CONNECTIONS);
     settle();
     let gross = (rss() - before) / IDLE_CONNECTIONS as f64;
     let open = server.stats().open_connections;
-    servers.idle = Some(server);
-    drop((clients, accepted));
+    drop((held, server, clients, accepted));
     Memory {
         baseline,
         gross,
@@ -391,6 +411,89 @@ enum Outcome {
     Measured(Sample),
     Starved,
     Failed(String),
+}
+
+impl Outcome {
+    /// How a cell's process reports its outcome: one line on stdout.
+    fn line(&self) -> String {
+        match self {
+            Outcome::Measured(s) => format!(
+                "measured {} {} {} {} {} {}",
+                s.calls_per_sec, s.p50, s.p99, s.p999, s.cpu_per_call, s.client_cpu_per_call
+            ),
+            Outcome::Starved => "starved".into(),
+            Outcome::Failed(why) => format!("failed {}", why.replace('\n', " ")),
+        }
+    }
+
+    fn parse(line: &str) -> Outcome {
+        let (kind, rest) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
+        match kind {
+            "measured" => {
+                let v: Vec<f64> = rest.split(' ').filter_map(|x| x.parse().ok()).collect();
+                match v[..] {
+                    [calls_per_sec, p50, p99, p999, cpu_per_call, client_cpu_per_call] => {
+                        Outcome::Measured(Sample {
+                            round: 0,
+                            calls_per_sec,
+                            p50,
+                            p99,
+                            p999,
+                            cpu_per_call,
+                            client_cpu_per_call,
+                        })
+                    }
+                    _ => Outcome::Failed(format!("unreadable report {line:?}")),
+                }
+            }
+            "starved" => Outcome::Starved,
+            "failed" => Outcome::Failed(rest.to_owned()),
+            _ => Outcome::Failed(format!("unreadable report {line:?}")),
+        }
+    }
+}
+
+/// Runs `cell` in a new process of this binary and reads its outcome.
+fn run_in_own_process(cell: Cell, options: &Options) -> Outcome {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return Outcome::Failed(format!("cannot find this binary: {e}")),
+    };
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["--cell", &cell.label()])
+        .args(["--warmup-ms", &options.warmup.as_millis().to_string()])
+        .args(["--duration-ms", &options.duration.as_millis().to_string()])
+        .stderr(std::process::Stdio::inherit());
+    if options.quick {
+        command.arg("--quick");
+    }
+    if !options.pin_single {
+        command.arg("--no-pin");
+    }
+    match command.output() {
+        Ok(out) => match String::from_utf8_lossy(&out.stdout).lines().last() {
+            Some(line) => Outcome::parse(line),
+            None => Outcome::Failed(format!(
+                "the cell's process reported nothing ({})",
+                out.status
+            )),
+        },
+        Err(e) => Outcome::Failed(format!("cannot start the cell's process: {e}")),
+    }
+}
+
+/// The body of a cell's process: its servers, the cell once, the outcome on stdout.
+fn run_alone(cell: Cell, options: &Options) -> ! {
+    let mut servers = Servers::start(&[cell]);
+    if cell.stack == Stack::OursIdle {
+        start_idle(&mut servers);
+    }
+    let outcome = run_cell(cell, &servers, options);
+    println!("{}", outcome.line());
+    let _ = io::stdout().flush();
+    // Stuck client threads and the stock TServer's threads cannot be stopped; end regardless.
+    std::process::exit(0);
 }
 
 fn new_histogram() -> Histogram<u64> {
@@ -817,14 +920,18 @@ fn main() {
         clients: IDLE_CELL_CLIENTS,
         stack: Stack::OursIdle,
     });
+    if let Some(label) = &options.cell {
+        match cells.iter().find(|c| c.label() == *label) {
+            Some(&cell) => run_alone(cell, &options),
+            None => usage(&format!("no cell {label:?}")),
+        }
+    }
     cells.retain(|c| options.selects(c));
     if cells.is_empty() {
         usage("--filter selects no cell");
     }
 
-    let mut servers = Servers::start(&cells);
-    let memory = (options.extras || cells.iter().any(|c| c.stack == Stack::OursIdle))
-        .then(|| hold_idle_connections(&mut servers));
+    let memory = options.extras.then(idle_memory);
 
     let mut results = Results::default();
     for round in 0..options.rounds {
@@ -835,7 +942,7 @@ fn main() {
             if results.starved.contains(&cell) || results.failed.contains_key(&cell) {
                 continue;
             }
-            match run_cell(cell, &servers, &options) {
+            match run_in_own_process(cell, &options) {
                 Outcome::Measured(sample) => results
                     .samples
                     .entry(cell)
@@ -878,8 +985,9 @@ fn main() {
     let _ = writeln!(
         report,
         "Loopback only. {} rounds; in each, the (payload, clients) groups run in a shuffled order, and \
-         the stacks of a group back to back, also shuffled. Per cell {} ms warm-up on fresh \
-         connections, then {} ms measured. Figures are medians over rounds (calls/s also min–max); \
+         the stacks of a group back to back, also shuffled. Each cell runs in a process of its \
+         own with fresh servers, so none inherits threads, connections or their placement on the \
+         CPUs from the cells before it. Per cell {} ms warm-up, then {} ms measured. Figures are medians over rounds (calls/s also min–max); \
          a ratio is the median over rounds of the two cells' ratio in the same round. \
          Both servers run {SERVER_WORKERS} worker threads whatever the number of clients. A cell is \
          starved when some client finished no call within {} s. CPU per call is the whole process \
