@@ -7,10 +7,16 @@
 //! socket when its cell has none. That keeps every phase's timeout and error exact, and no
 //! socket is touched while nobody calls (an open breaker stays quiet). Keeping connections in
 //! cells of our own, not inside r2d2's idle list, lets a thread take back its own connection.
+//!
+//! While no caller waits for r2d2, an idle connection keeps the token of the call that left
+//! it, so a thread calling again takes its cell back without going through r2d2's one lock,
+//! which every client thread would otherwise take twice a call. A caller that finds r2d2 out
+//! of tokens takes an idle connection's kept token instead; one that has to wait makes every
+//! call that ends give its token back to r2d2, which hands it on.
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -81,20 +87,45 @@ impl r2d2::ManageConnection for TokenManager {
 /// holder always finds a cell that is idle or empty.
 enum CellState<C> {
     Empty,
-    Idle(Live<C>),
+    /// An idle connection, with the token its last call kept if no caller was waiting then.
+    Idle(Box<Live<C>>, Option<Lent>),
     /// Taken by a token's holder, with or without a connection.
     Busy,
 }
 
+/// A token as r2d2 lends it, boxed: a call moves its token and connection in and out of a cell,
+/// and through the results on the way, so both are kept behind a pointer.
+type Lent = Box<r2d2::PooledConnection<TokenManager>>;
+
+/// Marks `token` as holding `cell`, so that the cell is freed should the checkout be dropped
+/// without a check-in.
+fn claiming(mut token: Lent, cell: usize) -> Lent {
+    token.claim = Some(cell);
+    token
+}
+
 impl<C> CellState<C> {
-    /// Takes the connection of an idle cell, which becomes busy; leaves any other cell alone.
-    fn take_idle(&mut self) -> Option<Live<C>> {
+    /// Takes the connection of an idle cell, and the token it kept if any; the cell becomes
+    /// busy. Leaves any other cell alone.
+    fn take_idle(&mut self) -> Option<(Box<Live<C>>, Option<Lent>)> {
         match std::mem::replace(self, CellState::Busy) {
-            CellState::Idle(live) => Some(live),
+            CellState::Idle(live, kept) => Some((live, kept)),
             other => {
                 *self = other;
                 None
             }
+        }
+    }
+
+    /// Takes the connection and token of an idle cell that kept its token; the cell becomes
+    /// busy. Leaves any other cell alone.
+    fn take_kept(&mut self) -> Option<(Box<Live<C>>, Lent)> {
+        if !matches!(self, CellState::Idle(_, Some(_))) {
+            return None;
+        }
+        match self.take_idle() {
+            Some((live, Some(token))) => Some((live, token)),
+            _ => unreachable!("checked to be idle with a token"),
         }
     }
 }
@@ -106,9 +137,9 @@ struct Cell<C>(Mutex<CellState<C>>);
 /// A token, the cell it took and the open connection in it. Give it back with
 /// [`Pool::checkin`]; dropped instead, it closes its connection.
 pub(crate) struct Checkout<C> {
-    live: Option<Live<C>>,
+    live: Option<Box<Live<C>>>,
     cell: usize,
-    token: r2d2::PooledConnection<TokenManager>,
+    token: Lent,
 }
 
 impl<C> Checkout<C> {
@@ -141,6 +172,28 @@ pub(crate) struct Pool<C: Send + 'static> {
     /// Connections open now, idle or busy.
     open: Arc<AtomicU64>,
     closed: Arc<AtomicBool>,
+    /// Callers about to wait, or waiting, for a token from r2d2: while there are any, calls
+    /// that end give their tokens back to r2d2 instead of keeping them.
+    waiting: AtomicUsize,
+}
+
+/// A caller counted in [`Pool::waiting`] for as long as this lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(waiting: &'a AtomicUsize) -> Self {
+        waiting.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `Pool::checkin`: either that check-in sees this caller and
+        // gives its token to r2d2, or this caller's next look at the cells sees it kept.
+        fence(Ordering::SeqCst);
+        Waiting(waiting)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 thread_local! {
@@ -205,30 +258,20 @@ impl<C: Send + 'static> Pool<C> {
             cells,
             open: Arc::new(AtomicU64::new(0)),
             closed,
+            waiting: AtomicUsize::new(0),
         }
     }
 
     /// Takes a token and a cell with a working connection in it, opening one if needed.
     /// The pool wait and the connect are each cut to what is left until `deadline`, if any.
     pub(crate) fn checkout(&self, deadline: Option<Instant>) -> Result<Checkout<C>, Error> {
-        let wait = within(self.config.pool_timeout, deadline);
-        let mut token = match self.tokens.try_get() {
-            Some(token) => token,
-            None if wait.is_zero() => return Err(Error::Timeout(Timeout::PoolWait)),
-            None => self
-                .tokens
-                .get_timeout(wait)
-                .map_err(|_| Error::Timeout(Timeout::PoolWait))?,
-        };
-        if let Some(stranded) = token.claim.take() {
-            *self.cells[stranded].0.lock() = CellState::Empty;
-        }
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let (cell, live) = self.take_cell();
-        token.claim = Some(cell);
-        let mut checkout = Checkout { live, cell, token };
+        let mut checkout = match self.take_own_kept() {
+            Some(checkout) => checkout,
+            None => self.checkout_with_token(deadline)?,
+        };
         if let Some(live) = &checkout.live {
             if live.state.is_reusable(self.config.reuse_unchecked) {
                 return Ok(checkout);
@@ -238,7 +281,7 @@ impl<C: Send + 'static> Pool<C> {
         }
         match self.open(within(self.config.connect_timeout, deadline)) {
             Ok(live) => {
-                checkout.live = Some(live);
+                checkout.live = Some(Box::new(live));
                 Ok(checkout)
             }
             Err(err) => {
@@ -248,12 +291,75 @@ impl<C: Send + 'static> Pool<C> {
         }
     }
 
+    /// This thread's last cell, if it is idle and kept its token: a thread calling again, the
+    /// common case, needs nothing from r2d2.
+    fn take_own_kept(&self) -> Option<Checkout<C>> {
+        let cell = last_cell(self.id)?;
+        let (live, token) = self.cells.get(cell)?.0.lock().take_kept()?;
+        Some(Checkout {
+            live: Some(live),
+            cell,
+            token: claiming(token, cell),
+        })
+    }
+
+    /// Any idle cell that kept its token: for a caller that finds r2d2 out of tokens.
+    fn take_any_kept(&self) -> Option<Checkout<C>> {
+        self.cells.iter().enumerate().find_map(|(cell, c)| {
+            let (live, token) = c.0.lock().take_kept()?;
+            Some(Checkout {
+                live: Some(live),
+                cell,
+                token: claiming(token, cell),
+            })
+        })
+    }
+
+    /// A token from r2d2, or a kept one, and a cell for it.
+    fn checkout_with_token(&self, deadline: Option<Instant>) -> Result<Checkout<C>, Error> {
+        let mut token = match self.tokens.try_get() {
+            Some(token) => Box::new(token),
+            None => {
+                if let Some(checkout) = self.take_any_kept() {
+                    return Ok(checkout);
+                }
+                let wait = within(self.config.pool_timeout, deadline);
+                if wait.is_zero() {
+                    return Err(Error::Timeout(Timeout::PoolWait));
+                }
+                let _waiting = Waiting::new(&self.waiting);
+                // A call may have ended and kept its token since the look above.
+                if let Some(checkout) = self.take_any_kept() {
+                    return Ok(checkout);
+                }
+                self.tokens
+                    .get_timeout(wait)
+                    .map(Box::new)
+                    .map_err(|_| Error::Timeout(Timeout::PoolWait))?
+            }
+        };
+        if let Some(stranded) = token.claim.take() {
+            *self.cells[stranded].0.lock() = CellState::Empty;
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        let (cell, live) = self.take_cell();
+        Ok(Checkout {
+            live,
+            cell,
+            token: claiming(token, cell),
+        })
+    }
+
     /// Marks a cell busy and takes its connection: this thread's last cell if it is idle, else
     /// the first idle one, else the first empty one. The caller holds a token, so one of them
-    /// is idle or empty; a pass can still miss it while other threads move, hence the loop.
-    fn take_cell(&self) -> (usize, Option<Live<C>>) {
+    /// is idle or empty; a pass can still miss it while other threads move, hence the loop. A
+    /// token the idle cell kept goes back to r2d2: the caller has one.
+    fn take_cell(&self) -> (usize, Option<Box<Live<C>>>) {
         if let Some(index) = last_cell(self.id) {
-            if let Some(live) = self.cells.get(index).and_then(|c| c.0.lock().take_idle()) {
+            if let Some((live, kept)) = self.cells.get(index).and_then(|c| c.0.lock().take_idle()) {
+                drop(kept);
                 return (index, Some(live));
             }
         }
@@ -261,7 +367,9 @@ impl<C: Send + 'static> Pool<C> {
             let mut empty = None;
             for (index, cell) in self.cells.iter().enumerate() {
                 let mut state = cell.0.lock();
-                if let Some(live) = state.take_idle() {
+                if let Some((live, kept)) = state.take_idle() {
+                    drop(state);
+                    drop(kept);
                     return (index, Some(live));
                 }
                 if matches!(*state, CellState::Empty) {
@@ -279,19 +387,22 @@ impl<C: Send + 'static> Pool<C> {
         }
     }
 
-    /// Gives a checkout back: its connection, if it still has one, waits idle in its cell.
+    /// Gives a checkout back: its connection, if it still has one, waits idle in its cell,
+    /// keeping the token unless a caller waits for one.
     pub(crate) fn checkin(&self, checkout: Checkout<C>) {
         let Checkout {
             live,
             cell,
             mut token,
         } = checkout;
+        token.claim = None;
+        let mut token = Some(token);
         let closing = {
             let mut state = self.cells[cell].0.lock();
             // Read under the cell's lock: `close` sets the flag before it sweeps the cells.
             match live {
                 Some(live) if !self.closed.load(Ordering::Acquire) => {
-                    *state = CellState::Idle(live);
+                    *state = CellState::Idle(live, token.take());
                     None
                 }
                 live => {
@@ -300,10 +411,19 @@ impl<C: Send + 'static> Pool<C> {
                 }
             }
         };
-        // Closed outside the lock.
+        // Closed, or given back to r2d2, outside the lock.
         drop(closing);
-        token.claim = None;
+        let kept = token.is_none();
         drop(token);
+        // Pairs with the fence in `Waiting::new`.
+        fence(Ordering::SeqCst);
+        if kept && self.waiting.load(Ordering::SeqCst) > 0 {
+            let given_back = match &mut *self.cells[cell].0.lock() {
+                CellState::Idle(_, kept) => kept.take(),
+                _ => None,
+            };
+            drop(given_back);
+        }
         remember_cell(self.id, cell);
     }
 
@@ -334,7 +454,7 @@ impl<C: Send + 'static> Pool<C> {
     pub(crate) fn idle_connections(&self) -> u64 {
         self.cells
             .iter()
-            .filter(|cell| matches!(*cell.0.lock(), CellState::Idle(_)))
+            .filter(|cell| matches!(*cell.0.lock(), CellState::Idle(..)))
             .count() as u64
     }
 
@@ -505,6 +625,56 @@ mod tests {
         for checkout in all {
             pool.checkin(checkout);
         }
+    }
+
+    #[test]
+    fn a_thread_takes_the_token_an_idle_connection_kept_when_r2d2_has_none() {
+        let pool = pool(listener(), 1);
+        let mut first = pool.checkout(None).unwrap();
+        let port = local_port(&mut first);
+        // The only token stays with the idle connection: nobody was waiting.
+        pool.checkin(first);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut second = pool.checkout(None).unwrap();
+                assert_eq!(local_port(&mut second), port);
+                pool.checkin(second);
+            });
+        });
+        assert_eq!(pool.open_connections(), 1);
+    }
+
+    #[test]
+    fn a_caller_waiting_for_the_only_connection_gets_it_when_the_call_ends() {
+        let config = ClientConfig::default()
+            .pool_size(1)
+            .connect_timeout(Duration::from_secs(30))
+            .pool_timeout(Duration::from_secs(20));
+        let pool: Pool<()> = Pool::new(
+            listener().to_string().into(),
+            config,
+            Arc::new(|_, _| ()),
+            crate::client::pool_helpers(),
+        );
+        for _ in 0..20 {
+            let busy = pool.checkout(None).unwrap();
+            std::thread::scope(|s| {
+                let waiter = s.spawn(|| {
+                    let started = Instant::now();
+                    let checkout = pool.checkout(None).unwrap();
+                    pool.checkin(checkout);
+                    started.elapsed()
+                });
+                // Let the waiter find no token and start waiting, most of the time.
+                std::thread::sleep(Duration::from_millis(2));
+                pool.checkin(busy);
+                let waited = waiter.join().unwrap();
+                // Handed on at once; a token kept by the idle connection would leave the
+                // waiter to the 20 s pool timeout.
+                assert!(waited < Duration::from_secs(10), "waited {waited:?}");
+            });
+        }
+        assert_eq!(pool.open_connections(), 1);
     }
 
     #[test]
