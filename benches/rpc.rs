@@ -802,13 +802,6 @@ fn us(ns: f64) -> String {
     }
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-        _ => "–".into(),
-    }
-}
-
 fn show_ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "–".into(), |r| format!("{r:.2}"))
 }
@@ -1033,11 +1026,11 @@ fn main() {
         let _ = writeln!(
             report,
             "- {IDLE_CELL_CLIENTS} busy clients (add) with {IDLE_CONNECTIONS} idle connections held \
-             open vs none: {:.0} vs {:.0} calls/s ({} of it); p50 {} vs {} µs, p99 {} vs {} µs, \
-             p99.9 {} vs {} µs.",
+             open vs none: {:.0} vs {:.0} calls/s (medians; the median of the same-round ratios \
+             is {}); p50 {} vs {} µs, p99 {} vs {} µs, p99.9 {} vs {} µs.",
             get(&idle, |s| s.calls_per_sec),
             get(&busy, |s| s.calls_per_sec),
-            ratio(results.calls_per_sec(&idle), results.calls_per_sec(&busy)),
+            show_ratio(results.paired_ratio(&idle, &busy)),
             us(get(&idle, |s| s.p50)),
             us(get(&busy, |s| s.p50)),
             us(get(&idle, |s| s.p99)),
