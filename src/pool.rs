@@ -120,12 +120,12 @@ impl<C> CellState<C> {
     /// Takes the connection and token of an idle cell that kept its token; the cell becomes
     /// busy. Leaves any other cell alone.
     fn take_kept(&mut self) -> Option<(Box<Live<C>>, Lent)> {
-        if !matches!(self, CellState::Idle(_, Some(_))) {
-            return None;
-        }
-        match self.take_idle() {
-            Some((live, Some(token))) => Some((live, token)),
-            _ => unreachable!("checked to be idle with a token"),
+        match std::mem::replace(self, CellState::Busy) {
+            CellState::Idle(live, Some(token)) => Some((live, token)),
+            other => {
+                *self = other;
+                None
+            }
         }
     }
 }
@@ -294,24 +294,21 @@ impl<C: Send + 'static> Pool<C> {
     /// This thread's last cell, if it is idle and kept its token: a thread calling again, the
     /// common case, needs nothing from r2d2.
     fn take_own_kept(&self) -> Option<Checkout<C>> {
-        let cell = last_cell(self.id)?;
+        self.take_kept_at(last_cell(self.id)?)
+    }
+
+    /// Any idle cell that kept its token: for a caller that finds r2d2 out of tokens.
+    fn take_any_kept(&self) -> Option<Checkout<C>> {
+        (0..self.cells.len()).find_map(|cell| self.take_kept_at(cell))
+    }
+
+    /// Cell `cell`'s connection and kept token, if it is idle and kept one.
+    fn take_kept_at(&self, cell: usize) -> Option<Checkout<C>> {
         let (live, token) = self.cells.get(cell)?.0.lock().take_kept()?;
         Some(Checkout {
             live: Some(live),
             cell,
             token: claiming(token, cell),
-        })
-    }
-
-    /// Any idle cell that kept its token: for a caller that finds r2d2 out of tokens.
-    fn take_any_kept(&self) -> Option<Checkout<C>> {
-        self.cells.iter().enumerate().find_map(|(cell, c)| {
-            let (live, token) = c.0.lock().take_kept()?;
-            Some(Checkout {
-                live: Some(live),
-                cell,
-                token: claiming(token, cell),
-            })
         })
     }
 
@@ -652,8 +649,10 @@ mod tests {
                     pool.checkin(checkout);
                     started.elapsed()
                 });
-                // Let the waiter find no token and start waiting, most of the time.
-                std::thread::sleep(Duration::from_millis(2));
+                // The only token is out, so the waiter has to wait: give it back once it does.
+                while pool.waiting.load(Ordering::SeqCst) == 0 {
+                    std::thread::yield_now();
+                }
                 pool.checkin(busy);
                 let waited = waiter.join().unwrap();
                 // Handed on at once; a token kept by the idle connection would leave the
