@@ -355,21 +355,32 @@ impl<C: Send + 'static> Inner<C> {
     pub(crate) fn settle(&self, permit: Permit, err: Error) -> Error {
         let s = &self.stats;
         let (counter, failure) = match &err {
-            // Cut short by the caller's own deadline: says nothing about the endpoint.
-            Error::Timeout(Timeout::Deadline) => {
+            // Calls that never reached the endpoint prove nothing about it, either way: a
+            // half-open breaker's probe gives its turn to the next caller. The caller's own
+            // deadline cut it short; the request was refused for its size before anything was
+            // sent; the client was closed under it; or every pooled connection stayed busy
+            // with the client's own calls, which report for themselves how the endpoint does
+            // (a saturated pool is the caller's load, and opening the breaker for it would
+            // turn slow calls into failed ones for `reset_timeout`).
+            Error::Timeout(Timeout::PoolWait) => {
+                bump(&s.pool_timeouts);
+                self.breaker.release(permit);
+                return err;
+            }
+            Error::Timeout(Timeout::Deadline) | Error::RequestTooLarge { .. } | Error::Closed => {
                 self.breaker.release(permit);
                 return err;
             }
             Error::Connect { .. } => (&s.connect_errors, true),
             Error::Timeout(Timeout::Connect) => (&s.connect_timeouts, true),
-            Error::Timeout(Timeout::PoolWait) => (&s.pool_timeouts, true),
             Error::Timeout(_) => (&s.response_timeouts, true),
             Error::Transport(_) => (&s.transport_errors, true),
             Error::Protocol(_) => (&s.protocol_errors, true),
             Error::Application(_) => (&s.application_errors, false),
             Error::User(e) => (&s.user_exceptions, self.config.is_declared_failure(&**e)),
-            _ => {
-                self.breaker.record(permit, false);
+            // Not outcomes of a call on this endpoint.
+            Error::CircuitOpen { .. } | Error::Unavailable(_) => {
+                self.breaker.release(permit);
                 return err;
             }
         };

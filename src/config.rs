@@ -139,7 +139,10 @@ impl ClientConfig {
 
     /// How long a call waits for a pooled connection when all are busy. Defaults to 100 ms.
     ///
-    /// Zero means do not wait: fail at once when no connection is free.
+    /// Zero means do not wait: fail at once when no connection is free. A call that waits in
+    /// vain fails with [`Timeout::PoolWait`](crate::Timeout::PoolWait), which the breaker does
+    /// not count: the connections are busy with this client's own calls, whose outcomes tell
+    /// the breaker how the endpoint is doing.
     pub fn pool_timeout(mut self, timeout: Duration) -> Self {
         self.pool_timeout = timeout;
         self

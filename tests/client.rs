@@ -69,7 +69,8 @@ fn pool_wait_times_out_when_every_connection_is_busy() {
     let config = ClientConfig::default()
         .pool_size(1)
         .pool_timeout(Duration::from_millis(50))
-        .read_timeout(Duration::from_secs(10));
+        .read_timeout(Duration::from_secs(10))
+        .maxfail(0);
     let calc = client(&server.endpoint(), config);
     let busy = Arc::new(Barrier::new(2));
     let release = Arc::new(Barrier::new(2));
@@ -88,7 +89,12 @@ fn pool_wait_times_out_when_every_connection_is_busy() {
     release.wait();
     assert!(matches!(err, Error::Timeout(Timeout::PoolWait)), "{err}");
     holder.join().unwrap().unwrap();
-    assert_eq!(calc.stats().pool_timeouts, 1);
+    let stats = calc.stats();
+    assert_eq!(stats.pool_timeouts, 1);
+    // The pool was busy with the client's own calls, which says nothing about the endpoint:
+    // with maxfail 0 one breaker failure would have opened it.
+    assert_eq!(stats.failures, 0);
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
 }
 
 #[test]
@@ -280,11 +286,16 @@ fn close_ends_every_connection_and_later_calls_fail() {
 
 /// Opens the breaker of a client whose server has gone away.
 fn open_breaker(maxfail: u32) -> (ThriftClient<Calc>, ManualClock, RefServer) {
+    open_breaker_with(ClientConfig::default(), maxfail)
+}
+
+fn open_breaker_with(
+    config: ClientConfig,
+    maxfail: u32,
+) -> (ThriftClient<Calc>, ManualClock, RefServer) {
     let mut server = server();
     let clock = ManualClock::new();
-    let config = ClientConfig::default()
-        .maxfail(maxfail)
-        .clock(clock.clock());
+    let config = config.maxfail(maxfail).clock(clock.clock());
     let calc = client(&server.endpoint(), config);
     calc.call(|c| c.ping()).unwrap();
     server.stop();
@@ -369,6 +380,29 @@ fn a_panicking_probe_lets_the_next_caller_probe() {
     }));
     assert!(panicked.is_err());
     assert_eq!(calc.breaker_state(), BreakerState::HalfOpen);
+    assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+}
+
+#[test]
+fn a_probe_refused_before_it_was_sent_gives_its_turn_to_the_next_caller() {
+    let config = ClientConfig::default().max_message_size(64 * 1024);
+    let (calc, clock, old) = open_breaker_with(config, 3);
+    let _server = RefServer::start_on(
+        &old.endpoint(),
+        Transport::Framed,
+        Protocol::Binary,
+        old.service.clone(),
+    );
+    clock.advance(Duration::from_secs(10));
+    // Refused for its size before anything was sent: the server proved nothing.
+    let err = calc.call(|c| c.echo(vec![7; 100 * 1024])).unwrap_err();
+    assert!(matches!(err, Error::RequestTooLarge { .. }), "{err}");
+    assert_eq!(calc.breaker_state(), BreakerState::HalfOpen);
+    let err = calc.direct().echo(vec![7; 100 * 1024]).unwrap_err();
+    assert!(matches!(Error::from(err), Error::RequestTooLarge { .. }));
+    assert_eq!(calc.breaker_state(), BreakerState::HalfOpen);
+    // The next call is the probe, and its success closes the breaker.
     assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
     assert_eq!(calc.breaker_state(), BreakerState::Closed);
 }
