@@ -27,6 +27,25 @@ const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 /// which spares a system call on every read of an ordinary call.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
 
+/// What a blocking socket operation leaves, beyond a quarter of the time left, for `poll` to
+/// wait out precisely.
+///
+/// A socket's own timeout runs on the kernel's timer wheel, which rounds a timeout up to its
+/// level's granularity: up to an eighth of the timeout, plus a tick or two, late (a 250 ms
+/// timeout fired up to 30 ms late on a kernel ticking at 250 Hz). `poll` sleeps on a
+/// high-resolution timer instead. So a call waits on its socket's timeout while the deadline
+/// is far, which costs nothing more than the read itself, and with `poll` for the last stretch,
+/// which fires within a fraction of a millisecond of the deadline. Only calls that are still
+/// waiting that late pay for the extra system call.
+const PRECISE_TAIL: Duration = Duration::from_millis(20);
+
+/// How much of `left` a blocking socket operation may wait out on the socket's own timeout,
+/// which may fire late by up to an eighth of itself plus a few ticks, [`TIMEOUT_SLACK`]
+/// included: all of it still ends before `left` does.
+fn coarse_part(left: Duration) -> Duration {
+    left.saturating_sub(left / 4 + PRECISE_TAIL)
+}
+
 /// Connects to `endpoint`, trying each address it resolves to within `timeout` overall.
 pub(crate) fn connect(endpoint: &Arc<str>, timeout: Duration) -> Result<TcpStream, Error> {
     let connect_error = |source| Error::Connect {
@@ -200,8 +219,9 @@ pub(crate) fn split(
     read_timeout: Duration,
     max_message_size: usize,
 ) -> io::Result<(Arc<ConnState>, Reader, Writer)> {
-    stream.set_read_timeout(Some(read_timeout))?;
-    stream.set_write_timeout(Some(read_timeout))?;
+    let socket_timeout = coarse_part(read_timeout).max(Duration::from_micros(1));
+    stream.set_read_timeout(Some(socket_timeout))?;
+    stream.set_write_timeout(Some(socket_timeout))?;
     let state = Arc::new(ConnState {
         stream,
         deadline: AtomicU64::new(u64::MAX),
@@ -221,14 +241,14 @@ pub(crate) fn split(
         frame: framed.then_some(0),
         consumed: 0,
         max_message_size,
-        socket_timeout: read_timeout,
+        socket_timeout,
     };
     let writer = Writer {
         state: state.clone(),
         buf: if framed { vec![0; 4] } else { Vec::new() },
         framed,
         max_message_size,
-        socket_timeout: read_timeout,
+        socket_timeout,
     };
     Ok((state, reader, writer))
 }
@@ -240,30 +260,44 @@ enum Direction {
     Write,
 }
 
-/// Runs one blocking socket operation so that it ends by the call's deadline.
+/// Runs one socket operation so that it ends by the call's deadline.
 ///
-/// The socket's own timeout starts at the full budget and is only lowered when the deadline
-/// is nearer than it by more than [`TIMEOUT_SLACK`], so an ordinary call costs no extra
-/// system call, while a peer that trickles bytes cannot stretch the call.
+/// `op` gets the stream and whether it may block: while the deadline is far, it blocks on the
+/// socket's own timeout, which is kept short of the deadline (see [`coarse_part`]) and only
+/// re-set when it is off by more than [`TIMEOUT_SLACK`], so an ordinary call costs no extra
+/// system call. For the last stretch `poll` waits for the socket precisely, and `op` must
+/// not block. A peer that trickles bytes cannot stretch the call either way.
 fn bounded<T>(
     state: &ConnState,
     socket_timeout: &mut Duration,
     direction: Direction,
-    mut op: impl FnMut(&TcpStream) -> io::Result<T>,
+    mut op: impl FnMut(&TcpStream, bool) -> io::Result<T>,
 ) -> io::Result<T> {
     let deadline = state.deadline.load(Ordering::Relaxed);
-    let left_at = |now: u64| Duration::from_nanos(deadline.saturating_sub(now));
+    let mut widen = false;
     loop {
         let now = now_nanos();
-        let left = left_at(now);
+        let left = Duration::from_nanos(deadline.saturating_sub(now));
         if left.is_zero() {
             return Err(timed_out(state));
         }
-        if *socket_timeout > left + TIMEOUT_SLACK {
-            set_timeout(&state.stream, direction, left)?;
-            *socket_timeout = left;
-        }
-        match op(&state.stream) {
+        let coarse = coarse_part(left);
+        let done = if coarse.is_zero() {
+            match wait_ready(&state.stream, direction, left) {
+                Ok(true) => op(&state.stream, false),
+                Ok(false) => continue,
+                Err(e) => Err(e),
+            }
+        } else {
+            // Lowered when it would run past the deadline; widened again after it expired,
+            // when an earlier call near its deadline had left it short.
+            if *socket_timeout > coarse + TIMEOUT_SLACK || (widen && *socket_timeout < coarse) {
+                set_timeout(&state.stream, direction, coarse)?;
+                *socket_timeout = coarse;
+            }
+            op(&state.stream, true)
+        };
+        match done {
             Ok(v) => {
                 if let Direction::Read = direction {
                     // The peer was there at least as late as this: it answered.
@@ -278,14 +312,7 @@ fn bounded<T>(
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                // The socket timeout may have been lowered for an earlier call: widen it to
-                // what is left of this one and go on, or give up if nothing is left.
-                let left = left_at(now_nanos());
-                if left.is_zero() {
-                    return Err(timed_out(state));
-                }
-                set_timeout(&state.stream, direction, left)?;
-                *socket_timeout = left;
+                widen = true;
             }
             Err(e) => {
                 state.mark_broken();
@@ -295,10 +322,40 @@ fn bounded<T>(
     }
 }
 
+/// Waits up to `timeout` for the stream to be ready in `direction`, on a high-resolution
+/// timer; `false` if it was not. An error or hang-up on the socket counts as ready, so that
+/// the operation that follows reports it.
+fn wait_ready(stream: &TcpStream, direction: Direction, timeout: Duration) -> io::Result<bool> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let flags = match direction {
+        Direction::Read => PollFlags::IN,
+        Direction::Write => PollFlags::OUT,
+    };
+    let mut fds = [PollFd::new(stream, flags)];
+    let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
+        tv_sec: i64::MAX,
+        tv_nsec: 0,
+    });
+    match poll(&mut fds, Some(&timeout)) {
+        Ok(ready) => Ok(ready > 0),
+        Err(rustix::io::Errno::INTR) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// One read from the socket, bounded by the call's deadline; the peer closing the connection
 /// is an error, since a response is expected.
 fn receive(state: &ConnState, socket_timeout: &mut Duration, out: &mut [u8]) -> io::Result<usize> {
-    let n = bounded(state, socket_timeout, Direction::Read, |mut s| s.read(out))?;
+    let n = bounded(state, socket_timeout, Direction::Read, |mut s, block| {
+        if block {
+            s.read(out)
+        } else {
+            match rustix::net::recv(s, &mut *out, rustix::net::RecvFlags::DONTWAIT) {
+                Ok((n, _)) => Ok(n),
+                Err(e) => Err(e.into()),
+            }
+        }
+    })?;
     if n == 0 {
         state.mark_broken();
         return Err(io::Error::new(
@@ -597,7 +654,15 @@ impl Write for Writer {
                 &self.state,
                 &mut self.socket_timeout,
                 Direction::Write,
-                |mut s| s.write(rest),
+                |mut s, block| {
+                    if block {
+                        s.write(rest)
+                    } else {
+                        let flags =
+                            rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+                        rustix::net::send(s, rest, flags).map_err(io::Error::from)
+                    }
+                },
             )?;
             if n == 0 {
                 self.state.mark_broken();

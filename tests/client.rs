@@ -127,6 +127,25 @@ fn response_timeout_fires_near_read_timeout_and_the_next_call_gets_its_own_answe
 }
 
 #[test]
+fn a_response_timeout_fires_within_milliseconds_of_its_time() {
+    // Long enough that a socket's own timeout would fire up to a quarter of a second late on
+    // a kernel ticking at 250 Hz (64 ms at 1000 Hz), as its timer wheel rounds it up.
+    let timeout = Duration::from_millis(2200);
+    let server = server();
+    let config = ClientConfig::default().pool_size(6).read_timeout(timeout);
+    let calc = client(&server.endpoint(), config);
+    let overruns = support::overruns(6, timeout, move || {
+        let err = calc.call(|c| c.slow(3000)).unwrap_err();
+        assert!(matches!(err, Error::Timeout(Timeout::Response)), "{err}");
+    });
+    // The middle of six, so that a loaded machine's scheduling delays cannot fail the test.
+    assert!(
+        overruns[3] < Duration::from_millis(20),
+        "late by {overruns:?}"
+    );
+}
+
+#[test]
 fn connection_refused_names_the_cause() {
     let endpoint = support::refused_endpoint();
     let calc = client(&endpoint, ClientConfig::default());

@@ -451,6 +451,33 @@ fn direct_calls_are_retried_too() {
 }
 
 #[test]
+fn the_deadline_fires_within_milliseconds_of_its_time() {
+    let a = named("a");
+    // Long enough that a socket's own timeout would fire up to a quarter of a second late on
+    // a kernel ticking at 250 Hz, as its timer wheel rounds it up.
+    let deadline = Duration::from_millis(2200);
+    let config = patient()
+        .read_timeout(Duration::from_secs(10))
+        .deadline(Some(deadline));
+    let multi = fixed(&[a.endpoint()], config);
+    let overruns = support::overruns(6, deadline, move || {
+        let err = multi.call(|c| c.slow(3000)).unwrap_err();
+        assert!(
+            matches!(
+                attempts(&err).last(),
+                Some((_, Error::Timeout(Timeout::Deadline)))
+            ),
+            "{err}"
+        );
+    });
+    // The middle of six, so that a loaded machine's scheduling delays cannot fail the test.
+    assert!(
+        overruns[3] < Duration::from_millis(20),
+        "late by {overruns:?}"
+    );
+}
+
+#[test]
 fn the_deadline_bounds_a_call_across_attempts() {
     let (a, b) = (named("a"), named("b"));
     // Each attempt times out after 400 ms; the deadline stops the call after two seconds,

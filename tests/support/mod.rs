@@ -403,3 +403,41 @@ pub fn resident_bytes() -> u64 {
 }
 
 pub mod proxy;
+
+/// Makes `calls` calls of `call` at once, each started a little after the one before (so that
+/// they meet the kernel's timers at different phases), and returns by how much each took longer
+/// than `expected`, sorted; a call quicker than that fails the test.
+pub fn overruns(
+    calls: usize,
+    expected: Duration,
+    call: impl Fn() + Send + Sync + 'static,
+) -> Vec<Duration> {
+    let call = Arc::new(call);
+    let threads: Vec<_> = (0..calls)
+        .map(|n| {
+            let call = call.clone();
+            std::thread::sleep(Duration::from_millis(37));
+            std::thread::Builder::new()
+                .name(format!("overrun-{n}"))
+                .spawn(move || {
+                    let started = Instant::now();
+                    call();
+                    started.elapsed()
+                })
+                .unwrap()
+        })
+        .collect();
+    let mut overruns: Vec<Duration> = threads
+        .into_iter()
+        .map(|t| {
+            let took = t.join().unwrap();
+            assert!(
+                took >= expected,
+                "gave up after {took:?}, before {expected:?}"
+            );
+            took - expected
+        })
+        .collect();
+    overruns.sort();
+    overruns
+}
