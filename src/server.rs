@@ -242,10 +242,27 @@ impl Shared {
                 Some(err) => {
                     error!(target: TARGET, "cannot watch connection from {}: {err}", conn.peer())
                 }
-                None => {}
+                None => return self.finish(conn),
             }
             self.discard(conn);
         }
+    }
+
+    /// Answers what has arrived on a connection of a server that stopped listening, then
+    /// closes it.
+    fn finish(&self, mut conn: Conn) {
+        match conn.drain(self) {
+            Ok(()) => {
+                debug!(target: TARGET, "closing connection from {}: the server is stopping", conn.peer())
+            }
+            Err(closed) => {
+                if closed.is_error() {
+                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                log!(target: TARGET, closed.level(), "closing connection from {}: {closed}", conn.peer());
+            }
+        }
+        self.discard(conn);
     }
 
     /// Closes a connection, freeing its slot.
@@ -460,9 +477,11 @@ impl ThriftServer {
 
     /// Stops the server and waits for its threads.
     ///
-    /// Stops accepting connections and closes idle ones at once. Requests already received are
-    /// answered, for up to the configured [drain timeout](ServerConfig::drain_timeout), then
-    /// their connections are closed. Returns once every thread has exited, or when the drain
+    /// Stops accepting connections and closes idle ones at once. Every request that arrived
+    /// whole before the listener closed is answered (on a connection the system had queued but
+    /// the server not yet accepted, too), as are requests already running, for up to the
+    /// configured [drain timeout](ServerConfig::drain_timeout); then their connections are
+    /// closed. A request that was still arriving is not answered: its connection is closed. Returns once every thread has exited, or when the drain
     /// timeout expires with workers still busy; those are left to finish on their own. The port
     /// is free when this returns.
     ///
@@ -589,21 +608,38 @@ fn run_worker(shared: &Shared, work: &Receiver<Work>, _done: Sender<()>) {
         let next = work.recv();
         shared.free_workers.fetch_sub(1, Ordering::Relaxed);
         let Ok(Work::Serve(conn)) = next else {
+            finish_queued(shared, work);
             return;
         };
         serve(shared, conn);
     }
 }
 
+/// Serves what a worker that had not yet seen the server stopping queued behind the stops,
+/// up to the next stop, which is put back for the worker it is meant for.
+fn finish_queued(shared: &Shared, work: &Receiver<Work>) {
+    while let Ok(next) = work.try_recv() {
+        match next {
+            Work::Serve(conn) => serve(shared, conn),
+            Work::Stop => {
+                // Cannot fail: `shared` holds a receiver.
+                let _ = shared.work_tx.send(Work::Stop);
+                return;
+            }
+        }
+    }
+}
+
 fn serve(shared: &Shared, mut conn: Conn) {
     let next = conn.serve(shared);
-    let stopping = shared.stopping.load(Ordering::SeqCst);
     match next {
-        Next::Park(expires) if !stopping => shared.park(conn, expires),
-        Next::Requeue if !stopping => shared.queue(conn),
-        Next::Park(_) | Next::Requeue => {
-            debug!(target: TARGET, "closing connection from {}: the server is stopping", conn.peer());
-            shared.discard(conn);
+        // While the server is stopping, a parked connection is answered and closed once the
+        // listener has closed, by the poller or by `Shared::park`.
+        Next::Park(expires) => shared.park(conn, expires),
+        Next::Requeue if !shared.stopping.load(Ordering::SeqCst) => shared.queue(conn),
+        Next::Requeue => {
+            let expires = Instant::now() + shared.config.request_timeout;
+            shared.park(conn, expires)
         }
         Next::Close(closed) => {
             if closed.is_error() {

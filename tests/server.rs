@@ -535,6 +535,57 @@ fn stop_lets_running_requests_finish_and_deliver_their_responses() {
 }
 
 #[test]
+fn stop_answers_every_request_that_arrived_before_it() {
+    let _lock = shared_lock();
+    // Races between a request arriving and the server stopping: on a connection waiting in
+    // the poller, on one whose worker may still be waiting for its next request, and on one
+    // the server has not accepted yet.
+    let mut unanswered = Vec::new();
+    for trial in 0..240 {
+        let server = serve(
+            CalculatorService::new("stopping"),
+            ServerConfig::default().workers(2),
+        );
+        let addr = server.local_addr();
+        let mut stream = raw(addr);
+        match trial % 3 {
+            0 => {
+                stream.write_all(&add(1, 1, 1)).unwrap();
+                read_reply(&mut stream, Transport::Framed, Protocol::Binary);
+                wait_for_stats(&server, "the connection waits in the poller", |s| {
+                    s.idle_connections == 1
+                });
+            }
+            1 => {
+                stream.write_all(&add(1, 1, 1)).unwrap();
+                read_reply(&mut stream, Transport::Framed, Protocol::Binary);
+            }
+            _ => {}
+        }
+        stream.write_all(&add(2, 20, 22)).unwrap();
+        server.stop();
+        let mut header = [0u8; 4];
+        match stream.read_exact(&mut header) {
+            Ok(()) => {
+                let mut frame = vec![0u8; i32::from_be_bytes(header) as usize];
+                stream.read_exact(&mut frame).unwrap();
+                let mut i = TBinaryInputProtocol::new(io::Cursor::new(frame), true);
+                let ident = i.read_message_begin().unwrap();
+                assert_eq!(
+                    (ident.message_type, ident.sequence_number),
+                    (TMessageType::Reply, 2)
+                );
+            }
+            Err(err) => unanswered.push((trial, err.kind())),
+        }
+    }
+    assert!(
+        unanswered.is_empty(),
+        "unanswered (trial, error): {unanswered:?}"
+    );
+}
+
+#[test]
 fn stop_joins_every_thread_and_frees_the_port() {
     // No other test runs a server meanwhile.
     let _lock = exclusive_lock();

@@ -179,11 +179,11 @@ impl Conn {
                 match self.receive(config, false) {
                     Err(closed) => return Next::Close(closed),
                     // A read that filled the room it had may have left more behind.
-                    Ok(Received { got, filled }) => {
+                    // Looked at again even when nothing came: a buffered request is not
+                    // measured while more bytes may be coming.
+                    Ok(Received { filled, .. }) => {
                         readable = filled;
-                        if got > 0 {
-                            continue;
-                        }
+                        continue;
                     }
                 }
             }
@@ -205,6 +205,39 @@ impl Conn {
                 Ok(Received { filled, .. }) => readable = filled,
             }
         }
+    }
+
+    /// Answers the requests that have arrived whole, without waiting for more: for a server
+    /// that is stopping, before it closes the connection.
+    ///
+    /// Reads at most what the socket held when it began (and what arrives with those reads),
+    /// so a client that keeps sending cannot keep the worker.
+    pub(super) fn drain(&mut self, shared: &Shared) -> Result<(), Closed> {
+        let config = &shared.config;
+        let mut unread = rustix::io::ioctl_fionread(self.socket.get()).map_or(0, |n| n as usize);
+        loop {
+            match self.next_request(config, false)? {
+                Some(request) => self.answer(shared, &request)?,
+                None if unread == 0 => return Ok(()),
+                None => match self.receive(config, false)? {
+                    Received { got: 0, .. } => return Ok(()),
+                    Received { got, .. } => unread = unread.saturating_sub(got),
+                },
+            }
+        }
+    }
+
+    /// Whether bytes wait on the connection: received and not yet used, or in the socket.
+    pub(super) fn has_input(&self) -> bool {
+        if !self.input.available().is_empty() {
+            return true;
+        }
+        let mut byte = [0u8];
+        let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        matches!(
+            rustix::net::recv(self.socket.get(), &mut byte[..], peek),
+            Ok((1, _))
+        )
     }
 
     /// The next request if it is all buffered, `None` if more has to arrive first.

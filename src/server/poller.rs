@@ -187,6 +187,23 @@ impl Table {
         self.take_parked_where(|expires| expires <= now)
     }
 
+    /// Takes out every parked connection, their slots kept, and refuses to park any more:
+    /// the server is stopping.
+    fn close(&mut self) -> Vec<Conn> {
+        self.closed = true;
+        let parked: Vec<usize> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| matches!(slot, Slot::Parked { .. }))
+            .map(|(key, _)| key)
+            .collect();
+        parked
+            .into_iter()
+            .filter_map(|key| self.take_parked(key))
+            .collect()
+    }
+
     fn take_parked_where(&mut self, expired: impl Fn(Instant) -> bool) -> Vec<Conn> {
         let expired: Vec<usize> = self
             .slots
@@ -274,15 +291,30 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
         }
     }
 
+    // Requests that have arrived whole before the listener closes are answered: those on
+    // connections the system has completed but the server not yet accepted too. Whatever
+    // arrives later finds the listener or its connection closed.
+    let _ = accept(&shared, &listener);
     let addr = listener.get().local_addr();
     drop(listener);
-    let idle = {
-        let mut table = shared.table.lock();
-        table.closed = true;
-        table.take_parked_where(|_| true)
-    };
+    // From here, a worker done with its connection cannot park it; it answers what has arrived
+    // on it and closes it (see `Shared::park`).
+    let parked = shared.table.lock().close();
+    let (mut idle, mut pending) = (0, 0);
+    for conn in parked {
+        if conn.has_input() {
+            pending += 1;
+            shared.queue(conn);
+        } else {
+            idle += 1;
+            shared.discard(conn);
+        }
+    }
     if let Ok(addr) = addr {
-        info!(target: TARGET, "stopped accepting on {addr}; closed {} idle connections", idle.len());
+        info!(
+            target: TARGET,
+            "stopped accepting on {addr}; closed {idle} idle connections, answering {pending} with requests waiting"
+        );
     }
 }
 
