@@ -272,6 +272,9 @@ impl ClientConfig {
     }
 
     /// How long a multi-endpoint client keeps an endpoint it has not used. Defaults to 60 s.
+    ///
+    /// The client's reaper thread closes such an endpoint at most an eighth of this (and at
+    /// most a second) after its time, whether or not calls are made.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout;
         self

@@ -5,10 +5,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use parking_lot::RwLock;
+use crossbeam_channel::{RecvTimeoutError, Sender};
+use parking_lot::{Mutex, RwLock};
 use scheduled_thread_pool::ScheduledThreadPool;
 
 use crate::client::{pool_helpers, ClientStats, ThriftClient};
@@ -100,17 +102,19 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 ///
 /// An endpoint no call has used for [`idle_timeout`](ClientConfig::idle_timeout) (default
 /// 60 s, on [`ClientConfig::clock`]) is closed and forgotten, its pool and breaker with it;
-/// that is how endpoints that vanished from the function go away. No thread does this: calls
-/// look for idle endpoints every half `idle_timeout`, before they start, and
+/// that is how endpoints that vanished from the function go away. A reaper thread looks for
+/// them every eighth of `idle_timeout` (at most every second, at least every millisecond),
+/// whether calls are made or not, so an endpoint is reaped at most that much after its time;
 /// [`reap_idle`](Self::reap_idle) does it on demand. An endpoint in use by a call is never
 /// reaped.
 ///
 /// # Threads
 ///
-/// The client starts no thread of its own. The endpoints' pools share one r2d2 helper thread
-/// (which makes empty pool slots); [`close`](Self::close) drops the client's hold on it, and
-/// it exits once the last call still running returns. It cannot be joined: the thread pool
-/// r2d2 uses offers no way to.
+/// The client starts one thread of its own, the reaper, when its first endpoint is added;
+/// [`close`](Self::close), or dropping the last clone of the client, stops and joins it. The
+/// endpoints' pools share one r2d2 helper thread (which makes empty pool slots); `close`
+/// drops the client's hold on it, and it exits once the last call still running returns. It
+/// cannot be joined: the thread pool r2d2 uses offers no way to.
 ///
 /// The client is `Send + Sync` and cheap to clone; clones share everything. No lock is held
 /// while a call talks to an endpoint.
@@ -125,9 +129,70 @@ struct Shared<C: Send + 'static> {
     /// Times on the config's clock are kept as nanoseconds since this instant.
     epoch: Instant,
     state: RwLock<State<C>>,
-    /// When calls next look for idle endpoints, in nanoseconds since `epoch`.
-    next_reap: AtomicU64,
+    /// The reaper thread, once an endpoint was added; `None` again once closed.
+    reaper: Mutex<Option<Reaper>>,
     counters: Counters,
+}
+
+/// The thread that closes idle endpoints, and what stops it.
+struct Reaper {
+    /// Dropped to stop the thread.
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+    /// Lets tests see the thread's end: it holds the only strong reference.
+    #[cfg(test)]
+    running: Weak<()>,
+}
+
+impl Reaper {
+    /// Starts a thread that reaps `shared`'s idle endpoints every `every`, until `stop` is
+    /// dropped or `shared` is gone.
+    fn start<C: Send + 'static>(shared: Weak<Shared<C>>, every: Duration) -> std::io::Result<Self> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
+        #[cfg(test)]
+        let (running, alive) = {
+            let alive = Arc::new(());
+            (Arc::downgrade(&alive), alive)
+        };
+        let thread = thread::Builder::new()
+            .name("blocking-thrift-reaper".to_owned())
+            .spawn(move || {
+                #[cfg(test)]
+                let _alive = alive;
+                loop {
+                    match stopped.recv_timeout(every) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    shared.reap(shared.now());
+                }
+            })?;
+        Ok(Reaper {
+            stop,
+            thread,
+            #[cfg(test)]
+            running,
+        })
+    }
+
+    /// Stops the thread and waits for it, unless this is that thread (it dropped the last
+    /// clone of the client): then it exits by itself as this returns.
+    fn stop(self) {
+        drop(self.stop);
+        if self.thread.thread().id() != thread::current().id() && self.thread.join().is_err() {
+            log::error!(target: TARGET, "the reaper thread panicked");
+        }
+    }
+}
+
+/// How often the reaper looks for idle endpoints: an eighth of `idle_timeout`, so an endpoint
+/// is reaped at most that late, but no more often than every millisecond, and at least every
+/// second.
+fn reap_every(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1))
 }
 
 struct State<C: Send + 'static> {
@@ -247,7 +312,6 @@ impl<C: Send + 'static> MultiThriftClient<C> {
             }
         };
         let epoch = config.clock.now();
-        let first_reap = half(config.idle_timeout);
         MultiThriftClient {
             shared: Arc::new(Shared {
                 endpoints: Box::new(walk),
@@ -258,7 +322,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
                     clients: HashMap::new(),
                     helpers: Some(pool_helpers()),
                 }),
-                next_reap: AtomicU64::new(first_reap),
+                reaper: Mutex::new(None),
                 counters: Counters::default(),
             }),
         }
@@ -291,20 +355,27 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     }
 
     /// Closes and forgets every endpoint no call has used for `idle_timeout`, now; returns
-    /// how many. Calls do this by themselves every half `idle_timeout`.
+    /// how many. The client's reaper thread does this by itself every eighth of
+    /// `idle_timeout` (see [Idle endpoints](Self#idle-endpoints)).
     pub fn reap_idle(&self) -> usize {
         self.shared.reap(self.shared.now())
     }
 
     /// Closes every endpoint's connections (busy ones as their calls return) and forgets the
-    /// endpoints; later calls fail with [`Error::Closed`]. Closing twice is harmless.
+    /// endpoints; later calls fail with [`Error::Closed`]. Stops and joins the reaper thread.
+    /// Closing twice is harmless.
     ///
-    /// The client starts no thread; see [Threads](Self#threads) for the pools' shared helper.
+    /// See [Threads](Self#threads) for the pools' shared helper thread.
     pub fn close(&self) {
         let (clients, helpers) = {
             let mut state = self.shared.state.write();
             (std::mem::take(&mut state.clients), state.helpers.take())
         };
+        // Taken after the endpoints: a call cannot start it again once `helpers` is gone.
+        let reaper = self.shared.reaper.lock().take();
+        if let Some(reaper) = reaper {
+            reaper.stop();
+        }
         for endpoint in clients.values() {
             endpoint.client.close();
         }
@@ -355,11 +426,10 @@ impl<C: Send + 'static> Shared<C> {
     /// Runs `attempt` on endpoints in turn until one answers, a failure is not to be retried,
     /// or the retries, the endpoints or the deadline run out.
     fn run<T>(
-        &self,
+        self: &Arc<Self>,
         mut attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        self.maybe_reap();
         // A deadline too far away to represent is no deadline.
         let deadline = self
             .config
@@ -419,7 +489,7 @@ impl<C: Send + 'static> Shared<C> {
     }
 
     /// The client of `name`, created if it is new, marked in use.
-    fn lease(&self, name: &str) -> Result<Lease<'_, C>, Error> {
+    fn lease(self: &Arc<Self>, name: &str) -> Result<Lease<'_, C>, Error> {
         let helpers = {
             let state = self.state.read();
             if let Some(endpoint) = state.clients.get(name) {
@@ -465,6 +535,7 @@ impl<C: Send + 'static> Shared<C> {
         };
         if fresh.is_none() {
             log::info!(target: TARGET, "{name}: endpoint added");
+            self.start_reaper();
         }
         // Otherwise another call added it first; ours is dropped, which closes its empty pool.
         Ok(Lease {
@@ -473,21 +544,16 @@ impl<C: Send + 'static> Shared<C> {
         })
     }
 
-    /// Reaps idle endpoints if calls have not looked for half an `idle_timeout`.
-    fn maybe_reap(&self) {
-        let now = self.now();
-        let due = self.next_reap.load(Ordering::Relaxed);
-        if now < due {
+    /// Starts the reaper thread, unless it runs or the client is closed.
+    fn start_reaper(self: &Arc<Self>) {
+        let mut reaper = self.reaper.lock();
+        if reaper.is_some() || self.state.read().helpers.is_none() {
             return;
         }
-        let next = now.saturating_add(half(self.config.idle_timeout));
-        // One caller looks; the others go on.
-        if self
-            .next_reap
-            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            self.reap(now);
+        match Reaper::start(Arc::downgrade(self), reap_every(self.config.idle_timeout)) {
+            Ok(started) => *reaper = Some(started),
+            // Idle endpoints then wait for `reap_idle`, or the next endpoint added.
+            Err(err) => log::error!(target: TARGET, "cannot start the reaper thread: {err}"),
         }
     }
 
@@ -522,8 +588,12 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-fn half(d: Duration) -> u64 {
-    nanos(d) / 2
+impl<C: Send + 'static> Drop for Shared<C> {
+    fn drop(&mut self) {
+        if let Some(reaper) = self.reaper.get_mut().take() {
+            reaper.stop();
+        }
+    }
 }
 
 impl<C: Send + 'static> Clone for MultiThriftClient<C> {
@@ -656,6 +726,72 @@ mod tests {
             "{}",
             Arc::strong_count(helpers)
         );
+    }
+
+    /// A client whose endpoint refuses connections, with its reaper started by one call, and
+    /// what tells whether the reaper's thread still runs.
+    fn with_reaper() -> (MultiThriftClient<()>, Weak<()>) {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let endpoint = format!("127.0.0.1:{port}");
+        let client: MultiThriftClient<()> = MultiThriftClient::new(
+            move || [endpoint.clone()],
+            |_, _| (),
+            ClientConfig::default().idle_timeout(Duration::from_millis(80)),
+        );
+        assert!(client.shared.reaper.lock().is_none(), "started before use");
+        assert!(client.call(|_| Ok(())).is_err());
+        let running = client
+            .shared
+            .reaper
+            .lock()
+            .as_ref()
+            .unwrap()
+            .running
+            .clone();
+        (client, running)
+    }
+
+    #[test]
+    fn close_stops_and_joins_the_reaper() {
+        let (client, running) = with_reaper();
+        // Looks a few times meanwhile.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(running.upgrade().is_some());
+        client.close();
+        assert!(
+            running.upgrade().is_none(),
+            "close returned before the reaper ended"
+        );
+        assert!(client.shared.reaper.lock().is_none());
+        // A closed client starts no reaper again.
+        assert!(matches!(client.call(|_| Ok(())), Err(Error::Closed)));
+        assert!(client.shared.reaper.lock().is_none());
+    }
+
+    #[test]
+    fn dropping_the_last_clone_joins_the_reaper() {
+        let (client, running) = with_reaper();
+        let clone = client.clone();
+        drop(client);
+        assert!(running.upgrade().is_some(), "a clone still uses it");
+        drop(clone);
+        assert!(
+            running.upgrade().is_none(),
+            "the drop returned before the reaper ended"
+        );
+    }
+
+    #[test]
+    fn the_reaper_looks_every_eighth_of_the_idle_timeout_within_bounds() {
+        assert_eq!(reap_every(Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(
+            reap_every(Duration::from_millis(800)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(reap_every(Duration::ZERO), Duration::from_millis(1));
     }
 
     #[test]

@@ -295,60 +295,75 @@ fn unsent_only_mode_does_not_retry_a_response_timeout() {
 }
 
 #[test]
-fn idle_endpoints_are_closed_and_forgotten() {
+fn idle_endpoints_are_closed_and_forgotten_whether_or_not_calls_are_made() {
     let (a, b, c) = (named("a"), named("b"), named("c"));
     let clock = ManualClock::new();
     let list = Arc::new(Mutex::new(vec![a.endpoint()]));
+    // The reaper looks every eighth of the idle timeout, on real time, and reads the time
+    // from the clock stepped here.
+    let idle_timeout = Duration::from_millis(800);
     let multi = {
         let list = list.clone();
         MultiThriftClient::new(
             move || list.lock().unwrap().clone(),
             CalculatorSyncClient::new,
-            patient()
-                .idle_timeout(Duration::from_secs(60))
-                .clock(clock.clock()),
+            patient().idle_timeout(idle_timeout).clock(clock.clock()),
         )
     };
     let use_only = |endpoint: String| {
         *list.lock().unwrap() = vec![endpoint];
         multi.call(|c| c.whoami(false)).unwrap()
     };
+    let reaped = |count: u64| {
+        support::wait_until(Duration::from_secs(10), || {
+            multi.stats().endpoints_reaped == count
+        })
+    };
+    let endpoints = || {
+        let stats = multi.stats();
+        stats
+            .endpoints
+            .iter()
+            .map(|(e, _)| e.to_string())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(use_only(a.endpoint()), "a");
     assert_eq!(use_only(b.endpoint()), "b");
-    assert_eq!(multi.stats().endpoints.len(), 2);
+    assert_eq!(endpoints().len(), 2);
     assert_eq!(a.open.load(Ordering::SeqCst), 1);
 
-    clock.advance(Duration::from_secs(30));
+    clock.advance(Duration::from_millis(400));
     assert_eq!(use_only(b.endpoint()), "b");
-    clock.advance(Duration::from_secs(31));
-    // a is unused for 61 s, b for 31 s.
-    assert_eq!(multi.reap_idle(), 1);
-    let stats = multi.stats();
-    assert_eq!(stats.endpoints.len(), 1);
-    assert!(stats.endpoint(&b.endpoint()).is_some());
+    clock.advance(Duration::from_millis(399));
+    // a is unused for 799 ms: three looks of the reaper leave it alone.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(multi.stats().endpoints_reaped, 0);
+    assert_eq!(endpoints().len(), 2);
+    // Now for 800 ms, b for 400 ms: the reaper closes a, with no call made.
+    clock.advance(Duration::from_millis(1));
+    assert!(reaped(1), "{:?}", multi.stats());
+    assert_eq!(endpoints(), [b.endpoint()]);
     assert!(support::wait_until(Duration::from_secs(10), || a
         .open
         .load(Ordering::SeqCst)
         == 0));
     assert_eq!(multi.reap_idle(), 0);
 
-    // b vanished from the function; a later call reaps it by itself.
-    clock.advance(Duration::from_secs(60));
-    assert_eq!(use_only(c.endpoint()), "c");
-    let stats = multi.stats();
-    assert_eq!(
-        stats
-            .endpoints
-            .iter()
-            .map(|(e, _)| e.to_string())
-            .collect::<Vec<_>>(),
-        [c.endpoint()]
-    );
-    assert_eq!(stats.endpoints_reaped, 2);
+    // b vanished from the function and no call comes: it goes all the same.
+    clock.advance(idle_timeout);
+    assert!(reaped(2), "{:?}", multi.stats());
+    assert!(endpoints().is_empty());
     assert!(support::wait_until(Duration::from_secs(10), || b
         .open
         .load(Ordering::SeqCst)
         == 0));
+
+    // On demand too (unless the reaper was quicker).
+    assert_eq!(use_only(c.endpoint()), "c");
+    clock.advance(idle_timeout);
+    assert!(multi.reap_idle() <= 1);
+    assert!(reaped(3), "{:?}", multi.stats());
+    assert!(endpoints().is_empty());
 
     // A reaped endpoint that comes back gets a fresh client.
     assert_eq!(use_only(a.endpoint()), "a");
