@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use crate::transport::ConnState;
+use crate::client::connection::ConnState;
 use thrift::{
     ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind, TransportError,
 };

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use thrift::protocol::{TInputProtocol, TType};
 
-use crate::decode::{BinaryIn, CompactIn, DEFAULT_MAX_DEPTH};
-use crate::protocol::{self, InputProtocol, Limits, OutputProtocol, Protocol, Transport};
-use crate::transport;
+use crate::client::connection;
+use crate::wire::decode::{BinaryIn, CompactIn, DEFAULT_MAX_DEPTH};
+use crate::wire::{self, InputProtocol, Limits, OutputProtocol, Protocol, Transport};
 
 /// Runs `f` on a client's protocols over a real connection whose server has sent `response`
 /// and closed its side, so every read after the response meets the end of the stream.
@@ -39,15 +39,15 @@ pub fn with_client<R>(
     server.write_all(response)?;
     server.shutdown(Shutdown::Write)?;
     let timeout = Duration::from_secs(10);
-    let (state, reader, writer) = transport::split(stream, transport, timeout, max_message_size)?;
+    let (state, reader, writer) = connection::split(stream, transport, timeout, max_message_size)?;
     state.arm(timeout);
     let limits = Limits {
         max_message_size,
         max_depth: DEFAULT_MAX_DEPTH,
-        max_elements: crate::decode::DEFAULT_MAX_ELEMENTS,
+        max_elements: crate::wire::decode::DEFAULT_MAX_ELEMENTS,
     };
-    let input = protocol::input(protocol, reader, limits);
-    let output = protocol::output(protocol, writer);
+    let input = wire::input(protocol, reader, limits);
+    let output = wire::output(protocol, writer);
     let result = f(input, output);
     // Closed only now: closing it with the client's requests unread would reset the
     // connection, and a reset can discard response bytes not read yet.
@@ -143,7 +143,7 @@ fn walk(input: &mut dyn TInputProtocol, ttype: TType, values: &mut usize) -> thr
             }
             input.read_map_end()
         }
-        other => Err(crate::decode::error(
+        other => Err(crate::wire::decode::error(
             thrift::ProtocolErrorKind::InvalidData,
             format!("no values of type {other}"),
         )),

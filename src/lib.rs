@@ -43,32 +43,25 @@
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 
-mod breaker;
 mod client;
 mod clock;
-mod config;
 mod counter;
-mod decode;
-mod direct;
 mod error;
-mod mirror;
 mod multi;
-mod pool;
-mod protocol;
 mod server;
-mod transport;
+mod wire;
 
 /// Entry points for the fuzz targets and property tests; not part of the API, unstable.
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;
 
-pub use crate::breaker::BreakerState;
+pub use crate::client::breaker::BreakerState;
+pub use crate::client::config::ClientConfig;
+pub use crate::client::direct::Direct;
 pub use crate::client::{ClientStats, ThriftClient};
 pub use crate::clock::Clock;
-pub use crate::config::ClientConfig;
-pub use crate::direct::Direct;
 pub use crate::error::{Error, Timeout, Unavailable};
 pub use crate::multi::{MultiDirect, MultiStats, MultiThriftClient};
-pub use crate::protocol::{InputProtocol, OutputProtocol, Protocol, Transport};
 pub use crate::server::{ServerConfig, ServerStats, ThriftServer};
+pub use crate::wire::{InputProtocol, OutputProtocol, Protocol, Transport};

@@ -14,12 +14,12 @@ use thrift::protocol::{
 use thrift::{ProtocolError, ProtocolErrorKind, TConfiguration, TThriftClient};
 
 use super::MultiThriftClient;
+use crate::client::config::{ClientConfig, DEFAULT_MAX_DEPTH};
+use crate::client::direct::{forward_reads, forward_writes};
+use crate::client::pool::within;
 use crate::client::{past_deadline, ThriftClient};
-use crate::config::{ClientConfig, DEFAULT_MAX_DEPTH};
-use crate::direct::{forward_reads, forward_writes};
 use crate::error::Error;
-use crate::mirror::Mirrored;
-use crate::pool::within;
+use crate::wire::mirror::Mirrored;
 
 /// A request buffer larger than this is given back after its call.
 const KEEP_BUFFER: usize = 64 * 1024;

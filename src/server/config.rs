@@ -48,14 +48,14 @@ impl Default for ServerConfig {
             transport: Transport::Framed,
             protocol: Protocol::Binary,
             max_message_size: 16 * 1024 * 1024,
-            max_depth: crate::decode::DEFAULT_MAX_DEPTH,
+            max_depth: crate::wire::decode::DEFAULT_MAX_DEPTH,
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_connections: 10_000,
             backlog: 1024,
             drain_timeout: Duration::from_secs(30),
             max_waiting_bytes: 256 * 1024 * 1024,
-            max_container_elements: crate::decode::DEFAULT_MAX_ELEMENTS,
+            max_container_elements: crate::wire::decode::DEFAULT_MAX_ELEMENTS,
         }
     }
 }

@@ -27,9 +27,9 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::config::ServerConfig;
 use super::poller::Registered;
-use super::tracked::Tracked;
 use super::{Shared, TARGET};
-use crate::decode::{BinaryIn, CompactIn, Source};
+use crate::wire::decode::{BinaryIn, CompactIn, Source};
+use crate::wire::tracked::Tracked;
 use crate::{Protocol, Transport};
 
 /// How much a read asks the socket for at least; one read typically takes in a whole request.

@@ -12,7 +12,6 @@
 mod config;
 mod conn;
 mod poller;
-mod tracked;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};

@@ -9,11 +9,11 @@ use thrift::protocol::{
 };
 use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
 
-use crate::breaker::Permit;
+use crate::client::breaker::Permit;
+use crate::client::pool::Checkout;
 use crate::client::{Inner, ThriftClient};
 use crate::error::Error;
-use crate::mirror::Mirrored;
-use crate::pool::Checkout;
+use crate::wire::mirror::Mirrored;
 
 /// Declares that [`Direct`] and [`MultiDirect`](crate::MultiDirect) handles speak a service,
 /// so its generated methods can be called on them directly.

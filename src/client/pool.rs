@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::config::ClientConfig;
+use crate::client::config::ClientConfig;
+use crate::client::connection::{self, ConnState};
 use crate::error::{Error, Timeout};
-use crate::protocol::{self, InputProtocol, OutputProtocol};
-use crate::transport::{self, ConnState};
+use crate::wire::{self, InputProtocol, OutputProtocol};
 
 /// `timeout`, cut to what is left until `deadline`, if there is one.
 pub(crate) fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
@@ -425,8 +425,8 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     fn open(&self, connect_timeout: Duration) -> Result<Live<C>, Error> {
-        let stream = transport::connect(&self.endpoint, connect_timeout)?;
-        let (state, reader, writer) = transport::split(
+        let stream = connection::connect(&self.endpoint, connect_timeout)?;
+        let (state, reader, writer) = connection::split(
             stream,
             self.config.transport,
             self.config.read_timeout,
@@ -437,8 +437,8 @@ impl<C: Send + 'static> Pool<C> {
             source,
         })?;
         log::debug!(target: "blocking_thrift::pool", "{}: connection opened", self.endpoint);
-        let input = protocol::input(self.config.protocol, reader, self.config.limits());
-        let output = protocol::output(self.config.protocol, writer);
+        let input = wire::input(self.config.protocol, reader, self.config.limits());
+        let output = wire::output(self.config.protocol, writer);
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
             client: (self.make)(input, output),

@@ -13,11 +13,11 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use scheduled_thread_pool::ScheduledThreadPool;
 
+use crate::client::config::ClientConfig;
+use crate::client::pool::MakeClient;
 use crate::client::{pool_helpers, ClientStats, ThriftClient};
-use crate::config::ClientConfig;
 use crate::error::{Error, Timeout, Unavailable};
-use crate::pool::MakeClient;
-use crate::protocol::{InputProtocol, OutputProtocol};
+use crate::wire::{InputProtocol, OutputProtocol};
 
 mod direct;
 

@@ -1,4 +1,11 @@
-//! The single-endpoint client.
+//! The single-endpoint client, and the parts every client is made of: its configuration,
+//! connection pool, connections, circuit breaker, and direct-call handle.
+
+pub(crate) mod breaker;
+pub(crate) mod config;
+pub(crate) mod connection;
+pub(crate) mod direct;
+pub(crate) mod pool;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,13 +14,13 @@ use std::time::Instant;
 
 use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
 
-use crate::breaker::{Breaker, BreakerState, Permit};
-use crate::config::ClientConfig;
+use self::breaker::{Breaker, BreakerState, Permit};
+use self::config::ClientConfig;
+use self::direct::Direct;
+use self::pool::{within, Checkout, MakeClient, Pool};
 use crate::counter::Striped;
-use crate::direct::Direct;
 use crate::error::{Error, Timeout};
-use crate::pool::{within, Checkout, MakeClient, Pool};
-use crate::protocol::{InputProtocol, OutputProtocol};
+use crate::wire::{InputProtocol, OutputProtocol};
 
 /// A client for one Thrift endpoint, with a connection pool, a timeout on every phase of a
 /// call and a circuit breaker.

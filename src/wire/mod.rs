@@ -1,4 +1,9 @@
-//! Wire formats: the transport (framing) and protocol (encoding) a peer speaks.
+//! Wire formats: the transport (framing) and protocol (encoding) a peer speaks, and the
+//! protocols both sides read and write messages with.
+
+pub(crate) mod decode;
+pub(crate) mod mirror;
+pub(crate) mod tracked;
 
 use std::io::Write;
 
@@ -6,7 +11,7 @@ use thrift::protocol::{
     TBinaryOutputProtocol, TCompactOutputProtocol, TInputProtocol, TOutputProtocol,
 };
 
-use crate::decode::{BinaryIn, CompactIn, Source};
+use self::decode::{BinaryIn, CompactIn, Source};
 
 /// The input protocol handed to a generated client's constructor.
 ///

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, SockRef, Socket, Type};
 
-use crate::decode::{self, Source};
 use crate::error::{Error, Timeout};
-use crate::protocol::Transport;
+use crate::wire::decode::{self, Source};
+use crate::wire::Transport;
 
 /// Size of the read buffer, which also decides the largest read that is copied.
 const READ_BUFFER: usize = 16 * 1024;
@@ -685,7 +685,7 @@ mod tests {
     use thrift::protocol::{TInputProtocol, TMessageType};
 
     use super::*;
-    use crate::protocol::{self, Limits, Protocol};
+    use crate::wire::{self, Limits, Protocol};
 
     /// A reader over a connection whose peer has sent `bytes` and closed its side.
     fn reader_of(transport: Transport, max: usize, bytes: &[u8]) -> (Arc<ConnState>, Reader) {
@@ -706,7 +706,7 @@ mod tests {
             max_depth: 64,
             max_elements: usize::MAX,
         };
-        protocol::input(Protocol::Binary, reader, limits)
+        wire::input(Protocol::Binary, reader, limits)
     }
 
     fn reply(name: &str, seq: i32) -> Vec<u8> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol, TSerializable};
 
 use crate::clock::Clock;
-use crate::protocol::{Limits, Protocol, Transport};
+use crate::wire::{Limits, Protocol, Transport};
 
 /// Recognises one of a user's exception types, as a value or as encoded bytes.
 #[derive(Clone, Copy)]
@@ -98,7 +98,7 @@ impl Default for ClientConfig {
             transport: Transport::Framed,
             protocol: Protocol::Binary,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            max_container_elements: crate::decode::DEFAULT_MAX_ELEMENTS,
+            max_container_elements: crate::wire::decode::DEFAULT_MAX_ELEMENTS,
             clock: Clock::system(),
             failures: Vec::new(),
             retryable: Vec::new(),

@@ -10,13 +10,13 @@ use thrift::protocol::{
 /// A generated processor answers a request it failed to decode with an error reply, which does
 /// not show in its return value; on a buffered connection the server must know, because the next
 /// request's start is lost with the unread rest of this one.
-pub(super) struct Tracked<P> {
+pub(crate) struct Tracked<P> {
     inner: P,
     failed: bool,
 }
 
 impl<P: TInputProtocol> Tracked<P> {
-    pub(super) fn new(inner: P) -> Self {
+    pub(crate) fn new(inner: P) -> Self {
         Tracked {
             inner,
             failed: false,
@@ -24,7 +24,7 @@ impl<P: TInputProtocol> Tracked<P> {
     }
 
     /// Whether some read failed, so the request was not decoded to its end.
-    pub(super) fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.failed
     }
 
