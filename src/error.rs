@@ -5,7 +5,6 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
-use crate::client::connection::ConnState;
 use thrift::{
     ApplicationError, ApplicationErrorKind, ProtocolError, ProtocolErrorKind, TransportError,
 };
@@ -150,15 +149,6 @@ impl Error {
                 Err(theirs) => Error::User(theirs),
             },
         }
-    }
-
-    /// Turns the error of a call made on a connection into this type, telling a response
-    /// timeout and a refused oversized request from other transport errors.
-    pub(crate) fn from_call(err: thrift::Error, state: &ConnState) -> Error {
-        if let Some((bytes, limit)) = state.refused_request() {
-            return Error::RequestTooLarge { bytes, limit };
-        }
-        Error::from_thrift(err, state.timed_out())
     }
 
     /// Whether the connection that produced this error may hold unread or unexpected bytes,

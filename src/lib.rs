@@ -57,9 +57,10 @@ mod wire;
 pub mod __fuzz;
 
 pub use crate::client::breaker::BreakerState;
+pub use crate::client::call::ClientStats;
 pub use crate::client::config::ClientConfig;
 pub use crate::client::direct::Direct;
-pub use crate::client::{ClientStats, ThriftClient};
+pub use crate::client::ThriftClient;
 pub use crate::clock::Clock;
 pub use crate::error::{Error, Timeout, Unavailable};
 pub use crate::multi::{MultiDirect, MultiStats, MultiThriftClient};

@@ -9,10 +9,8 @@ use thrift::protocol::{
 };
 use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
 
-use crate::client::breaker::Permit;
-use crate::client::pool::Checkout;
-use crate::client::{Inner, ThriftClient};
-use crate::error::Error;
+use super::call::{Answered, Call, Endpoint};
+use super::ThriftClient;
 use crate::wire::mirror::Mirrored;
 
 /// Declares that [`Direct`] and [`MultiDirect`](crate::MultiDirect) handles speak a service,
@@ -48,14 +46,29 @@ macro_rules! impl_direct {
 /// with [`ClientConfig::failure_on`](crate::ClientConfig::failure_on), as with
 /// [`ThriftClient::call`].
 pub struct Direct<C: Send + 'static> {
-    call: Call<C>,
+    call: Protocols<C>,
+}
+
+impl<C: Send + 'static> ThriftClient<C> {
+    /// A handle on which the generated methods are called directly, the original's
+    /// `wrap_client`: `client.direct().add(1, 2)`. Each call still goes through the pool,
+    /// the timeouts and the breaker.
+    ///
+    /// The generated code implements the service trait for any type that implements
+    /// `TThriftClient` and the service's marker trait; declare the marker once with
+    /// [`impl_direct!`](crate::impl_direct). Errors raised by this crate come out of the
+    /// generated methods as `thrift::Error::User`; [`Error::from`](crate::Error::from) turns
+    /// them back.
+    pub fn direct(&self) -> Direct<C> {
+        Direct::new(self.calls().clone())
+    }
 }
 
 impl<C: Send + 'static> Direct<C> {
-    pub(crate) fn new(client: ThriftClient<C>) -> Self {
+    fn new(endpoint: Arc<Endpoint<C>>) -> Self {
         Direct {
-            call: Call {
-                inner: client.inner,
+            call: Protocols {
+                endpoint,
                 active: None,
                 sequence: 0,
                 method: String::new(),
@@ -72,16 +85,14 @@ impl<C: Send + 'static> Direct<C> {
 
 impl<C: Send + 'static> Clone for Direct<C> {
     fn clone(&self) -> Self {
-        Direct::new(ThriftClient {
-            inner: self.call.inner.clone(),
-        })
+        Direct::new(self.call.endpoint.clone())
     }
 }
 
 impl<C: Send + 'static> fmt::Debug for Direct<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Direct")
-            .field("endpoint", &self.call.inner.endpoint)
+            .field("endpoint", self.call.endpoint.name())
             .finish()
     }
 }
@@ -106,18 +117,12 @@ impl<C: TThriftClient + Send + 'static> TThriftClient for Direct<C> {
     }
 }
 
-/// One call in progress: the slot it holds and the breaker's permit.
-struct Active<C: Send + 'static> {
-    permit: Permit,
-    slot: Checkout<C>,
-}
-
 /// Both protocols of a [`Direct`] handle: they start a call when its request begins, pass
 /// every operation to the pooled connection's generated client, and end the call when the
 /// response has been read (or, for a oneway method, sent).
-struct Call<C: Send + 'static> {
-    inner: Arc<Inner<C>>,
-    active: Option<Active<C>>,
+struct Protocols<C: Send + 'static> {
+    endpoint: Arc<Endpoint<C>>,
+    active: Option<Call<C>>,
     sequence: i32,
     method: String,
     oneway: bool,
@@ -139,15 +144,14 @@ fn outside_call() -> thrift::Error {
     ))
 }
 
-impl<C: TThriftClient + Send + 'static> Call<C> {
+impl<C: TThriftClient + Send + 'static> Protocols<C> {
     fn begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
         self.abandon();
-        let (permit, mut slot) = self.inner.begin()?;
-        slot.live().state.arm(self.inner.config.read_timeout);
+        let call = self.endpoint.begin(None)?;
         self.method.clear();
         self.method.push_str(&ident.name);
         self.oneway = ident.message_type == TMessageType::OneWay;
-        self.active = Some(Active { permit, slot });
+        self.active = Some(call);
         Ok(())
     }
 
@@ -158,7 +162,7 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
         let Some(active) = &mut self.active else {
             return Err(outside_call());
         };
-        op(active.slot.live().client.o_prot_mut()).map_err(|e| self.fail(e))
+        op(active.client().o_prot_mut()).map_err(|e| self.fail(e))
     }
 
     fn read<T>(
@@ -168,7 +172,7 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
         let Some(active) = &mut self.active else {
             return Err(outside_call());
         };
-        let input = active.slot.live().client.i_prot_mut();
+        let input = active.client().i_prot_mut();
         let result = if self.mirroring {
             op(&mut Mirrored {
                 input,
@@ -183,13 +187,12 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
     /// Ends the call with an error; its connection is closed, since the message on it is cut
     /// short.
     fn fail(&mut self, err: thrift::Error) -> thrift::Error {
-        let Some(mut active) = self.active.take() else {
+        let Some(mut call) = self.active.take() else {
             return err;
         };
-        let err = Error::from_call(err, &active.slot.live().state);
         // The message on the connection is cut short.
-        active.slot.discard();
-        match self.inner.end::<()>(active.permit, active.slot, Err(err)) {
+        call.discard();
+        match self.endpoint.end::<()>(call, Err(err), None) {
             Err(err) => err.into(),
             Ok(()) => unreachable!("an error stays an error"),
         }
@@ -197,22 +200,19 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
 
     /// Ends the call normally: the message is complete on the wire.
     fn complete(&mut self) {
-        if let Some(active) = self.active.take() {
-            if self.exception || self.application_error {
-                let declared_failure = self.exception
-                    && !self.mirror.transport.is_empty()
+        if let Some(call) = self.active.take() {
+            if self.application_error {
+                self.endpoint.end_answered(call, Answered::ApplicationError);
+            } else if self.exception {
+                let declared_failure = !self.mirror.transport.is_empty()
                     && self
-                        .inner
-                        .config
+                        .endpoint
+                        .config()
                         .encodes_declared_failure(&self.mirror.transport);
-                self.inner.end_answered_with_error(
-                    active.permit,
-                    active.slot,
-                    self.application_error,
-                    declared_failure,
-                );
+                self.endpoint
+                    .end_answered(call, Answered::Exception { declared_failure });
             } else {
-                let _ = self.inner.end(active.permit, active.slot, Ok(()));
+                let _ = self.endpoint.end(call, Ok(()), None);
             }
         }
     }
@@ -243,18 +243,17 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
     }
 }
 
-impl<C: Send + 'static> Call<C> {
+impl<C: Send + 'static> Protocols<C> {
     /// Drops a call that never finished (its caller went away mid-call): the connection
     /// is closed and a probe's turn passes on.
     fn abandon(&mut self) {
-        if let Some(mut active) = self.active.take() {
-            active.slot.discard();
-            self.inner.abandon(active.permit, active.slot);
+        if let Some(call) = self.active.take() {
+            self.endpoint.abandon(call);
         }
     }
 }
 
-impl<C: Send + 'static> Drop for Call<C> {
+impl<C: Send + 'static> Drop for Protocols<C> {
     fn drop(&mut self) {
         self.abandon();
     }
@@ -281,7 +280,7 @@ macro_rules! forward_writes {
 
 pub(crate) use {forward_reads, forward_writes};
 
-impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
+impl<C: TThriftClient + Send + 'static> TInputProtocol for Protocols<C> {
     fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
         let ident = self.read(|p| p.read_message_begin())?;
         self.check_response(&ident)?;
@@ -291,7 +290,7 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
     fn read_message_end(&mut self) -> thrift::Result<()> {
         self.read(|p| p.read_message_end())?;
         let clean = match &mut self.active {
-            Some(active) => active.slot.live().state.check_clean(),
+            Some(call) => call.connection().check_clean(),
             None => Ok(()),
         };
         if let Err(err) = clean {
@@ -321,7 +320,7 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
         // In a result struct, field 0 is the return value and every other one an exception.
         if self.depth == 1 && field.field_type != TType::Stop && field.id.is_some_and(|id| id > 0) {
             self.exception = true;
-            self.mirroring = !self.inner.config.failures.is_empty();
+            self.mirroring = !self.endpoint.config().failures.is_empty();
         }
         Ok(field)
     }
@@ -347,7 +346,7 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
     }
 }
 
-impl<C: TThriftClient + Send + 'static> TOutputProtocol for Call<C> {
+impl<C: TThriftClient + Send + 'static> TOutputProtocol for Protocols<C> {
     fn write_message_begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
         self.begin(ident)?;
         self.write(|p| p.write_message_begin(ident))

@@ -21,18 +21,27 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
 
-use crate::client::config::ClientConfig;
-use crate::client::connection::{self, ConnState};
+use super::config::ClientConfig;
+use super::connection::{self, ConnState};
+use super::deadline::within;
 use crate::error::{Error, Timeout};
 use crate::wire::{self, InputProtocol, OutputProtocol};
 
-/// `timeout`, cut to what is left until `deadline`, if there is one.
-pub(crate) fn within(timeout: Duration, deadline: Option<Instant>) -> Duration {
-    match deadline {
-        Some(at) => timeout.min(at.saturating_duration_since(Instant::now())),
-        None => timeout,
-    }
+/// The one helper thread r2d2 needs per pool (or per set of pools) to make empty slots.
+///
+/// Once the last pool using it is dropped, the thread exits at once: the jobs still scheduled
+/// then (r2d2's reaper, every 30 s) are for pools that no longer exist, and waiting for them
+/// would keep the thread alive for up to 30 s after the client is gone.
+pub(crate) fn helpers() -> Arc<ScheduledThreadPool> {
+    Arc::new(
+        ScheduledThreadPool::builder()
+            .num_threads(1)
+            .thread_name_pattern("blocking-thrift-pool-{}")
+            .on_drop_behavior(OnPoolDropBehavior::DiscardPendingScheduled)
+            .build(),
+    )
 }
 
 /// Builds a generated client over a connection's protocols.
@@ -227,7 +236,7 @@ impl<C: Send + 'static> Pool<C> {
         endpoint: Arc<str>,
         config: ClientConfig,
         make: Arc<MakeClient<C>>,
-        helpers: Arc<scheduled_thread_pool::ScheduledThreadPool>,
+        helpers: Arc<ScheduledThreadPool>,
     ) -> Pool<C> {
         static IDS: AtomicU64 = AtomicU64::new(1);
         let closed = Arc::new(AtomicBool::new(false));
@@ -523,7 +532,7 @@ mod tests {
             addr.to_string().into(),
             config,
             Arc::new(|_, _| ()),
-            crate::client::pool_helpers(),
+            helpers(),
         )
     }
 
@@ -638,7 +647,7 @@ mod tests {
             listener().to_string().into(),
             config,
             Arc::new(|_, _| ()),
-            crate::client::pool_helpers(),
+            helpers(),
         );
         for _ in 0..20 {
             let busy = pool.checkout(None).unwrap();

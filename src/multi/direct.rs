@@ -14,10 +14,10 @@ use thrift::protocol::{
 use thrift::{ProtocolError, ProtocolErrorKind, TConfiguration, TThriftClient};
 
 use super::MultiThriftClient;
+use crate::client::call::Answered;
 use crate::client::config::{ClientConfig, DEFAULT_MAX_DEPTH};
 use crate::client::direct::{forward_reads, forward_writes};
-use crate::client::pool::within;
-use crate::client::{past_deadline, ThriftClient};
+use crate::client::ThriftClient;
 use crate::error::Error;
 use crate::wire::mirror::Mirrored;
 
@@ -263,39 +263,37 @@ fn attempt<C: TThriftClient + Send + 'static>(
     copy: &mut Vec<u8>,
     limits: &TConfiguration,
 ) -> Result<Reply, Error> {
-    let inner = &client.inner;
-    let (permit, mut slot) = inner.begin_by(deadline)?;
-    let live = slot.live();
-    live.state.arm(within(inner.config.read_timeout, deadline));
+    let endpoint = client.calls();
+    let mut call = endpoint.begin(deadline)?;
     copy.clear();
     let mut out = TBinaryOutputProtocol::new(std::mem::take(copy), true);
-    let result = talk(&mut live.client, request, &mut out, limits).and_then(|reply| {
-        live.state.check_clean()?;
+    let result = talk(call.client(), request, &mut out, limits).and_then(|reply| {
+        call.connection().check_clean()?;
         Ok(reply)
     });
     *copy = out.transport;
     match result {
         Ok(Reply::Exception(range)) => {
             let exception = &copy[range.clone()];
-            let declared_failure = inner.config.encodes_declared_failure(exception);
-            let retried = inner.config.describe_declared_retryable(exception);
-            inner.end_answered_with_error(permit, slot, false, declared_failure);
+            let config = endpoint.config();
+            let declared_failure = config.encodes_declared_failure(exception);
+            let retried = config.describe_declared_retryable(exception);
+            endpoint.end_answered(call, Answered::Exception { declared_failure });
             match retried {
                 Some(text) => Err(Error::User(Box::new(RetriedException(text)))),
                 None => Ok(Reply::Exception(range)),
             }
         }
         Ok(Reply::Application) => {
-            inner.end_answered_with_error(permit, slot, true, false);
+            endpoint.end_answered(call, Answered::ApplicationError);
             Ok(Reply::Application)
         }
-        Ok(reply) => inner.end(permit, slot, Ok(reply)),
-        Err(err) => {
-            let err = Error::from_call(err, &slot.live().state);
-            // The message on the connection is cut short: it cannot serve another call.
-            slot.discard();
-            let err = past_deadline(err, deadline);
-            inner.end(permit, slot, Err(err))
+        result => {
+            if result.is_err() {
+                // The message on the connection is cut short: it cannot serve another call.
+                call.discard();
+            }
+            endpoint.end(call, result, deadline)
         }
     }
 }

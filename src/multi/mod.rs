@@ -13,9 +13,11 @@ use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use scheduled_thread_pool::ScheduledThreadPool;
 
+use crate::client::call::ClientStats;
 use crate::client::config::ClientConfig;
+use crate::client::pool;
 use crate::client::pool::MakeClient;
-use crate::client::{pool_helpers, ClientStats, ThriftClient};
+use crate::client::ThriftClient;
 use crate::error::{Error, Timeout, Unavailable};
 use crate::wire::{InputProtocol, OutputProtocol};
 
@@ -196,13 +198,13 @@ fn reap_every(idle_timeout: Duration) -> Duration {
 }
 
 struct State<C: Send + 'static> {
-    clients: HashMap<Arc<str>, Arc<Endpoint<C>>>,
+    clients: HashMap<Arc<str>, Arc<Known<C>>>,
     /// The helper thread all pools share; `None` once the client is closed.
     helpers: Option<Arc<ScheduledThreadPool>>,
 }
 
 /// One endpoint's client, and when it was last used.
-struct Endpoint<C: Send + 'static> {
+struct Known<C: Send + 'static> {
     client: ThriftClient<C>,
     /// When a call last finished with it, in nanoseconds since the epoch.
     last_used: AtomicU64,
@@ -213,7 +215,7 @@ struct Endpoint<C: Send + 'static> {
 /// An endpoint taken for one attempt; marks it used when dropped.
 struct Lease<'a, C: Send + 'static> {
     shared: &'a Shared<C>,
-    endpoint: Arc<Endpoint<C>>,
+    endpoint: Arc<Known<C>>,
 }
 
 impl<C: Send + 'static> Drop for Lease<'_, C> {
@@ -320,7 +322,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
                 epoch,
                 state: RwLock::new(State {
                     clients: HashMap::new(),
-                    helpers: Some(pool_helpers()),
+                    helpers: Some(pool::helpers()),
                 }),
                 reaper: Mutex::new(None),
                 counters: Counters::default(),
@@ -392,7 +394,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
         };
         let mut endpoints: Vec<(Arc<str>, ClientStats)> = clients
             .iter()
-            .map(|c| (c.inner.endpoint.clone(), c.stats()))
+            .map(|c| (c.calls().name().clone(), c.stats()))
             .collect();
         endpoints.sort_by(|a, b| a.0.cmp(&b.0));
         let c = &self.shared.counters;
@@ -455,7 +457,7 @@ impl<C: Send + 'static> Shared<C> {
                 log::debug!(target: TARGET, "{name}: retrying after {previous} failed: {err}");
             }
             let result = attempt(&lease.endpoint.client, deadline);
-            let endpoint = lease.endpoint.client.inner.endpoint.clone();
+            let endpoint = lease.endpoint.client.calls().name().clone();
             drop(lease);
             let err = match result {
                 Ok(value) => {
@@ -519,14 +521,14 @@ impl<C: Send + 'static> Shared<C> {
                 Some(endpoint) => endpoint.clone(),
                 None => {
                     let client = fresh.take().expect("not yet used");
-                    let endpoint = Arc::new(Endpoint {
+                    let endpoint = Arc::new(Known {
                         last_used: AtomicU64::new(self.now()),
                         in_flight: AtomicUsize::new(0),
                         client,
                     });
                     state
                         .clients
-                        .insert(endpoint.client.inner.endpoint.clone(), endpoint.clone());
+                        .insert(endpoint.client.calls().name().clone(), endpoint.clone());
                     endpoint
                 }
             };
@@ -572,7 +574,7 @@ impl<C: Send + 'static> Shared<C> {
             log::info!(
                 target: TARGET,
                 "{}: endpoint unused for {:?}; closed and forgotten",
-                endpoint.client.inner.endpoint,
+                endpoint.client.endpoint(),
                 self.config.idle_timeout
             );
             endpoint.client.close();
