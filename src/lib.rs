@@ -63,6 +63,7 @@ pub use crate::client::direct::Direct;
 pub use crate::client::ThriftClient;
 pub use crate::clock::Clock;
 pub use crate::error::{Error, Timeout, Unavailable};
-pub use crate::multi::{MultiDirect, MultiStats, MultiThriftClient};
+pub use crate::multi::direct::MultiDirect;
+pub use crate::multi::{MultiStats, MultiThriftClient};
 pub use crate::server::{ServerConfig, ServerStats, ThriftServer};
 pub use crate::wire::{InputProtocol, OutputProtocol, Protocol, Transport};

@@ -70,7 +70,7 @@ impl<C: Send + 'static> Direct<C> {
             call: Protocols {
                 endpoint,
                 active: None,
-                sequence: 0,
+                sequence: Sequence::default(),
                 method: String::new(),
                 oneway: false,
                 exception: false,
@@ -97,24 +97,80 @@ impl<C: Send + 'static> fmt::Debug for Direct<C> {
     }
 }
 
-impl<C: TThriftClient + Send + 'static> TThriftClient for Direct<C> {
-    fn i_prot_mut(&mut self) -> &mut dyn TInputProtocol {
-        &mut self.call
-    }
+/// Implements `TThriftClient` for a direct handle whose `call` field holds both its protocols
+/// and its `sequence` number: the generated methods then run on the handle.
+macro_rules! thrift_client_on_protocols {
+    ($handle:ident) => {
+        impl<C: ::thrift::TThriftClient + Send + 'static> ::thrift::TThriftClient for $handle<C> {
+            fn i_prot_mut(&mut self) -> &mut dyn ::thrift::protocol::TInputProtocol {
+                &mut self.call
+            }
 
-    fn o_prot_mut(&mut self) -> &mut dyn TOutputProtocol {
-        &mut self.call
-    }
+            fn o_prot_mut(&mut self) -> &mut dyn ::thrift::protocol::TOutputProtocol {
+                &mut self.call
+            }
 
-    fn sequence_number(&self) -> i32 {
-        self.call.sequence
-    }
+            fn sequence_number(&self) -> i32 {
+                self.call.sequence.0
+            }
 
-    fn increment_sequence_number(&mut self) -> i32 {
-        // Stays positive, as Thrift sequence numbers should.
-        self.call.sequence = self.call.sequence.checked_add(1).unwrap_or(1);
-        self.call.sequence
+            fn increment_sequence_number(&mut self) -> i32 {
+                self.call.sequence.advance()
+            }
+        }
+    };
+}
+
+pub(crate) use thrift_client_on_protocols;
+
+thrift_client_on_protocols!(Direct);
+
+/// The sequence number of a direct handle's latest call; it stays positive, as Thrift
+/// sequence numbers should.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Sequence(pub(crate) i32);
+
+impl Sequence {
+    pub(crate) fn advance(&mut self) -> i32 {
+        self.0 = self.0.checked_add(1).unwrap_or(1);
+        self.0
     }
+}
+
+/// What a direct handle's protocol answers to an operation made outside a call.
+pub(crate) fn outside_call() -> thrift::Error {
+    thrift::Error::Protocol(ProtocolError::new(
+        ProtocolErrorKind::Unknown,
+        "message operation outside a call",
+    ))
+}
+
+/// Fails a response that does not answer the call to `method` numbered `sequence`: another
+/// call's reply, or a message that is no reply.
+pub(crate) fn check_answers(
+    ident: &TMessageIdentifier,
+    method: &str,
+    sequence: i32,
+) -> thrift::Result<()> {
+    let problem = if ident.sequence_number != sequence {
+        format!(
+            "response sequence id {} does not match request {sequence}",
+            ident.sequence_number
+        )
+    } else if ident.name != method {
+        format!("response is for {:?}, not {method:?}", ident.name)
+    } else if !matches!(
+        ident.message_type,
+        TMessageType::Reply | TMessageType::Exception
+    ) {
+        format!("response has message type {:?}", ident.message_type)
+    } else {
+        return Ok(());
+    };
+    Err(thrift::Error::Protocol(ProtocolError::new(
+        ProtocolErrorKind::InvalidData,
+        problem,
+    )))
 }
 
 /// Both protocols of a [`Direct`] handle: they start a call when its request begins, pass
@@ -123,7 +179,7 @@ impl<C: TThriftClient + Send + 'static> TThriftClient for Direct<C> {
 struct Protocols<C: Send + 'static> {
     endpoint: Arc<Endpoint<C>>,
     active: Option<Call<C>>,
-    sequence: i32,
+    sequence: Sequence,
     method: String,
     oneway: bool,
     /// The response carries a service exception.
@@ -135,13 +191,6 @@ struct Protocols<C: Send + 'static> {
     /// told against the types declared as failures.
     mirroring: bool,
     mirror: TBinaryOutputProtocol<Vec<u8>>,
-}
-
-fn outside_call() -> thrift::Error {
-    thrift::Error::Protocol(ProtocolError::new(
-        ProtocolErrorKind::Unknown,
-        "message operation outside a call",
-    ))
 }
 
 impl<C: TThriftClient + Send + 'static> Protocols<C> {
@@ -218,28 +267,15 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
     }
 
     fn check_response(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
-        let problem = if ident.sequence_number != self.sequence {
-            format!(
-                "response sequence id {} does not match request {}",
-                ident.sequence_number, self.sequence
-            )
-        } else if ident.name != self.method {
-            format!("response is for {:?}, not {:?}", ident.name, self.method)
-        } else if !matches!(
-            ident.message_type,
-            TMessageType::Reply | TMessageType::Exception
-        ) {
-            format!("response has message type {:?}", ident.message_type)
-        } else {
-            self.exception = false;
-            self.application_error = ident.message_type == TMessageType::Exception;
-            self.depth = 0;
-            self.mirroring = false;
-            self.mirror.transport.clear();
-            return Ok(());
-        };
-        let err = ProtocolError::new(ProtocolErrorKind::InvalidData, problem);
-        Err(self.fail(thrift::Error::Protocol(err)))
+        if let Err(err) = check_answers(ident, &self.method, self.sequence.0) {
+            return Err(self.fail(err));
+        }
+        self.exception = false;
+        self.application_error = ident.message_type == TMessageType::Exception;
+        self.depth = 0;
+        self.mirroring = false;
+        self.mirror.transport.clear();
+        Ok(())
     }
 }
 

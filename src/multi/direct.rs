@@ -11,12 +11,16 @@ use thrift::protocol::{
     TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
     TStructIdentifier, TType,
 };
-use thrift::{ProtocolError, ProtocolErrorKind, TConfiguration, TThriftClient};
+use thrift::{TConfiguration, TThriftClient};
 
+use super::retry::RetriedException;
 use super::MultiThriftClient;
 use crate::client::call::Answered;
 use crate::client::config::{ClientConfig, DEFAULT_MAX_DEPTH};
-use crate::client::direct::{forward_reads, forward_writes};
+use crate::client::direct::{
+    check_answers, forward_reads, forward_writes, outside_call, thrift_client_on_protocols,
+    Sequence,
+};
 use crate::client::ThriftClient;
 use crate::error::Error;
 use crate::wire::mirror::Mirrored;
@@ -49,29 +53,26 @@ const KEEP_BUFFER: usize = 64 * 1024;
 /// The response is held in memory until the generated code has read it (it is bounded by
 /// `max_message_size`). The handle is cheap: make one per thread, or clone it.
 pub struct MultiDirect<C: Send + 'static> {
-    call: Call<C>,
+    call: Protocols<C>,
 }
 
-/// A retried service exception, as listed among a direct call's attempts.
-#[derive(Debug)]
-pub(super) struct RetriedException(String);
-
-impl fmt::Display for RetriedException {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl<C: Send + 'static> MultiThriftClient<C> {
+    /// A handle on which the generated methods are called directly, the original's
+    /// `wrap_client`: `client.direct().add(1, 2)`, with the same retries as
+    /// [`call`](Self::call). See [`MultiDirect`].
+    pub fn direct(&self) -> MultiDirect<C> {
+        MultiDirect::new(self.clone())
     }
 }
 
-impl std::error::Error for RetriedException {}
-
 impl<C: Send + 'static> MultiDirect<C> {
-    pub(super) fn new(client: MultiThriftClient<C>) -> Self {
-        let limits = limits(&client.shared.config);
+    fn new(client: MultiThriftClient<C>) -> Self {
+        let limits = limits(client.config());
         MultiDirect {
-            call: Call {
+            call: Protocols {
                 client,
                 limits,
-                sequence: 0,
+                sequence: Sequence::default(),
                 method: String::new(),
                 oneway: false,
                 phase: Phase::Idle,
@@ -97,25 +98,7 @@ impl<C: Send + 'static> fmt::Debug for MultiDirect<C> {
     }
 }
 
-impl<C: TThriftClient + Send + 'static> TThriftClient for MultiDirect<C> {
-    fn i_prot_mut(&mut self) -> &mut dyn TInputProtocol {
-        &mut self.call
-    }
-
-    fn o_prot_mut(&mut self) -> &mut dyn TOutputProtocol {
-        &mut self.call
-    }
-
-    fn sequence_number(&self) -> i32 {
-        self.call.sequence
-    }
-
-    fn increment_sequence_number(&mut self) -> i32 {
-        // Stays positive, as Thrift sequence numbers should.
-        self.call.sequence = self.call.sequence.checked_add(1).unwrap_or(1);
-        self.call.sequence
-    }
-}
+thrift_client_on_protocols!(MultiDirect);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -127,10 +110,10 @@ enum Phase {
 }
 
 /// Both protocols of a [`MultiDirect`] handle.
-struct Call<C: Send + 'static> {
+struct Protocols<C: Send + 'static> {
     client: MultiThriftClient<C>,
     limits: TConfiguration,
-    sequence: i32,
+    sequence: Sequence,
     method: String,
     oneway: bool,
     phase: Phase,
@@ -162,13 +145,6 @@ enum Reply {
     Exception(std::ops::Range<usize>),
 }
 
-fn outside_call() -> thrift::Error {
-    thrift::Error::Protocol(ProtocolError::new(
-        ProtocolErrorKind::Unknown,
-        "message operation outside a call",
-    ))
-}
-
 fn limits(config: &ClientConfig) -> TConfiguration {
     let max = Some(config.max_message_size);
     TConfiguration::builder()
@@ -181,7 +157,7 @@ fn limits(config: &ClientConfig) -> TConfiguration {
         .expect("frame size equals message size, which the builder accepts")
 }
 
-impl<C: TThriftClient + Send + 'static> Call<C> {
+impl<C: TThriftClient + Send + 'static> Protocols<C> {
     fn begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
         let mut buf = std::mem::take(&mut self.request.transport);
         if buf.capacity() > KEEP_BUFFER {
@@ -222,14 +198,13 @@ impl<C: TThriftClient + Send + 'static> Call<C> {
         let request = Request {
             bytes: &self.request.transport,
             method: &self.method,
-            sequence: self.sequence,
+            sequence: self.sequence.0,
             oneway: self.oneway,
         };
         let mut copy = std::mem::take(&mut self.spare);
         let limits = &self.limits;
         let result = self
             .client
-            .shared
             .run(|client, deadline| attempt(client, deadline, &request, &mut copy, limits));
         match result {
             Ok(Reply::Sent) => {
@@ -322,27 +297,10 @@ fn talk<C: TThriftClient>(
         copy,
     };
     let ident = receive.read_message_begin()?;
-    let problem = if ident.sequence_number != request.sequence {
-        format!(
-            "response sequence id {} does not match request {}",
-            ident.sequence_number, request.sequence
-        )
-    } else if ident.name != request.method {
-        format!("response is for {:?}, not {:?}", ident.name, request.method)
-    } else if !matches!(
-        ident.message_type,
-        TMessageType::Reply | TMessageType::Exception
-    ) {
-        format!("response has message type {:?}", ident.message_type)
-    } else {
-        receive.skip(TType::Struct)?;
-        receive.read_message_end()?;
-        return classify(&copy.transport, ident.message_type);
-    };
-    Err(thrift::Error::Protocol(ProtocolError::new(
-        ProtocolErrorKind::InvalidData,
-        problem,
-    )))
+    check_answers(&ident, request.method, request.sequence)?;
+    receive.skip(TType::Struct)?;
+    receive.read_message_end()?;
+    classify(&copy.transport, ident.message_type)
 }
 
 /// Tells a response's copy apart: in a result struct, field 0 is the return value and every
@@ -363,7 +321,7 @@ fn classify(response: &[u8], message_type: TMessageType) -> thrift::Result<Reply
     Ok(Reply::Exception(start..input.transport.position() as usize))
 }
 
-impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
+impl<C: TThriftClient + Send + 'static> TInputProtocol for Protocols<C> {
     fn read_message_end(&mut self) -> thrift::Result<()> {
         self.read(|p| p.read_message_end())?;
         self.phase = Phase::Idle;
@@ -395,7 +353,7 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Call<C> {
     }
 }
 
-impl<C: TThriftClient + Send + 'static> TOutputProtocol for Call<C> {
+impl<C: TThriftClient + Send + 'static> TOutputProtocol for Protocols<C> {
     fn write_message_begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
         self.begin(ident)
     }

@@ -5,26 +5,25 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use scheduled_thread_pool::ScheduledThreadPool;
 
 use crate::client::call::ClientStats;
 use crate::client::config::ClientConfig;
-use crate::client::pool;
-use crate::client::pool::MakeClient;
+use crate::client::pool::{self, MakeClient};
 use crate::client::ThriftClient;
 use crate::error::{Error, Timeout, Unavailable};
 use crate::wire::{InputProtocol, OutputProtocol};
 
-mod direct;
+pub(crate) mod direct;
+mod reaper;
+mod retry;
 
-pub use self::direct::MultiDirect;
-use self::direct::RetriedException;
+use self::reaper::{reap_every, Reaper};
+use self::retry::{verdict, Verdict};
 
 const TARGET: &str = "blocking_thrift::multi";
 
@@ -136,67 +135,6 @@ struct Shared<C: Send + 'static> {
     counters: Counters,
 }
 
-/// The thread that closes idle endpoints, and what stops it.
-struct Reaper {
-    /// Dropped to stop the thread.
-    stop: Sender<()>,
-    thread: JoinHandle<()>,
-    /// Lets tests see the thread's end: it holds the only strong reference.
-    #[cfg(test)]
-    running: Weak<()>,
-}
-
-impl Reaper {
-    /// Starts a thread that reaps `shared`'s idle endpoints every `every`, until `stop` is
-    /// dropped or `shared` is gone.
-    fn start<C: Send + 'static>(shared: Weak<Shared<C>>, every: Duration) -> std::io::Result<Self> {
-        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
-        #[cfg(test)]
-        let (running, alive) = {
-            let alive = Arc::new(());
-            (Arc::downgrade(&alive), alive)
-        };
-        let thread = thread::Builder::new()
-            .name("blocking-thrift-reaper".to_owned())
-            .spawn(move || {
-                #[cfg(test)]
-                let _alive = alive;
-                loop {
-                    match stopped.recv_timeout(every) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    let Some(shared) = shared.upgrade() else {
-                        return;
-                    };
-                    shared.reap(shared.now());
-                }
-            })?;
-        Ok(Reaper {
-            stop,
-            thread,
-            #[cfg(test)]
-            running,
-        })
-    }
-
-    /// Stops the thread and waits for it, unless this is that thread (it dropped the last
-    /// clone of the client): then it exits by itself as this returns.
-    fn stop(self) {
-        drop(self.stop);
-        if self.thread.thread().id() != thread::current().id() && self.thread.join().is_err() {
-            log::error!(target: TARGET, "the reaper thread panicked");
-        }
-    }
-}
-
-/// How often the reaper looks for idle endpoints: an eighth of `idle_timeout`, so an endpoint
-/// is reaped at most that late, but no more often than every millisecond, and at least every
-/// second.
-fn reap_every(idle_timeout: Duration) -> Duration {
-    (idle_timeout / 8).clamp(Duration::from_millis(1), Duration::from_secs(1))
-}
-
 struct State<C: Send + 'static> {
     clients: HashMap<Arc<str>, Arc<Known<C>>>,
     /// The helper thread all pools share; `None` once the client is closed.
@@ -263,36 +201,6 @@ impl MultiStats {
     }
 }
 
-/// What a failed attempt means for the call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Verdict {
-    /// The endpoint failed; another may not. `unsent`: the request never left.
-    EndpointFailed { unsent: bool },
-    /// The service raised an exception declared retryable.
-    DeclaredRetryable,
-    /// The call's deadline has passed.
-    Deadline,
-    /// An answer (or a closed client): it goes back to the caller as it is.
-    Final,
-}
-
-fn verdict(config: &ClientConfig, err: &Error) -> Verdict {
-    match err {
-        Error::Timeout(Timeout::Deadline) => Verdict::Deadline,
-        Error::Connect { .. } | Error::CircuitOpen { .. } | Error::Timeout(_) => {
-            Verdict::EndpointFailed {
-                unsent: err.is_unsent(),
-            }
-        }
-        // Including a response that did not match its request.
-        Error::Transport(_) | Error::Protocol(_) => Verdict::EndpointFailed { unsent: false },
-        Error::User(e) if e.is::<RetriedException>() || config.is_declared_retryable(&**e) => {
-            Verdict::DeclaredRetryable
-        }
-        _ => Verdict::Final,
-    }
-}
-
 impl<C: Send + 'static> MultiThriftClient<C> {
     /// A client for the endpoints `endpoints` yields (`host:port` each), that builds each
     /// endpoint's generated client with `make`, typically `CalculatorSyncClient::new`.
@@ -349,13 +257,6 @@ impl<C: Send + 'static> MultiThriftClient<C> {
             .run(|client, deadline| client.call_by(deadline, &mut f))
     }
 
-    /// A handle on which the generated methods are called directly, the original's
-    /// `wrap_client`: `client.direct().add(1, 2)`, with the same retries as
-    /// [`call`](Self::call). See [`MultiDirect`].
-    pub fn direct(&self) -> MultiDirect<C> {
-        MultiDirect::new(self.clone())
-    }
-
     /// Closes and forgets every endpoint no call has used for `idle_timeout`, now; returns
     /// how many. The client's reaper thread does this by itself every eighth of
     /// `idle_timeout` (see [Idle endpoints](Self#idle-endpoints)).
@@ -409,8 +310,16 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     }
 
     /// The configuration every endpoint's client uses.
-    pub fn config(&self) -> &ClientConfig {
+    pub(crate) fn config(&self) -> &ClientConfig {
         &self.shared.config
+    }
+
+    /// Runs `attempt` on the endpoints in turn, with the retries of [`call`](Self::call).
+    pub(crate) fn run<T>(
+        &self,
+        attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        self.shared.run(attempt)
     }
 }
 
@@ -552,7 +461,15 @@ impl<C: Send + 'static> Shared<C> {
         if reaper.is_some() || self.state.read().helpers.is_none() {
             return;
         }
-        match Reaper::start(Arc::downgrade(self), reap_every(self.config.idle_timeout)) {
+        let client = Arc::downgrade(self);
+        let reap = move || match client.upgrade() {
+            Some(shared) => {
+                shared.reap(shared.now());
+                true
+            }
+            None => false,
+        };
+        match Reaper::start(reap_every(self.config.idle_timeout), reap) {
             Ok(started) => *reaper = Some(started),
             // Idle endpoints then wait for `reap_idle`, or the next endpoint added.
             Err(err) => log::error!(target: TARGET, "cannot start the reaper thread: {err}"),
@@ -619,63 +536,6 @@ impl<C: Send + 'static> fmt::Debug for MultiThriftClient<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use thrift::ApplicationErrorKind;
-
-    #[derive(Debug)]
-    struct Busy;
-
-    impl fmt::Display for Busy {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("busy")
-        }
-    }
-
-    impl std::error::Error for Busy {}
-
-    impl thrift::protocol::TSerializable for Busy {
-        fn read_from_in_protocol(
-            _: &mut dyn thrift::protocol::TInputProtocol,
-        ) -> thrift::Result<Self> {
-            Ok(Busy)
-        }
-
-        fn write_to_out_protocol(
-            &self,
-            _: &mut dyn thrift::protocol::TOutputProtocol,
-        ) -> thrift::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[test]
-    fn verdicts() {
-        let config = ClientConfig::default().retry_on::<Busy>();
-        let v = |err: Error| verdict(&config, &err);
-        assert_eq!(
-            v(Error::CircuitOpen {
-                endpoint: "a:1".into()
-            }),
-            Verdict::EndpointFailed { unsent: true }
-        );
-        assert_eq!(
-            v(Error::Timeout(Timeout::PoolWait)),
-            Verdict::EndpointFailed { unsent: true }
-        );
-        assert_eq!(
-            v(Error::Timeout(Timeout::Response)),
-            Verdict::EndpointFailed { unsent: false }
-        );
-        assert_eq!(v(Error::Timeout(Timeout::Deadline)), Verdict::Deadline);
-        assert_eq!(v(Error::User(Box::new(Busy))), Verdict::DeclaredRetryable);
-        assert_eq!(
-            v(Error::User(Box::new(std::io::Error::other("x")))),
-            Verdict::Final
-        );
-        let app = |kind| Error::Application(thrift::ApplicationError::new(kind, "x"));
-        assert_eq!(v(app(ApplicationErrorKind::InternalError)), Verdict::Final);
-        assert_eq!(v(app(ApplicationErrorKind::UnknownMethod)), Verdict::Final);
-        assert_eq!(v(Error::Closed), Verdict::Final);
-    }
 
     #[test]
     fn endpoints_are_walked_lazily() {
@@ -732,7 +592,7 @@ mod tests {
 
     /// A client whose endpoint refuses connections, with its reaper started by one call, and
     /// what tells whether the reaper's thread still runs.
-    fn with_reaper() -> (MultiThriftClient<()>, Weak<()>) {
+    fn with_reaper() -> (MultiThriftClient<()>, std::sync::Weak<()>) {
         let port = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             listener.local_addr().unwrap().port()
