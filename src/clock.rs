@@ -1,8 +1,8 @@
 //! The clock that breakers and endpoint reaping read.
 
 use std::fmt;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Where breakers and idle-endpoint reaping get the time from.
 ///
@@ -38,5 +38,52 @@ impl fmt::Debug for Clock {
         } else {
             "Clock(system)"
         })
+    }
+}
+
+/// The nanoseconds in `duration`, saturating at `u64::MAX` (over 580 years).
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// A fixed instant that later times are counted from in nanoseconds, so that a time fits in
+/// one atomic integer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Epoch(Instant);
+
+impl Epoch {
+    pub(crate) fn new(at: Instant) -> Self {
+        Epoch(at)
+    }
+
+    /// Nanoseconds from the epoch to `at`: 0 for a time before it.
+    pub(crate) fn nanos(self, at: Instant) -> u64 {
+        nanos(at.saturating_duration_since(self.0))
+    }
+}
+
+/// The monotonic clock that [`Instant`] reads, in nanoseconds since the crate first read it:
+/// as one integer, a call's deadline is cheap to store, compare and share between threads.
+pub(crate) fn monotonic_nanos() -> u64 {
+    static START: OnceLock<Epoch> = OnceLock::new();
+    let now = Instant::now();
+    START.get_or_init(|| Epoch::new(now)).nanos(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epochs_count_nanoseconds_and_never_go_negative() {
+        let start = Instant::now();
+        let epoch = Epoch::new(start);
+        assert_eq!(epoch.nanos(start), 0);
+        assert_eq!(epoch.nanos(start + Duration::from_millis(3)), 3_000_000);
+        let later = Epoch::new(start + Duration::from_secs(1));
+        assert_eq!(later.nanos(start), 0);
+        assert_eq!(nanos(Duration::MAX), u64::MAX);
+        let (a, b) = (monotonic_nanos(), monotonic_nanos());
+        assert!(b >= a);
     }
 }

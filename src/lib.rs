@@ -38,8 +38,7 @@
 //! `examples/calculator.rs` walks through the whole crate against a real server:
 //! `cargo run --example calculator`.
 #![deny(unsafe_code)]
-// Audited exceptions: registering sockets with `polling` (src/server/poller.rs)
-// and reading the monotonic clock with `clock_gettime` (src/transport.rs).
+// One audited exception: registering sockets with `polling` (src/server/poller.rs).
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::client::config::ClientConfig;
-use crate::clock::Clock;
+use crate::clock::{Clock, Epoch};
 
 /// Where a circuit breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -77,7 +77,7 @@ pub(crate) struct Breaker {
     settings: Settings,
     clock: Clock,
     /// The clock's time when the breaker was made; `gate` counts from it.
-    epoch: Instant,
+    epoch: Epoch,
     /// Mirrors `state` so that most calls need not take the lock: [`GATE_OPEN`] while closed
     /// (calls pass), else calls before this many nanoseconds after `epoch` are rejected, and
     /// later ones ask under the lock.
@@ -102,7 +102,7 @@ impl Breaker {
                 jitter: config.jitter,
             },
             clock: config.clock.clone(),
-            epoch: config.clock.now(),
+            epoch: Epoch::new(config.clock.now()),
             gate: AtomicU64::new(GATE_OPEN),
             state: Mutex::new(State::Closed {
                 failures: window(config.maxfail),
@@ -122,11 +122,7 @@ impl Breaker {
 
     /// Nanoseconds from `epoch` to `at`, plus one, so that no time reads as [`GATE_OPEN`].
     fn ticks(&self, at: Instant) -> u64 {
-        let nanos = at.saturating_duration_since(self.epoch).as_nanos();
-        u64::try_from(nanos)
-            .unwrap_or(GATE_SHUT - 1)
-            .saturating_add(1)
-            .min(GATE_SHUT - 1)
+        self.epoch.nanos(at).saturating_add(1).min(GATE_SHUT - 1)
     }
 
     /// Asks to make a call; `None` means the breaker rejects it.

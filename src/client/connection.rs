@@ -2,14 +2,15 @@
 //! reader and writer that the protocols sit on.
 
 use std::io::{self, Read, Write};
-use std::mem::MaybeUninit;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, SockRef, Socket, Type};
+use rustix::net::RecvFlags;
+use socket2::{Domain, Socket, Type};
 
+use crate::clock::{monotonic_nanos, nanos};
 use crate::error::{Error, Timeout};
 use crate::wire::decode::{self, Source};
 use crate::wire::Transport;
@@ -90,39 +91,17 @@ fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     Ok(socket.into())
 }
 
-/// The monotonic clock that `Instant` reads, in nanoseconds: a call reads it at each step, and
-/// as one integer it is cheaper to read, store and subtract than an `Instant`.
-fn now_nanos() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `now` is valid and writable for the duration of the call, which keeps no pointer
-    // to it. CLOCK_MONOTONIC exists on every system this crate builds for, so it cannot fail.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now);
-    }
-    (now.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(now.tv_nsec as u64)
-}
-
-fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
 /// What a connection's reader, writer and owner share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
     stream: TcpStream,
-    /// When the current call's time runs out, on [`now_nanos`]'s clock.
+    /// When the current call's time runs out, on [`monotonic_nanos`]'s clock.
     deadline: AtomicU64,
     timed_out: AtomicBool,
     broken: AtomicBool,
     /// The reader holds bytes, or owes bytes of a frame, that no call has asked for.
     leftover: AtomicBool,
-    /// When a read last brought bytes, on [`now_nanos`]'s clock.
+    /// When a read last brought bytes, on [`monotonic_nanos`]'s clock.
     last_heard: AtomicU64,
     /// The size of a request refused for exceeding `max_message_size` (0: none); nothing of
     /// it was sent, so the connection stays usable.
@@ -133,8 +112,10 @@ pub(crate) struct ConnState {
 impl ConnState {
     /// Starts the clock of a call: everything it sends and reads must be done within `budget`.
     pub(crate) fn arm(&self, budget: Duration) {
-        self.deadline
-            .store(now_nanos().saturating_add(nanos(budget)), Ordering::Relaxed);
+        self.deadline.store(
+            monotonic_nanos().saturating_add(nanos(budget)),
+            Ordering::Relaxed,
+        );
         self.timed_out.store(false, Ordering::Relaxed);
         self.oversized.store(0, Ordering::Relaxed);
     }
@@ -186,14 +167,13 @@ impl ConnState {
             return false;
         }
         let heard = self.last_heard.load(Ordering::Relaxed);
-        if now_nanos().saturating_sub(heard) < nanos(unchecked) {
+        if monotonic_nanos().saturating_sub(heard) < nanos(unchecked) {
             return true;
         }
-        let mut byte = [MaybeUninit::<u8>::uninit()];
-        match SockRef::from(&self.stream)
-            .recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT)
-        {
-            Err(e) => e.kind() == io::ErrorKind::WouldBlock,
+        let mut byte = [0u8];
+        let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
+        match rustix::net::recv(&self.stream, &mut byte[..], peek) {
+            Err(e) => e == rustix::io::Errno::AGAIN,
             // 0: the peer closed; more: bytes nobody asked for.
             Ok(_) => false,
         }
@@ -276,7 +256,7 @@ fn bounded<T>(
     let deadline = state.deadline.load(Ordering::Relaxed);
     let mut widen = false;
     loop {
-        let now = now_nanos();
+        let now = monotonic_nanos();
         let left = Duration::from_nanos(deadline.saturating_sub(now));
         if left.is_zero() {
             return Err(timed_out(state));
@@ -350,7 +330,7 @@ fn receive(state: &ConnState, socket_timeout: &mut Duration, out: &mut [u8]) -> 
         if block {
             s.read(out)
         } else {
-            match rustix::net::recv(s, &mut *out, rustix::net::RecvFlags::DONTWAIT) {
+            match rustix::net::recv(s, &mut *out, RecvFlags::DONTWAIT) {
                 Ok((n, _)) => Ok(n),
                 Err(e) => Err(e.into()),
             }

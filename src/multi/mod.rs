@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 use scheduled_thread_pool::ScheduledThreadPool;
@@ -15,6 +15,7 @@ use crate::client::call::ClientStats;
 use crate::client::config::ClientConfig;
 use crate::client::pool::{self, MakeClient};
 use crate::client::ThriftClient;
+use crate::clock::{nanos, Epoch};
 use crate::error::{Error, Timeout, Unavailable};
 use crate::wire::{InputProtocol, OutputProtocol};
 
@@ -128,7 +129,7 @@ struct Shared<C: Send + 'static> {
     make: Arc<MakeClient<C>>,
     config: ClientConfig,
     /// Times on the config's clock are kept as nanoseconds since this instant.
-    epoch: Instant,
+    epoch: Epoch,
     state: RwLock<State<C>>,
     /// The reaper thread, once an endpoint was added; `None` again once closed.
     reaper: Mutex<Option<Reaper>>,
@@ -221,7 +222,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
                 }
             }
         };
-        let epoch = config.clock.now();
+        let epoch = Epoch::new(config.clock.now());
         MultiThriftClient {
             shared: Arc::new(Shared {
                 endpoints: Box::new(walk),
@@ -326,12 +327,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 impl<C: Send + 'static> Shared<C> {
     /// The config's clock, in nanoseconds since the epoch.
     fn now(&self) -> u64 {
-        nanos(
-            self.config
-                .clock
-                .now()
-                .saturating_duration_since(self.epoch),
-        )
+        self.epoch.nanos(self.config.clock.now())
     }
 
     /// Runs `attempt` on endpoints in turn until one answers, a failure is not to be retried,
@@ -503,10 +499,6 @@ impl<C: Send + 'static> Shared<C> {
     }
 }
 
-fn nanos(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
 impl<C: Send + 'static> Drop for Shared<C> {
     fn drop(&mut self) {
         if let Some(reaper) = self.reaper.get_mut().take() {
@@ -536,6 +528,7 @@ impl<C: Send + 'static> fmt::Debug for MultiThriftClient<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn endpoints_are_walked_lazily() {

@@ -27,6 +27,7 @@ use polling::{Event, Poller};
 use socket2::{Domain, Socket, Type};
 use thrift::server::TProcessor;
 
+use crate::clock::{nanos, Epoch};
 use crate::counter::Striped;
 
 use self::conn::{Conn, Next};
@@ -121,7 +122,7 @@ const SHORTAGE_MEMORY: Duration = Duration::from_millis(20);
 /// next request keeps the others waiting (for as long as that client takes, which on a loaded
 /// machine can be milliseconds). Workers stop lingering while this is recent.
 struct Shortage {
-    epoch: Instant,
+    epoch: Epoch,
     /// Nanoseconds after `epoch`, plus one; 0: never.
     at: AtomicU64,
 }
@@ -129,7 +130,7 @@ struct Shortage {
 impl Shortage {
     fn new(epoch: Instant) -> Self {
         Shortage {
-            epoch,
+            epoch: Epoch::new(epoch),
             at: AtomicU64::new(0),
         }
     }
@@ -141,13 +142,11 @@ impl Shortage {
     /// Whether a shortage was noted within [`SHORTAGE_MEMORY`] before `at`, or after it.
     fn near(&self, at: Instant) -> bool {
         let noted = self.at.load(Ordering::Relaxed);
-        noted != 0 && self.ticks(at) < noted.saturating_add(SHORTAGE_MEMORY.as_nanos() as u64)
+        noted != 0 && self.ticks(at) < noted.saturating_add(nanos(SHORTAGE_MEMORY))
     }
 
     fn ticks(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
-            .unwrap_or(u64::MAX - 1)
-            .saturating_add(1)
+        self.epoch.nanos(at).saturating_add(1)
     }
 }
 
