@@ -10,8 +10,8 @@ use std::time::Duration;
 use thrift::protocol::{TInputProtocol, TType};
 
 use crate::client::connection;
-use crate::wire::decode::{BinaryIn, CompactIn, DEFAULT_MAX_DEPTH};
-use crate::wire::{self, InputProtocol, Limits, OutputProtocol, Protocol, Transport};
+use crate::wire::decode::DEFAULT_MAX_DEPTH;
+use crate::wire::{self, with_reader, InputProtocol, Limits, OutputProtocol, Protocol, Transport};
 
 /// Runs `f` on a client's protocols over a real connection whose server has sent `response`
 /// and closed its side, so every read after the response meets the end of the stream.
@@ -60,29 +60,20 @@ pub fn with_client<R>(
 /// it held.
 pub fn read_message(protocol: Protocol, bytes: &[u8]) -> thrift::Result<usize> {
     let mut values = 0;
-    match protocol {
-        Protocol::Binary => {
-            walk_message(&mut BinaryIn::new(bytes, DEFAULT_MAX_DEPTH), &mut values)?
-        }
-        Protocol::Compact => {
-            walk_message(&mut CompactIn::new(bytes, DEFAULT_MAX_DEPTH), &mut values)?
-        }
-    }
+    with_reader!(protocol, bytes, Limits::defaults(), |input| {
+        walk_message(&mut input, &mut values)
+    })?;
     Ok(values)
 }
 
 /// Skips one message in `bytes` with the decoder of `protocol`, as a processor skips what it
 /// does not know.
 pub fn skip_message(protocol: Protocol, bytes: &[u8]) -> thrift::Result<()> {
-    let skip = |input: &mut dyn TInputProtocol| {
+    with_reader!(protocol, bytes, Limits::defaults(), |input| {
         input.read_message_begin()?;
         input.skip(TType::Struct)?;
         input.read_message_end()
-    };
-    match protocol {
-        Protocol::Binary => skip(&mut BinaryIn::new(bytes, DEFAULT_MAX_DEPTH)),
-        Protocol::Compact => skip(&mut CompactIn::new(bytes, DEFAULT_MAX_DEPTH)),
-    }
+    })
 }
 
 fn walk_message(input: &mut dyn TInputProtocol, values: &mut usize) -> thrift::Result<()> {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::wire::Limits;
 use crate::{Protocol, Transport};
 
 /// Settings of a [`ThriftServer`](crate::ThriftServer).
@@ -61,6 +62,15 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The limits a request is decoded within.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            max_message_size: self.max_message_size,
+            max_depth: self.max_depth,
+            max_elements: self.max_container_elements,
+        }
+    }
+
     /// How many threads run requests.
     ///
     /// Idle connections never hold a worker, so this bounds how many requests run at the same

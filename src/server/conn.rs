@@ -18,19 +18,17 @@ use std::time::{Duration, Instant};
 use log::{error, Level};
 use polling::{Event, Poller};
 use rustix::net::RecvFlags;
-use thrift::protocol::{
-    TBinaryOutputProtocol, TCompactOutputProtocol, TInputProtocol, TMessageIdentifier,
-    TMessageType, TOutputProtocol, TType,
-};
+use thrift::protocol::{TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol, TType};
 use thrift::server::TProcessor;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::config::ServerConfig;
 use super::poller::Registered;
 use super::{Shared, TARGET};
-use crate::wire::decode::{BinaryIn, CompactIn, Source};
+use crate::wire::decode::Source;
 use crate::wire::tracked::Tracked;
-use crate::{Protocol, Transport};
+use crate::wire::{with_reader, with_writer};
+use crate::Transport;
 
 /// How much a read asks the socket for at least; one read typically takes in a whole request.
 const READ_CHUNK: usize = 8 * 1024;
@@ -550,14 +548,9 @@ fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
         p.skip(TType::Struct)?;
         p.read_message_end()
     }
-    let walked = match config.protocol {
-        Protocol::Binary => walk(
-            BinaryIn::new(&mut scan, config.max_depth).max_elements(config.max_container_elements),
-        ),
-        Protocol::Compact => walk(
-            CompactIn::new(&mut scan, config.max_depth).max_elements(config.max_container_elements),
-        ),
-    };
+    let walked = with_reader!(config.protocol, &mut scan, config.limits(), |input| walk(
+        input
+    ));
     match walked {
         Ok(()) => Measured::Whole(scan.used),
         Err(_) if scan.too_large => Measured::TooLarge,
@@ -642,21 +635,18 @@ fn process<S: Source>(
     source: S,
     out: &mut Vec<u8>,
 ) -> Processed {
-    let max_depth = config.max_depth;
-    let max_elements = config.max_container_elements;
+    let protocol = config.protocol;
+    let limits = config.limits();
     // A panicking handler leaves nothing behind that this connection or the server reuses: the
     // protocols are dropped, the buffers are cleared before the next request.
-    let run = AssertUnwindSafe(move || match config.protocol {
-        Protocol::Binary => finish(
-            processor,
-            Tracked::new(BinaryIn::new(source, max_depth).max_elements(max_elements)),
-            &mut TBinaryOutputProtocol::new(out, true),
-        ),
-        Protocol::Compact => finish(
-            processor,
-            Tracked::new(CompactIn::new(source, max_depth).max_elements(max_elements)),
-            &mut TCompactOutputProtocol::new(out),
-        ),
+    let run = AssertUnwindSafe(move || {
+        with_reader!(protocol, source, limits, |input| {
+            with_writer!(protocol, out, |output| finish(
+                processor,
+                Tracked::new(input),
+                &mut output
+            ))
+        })
     });
     match panic::catch_unwind(run) {
         Ok((result, undecodable)) => Processed::Done {
@@ -727,10 +717,9 @@ fn internal_error_reply(
     out: &mut Vec<u8>,
 ) -> thrift::Result<()> {
     let protocol = config.protocol;
-    let call = match protocol {
-        Protocol::Binary => BinaryIn::new(request, config.max_depth).read_message_begin()?,
-        Protocol::Compact => CompactIn::new(request, config.max_depth).read_message_begin()?,
-    };
+    let call = with_reader!(protocol, request, config.limits(), |input| {
+        input.read_message_begin()?
+    });
     if call.message_type == TMessageType::OneWay {
         return Ok(());
     }
@@ -742,10 +731,7 @@ fn internal_error_reply(
         o.write_message_end()?;
         o.flush()
     };
-    match protocol {
-        Protocol::Binary => write(&mut TBinaryOutputProtocol::new(out, true)),
-        Protocol::Compact => write(&mut TCompactOutputProtocol::new(out)),
-    }
+    with_writer!(protocol, out, |output| write(&mut output))
 }
 
 /// Why a connection was closed.

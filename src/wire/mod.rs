@@ -7,11 +7,9 @@ pub(crate) mod tracked;
 
 use std::io::Write;
 
-use thrift::protocol::{
-    TBinaryOutputProtocol, TCompactOutputProtocol, TInputProtocol, TOutputProtocol,
-};
+use thrift::protocol::{TInputProtocol, TOutputProtocol};
 
-use self::decode::{BinaryIn, CompactIn, Source};
+use self::decode::Source;
 
 /// The input protocol handed to a generated client's constructor.
 ///
@@ -83,22 +81,70 @@ pub(crate) struct Limits {
     pub(crate) max_elements: usize,
 }
 
+/// Binds `$input` to the bounded reader of `$protocol` over `$source`, within the depth and
+/// element limits of `$limits`, and evaluates `$body` with it: the one place where a protocol
+/// names its reader's type, so that code generic over readers runs on the right one.
+macro_rules! with_reader {
+    ($protocol:expr, $source:expr, $limits:expr, |$input:ident| $body:expr) => {{
+        let limits: $crate::wire::Limits = $limits;
+        match $protocol {
+            $crate::wire::Protocol::Binary => {
+                #[allow(unused_mut)]
+                let mut $input = $crate::wire::decode::BinaryIn::new($source, limits.max_depth)
+                    .max_elements(limits.max_elements);
+                $body
+            }
+            $crate::wire::Protocol::Compact => {
+                #[allow(unused_mut)]
+                let mut $input = $crate::wire::decode::CompactIn::new($source, limits.max_depth)
+                    .max_elements(limits.max_elements);
+                $body
+            }
+        }
+    }};
+}
+
+/// Binds `$output` to the writer of `$protocol` over `$writer` and evaluates `$body` with it,
+/// as [`with_reader!`] does for readers.
+macro_rules! with_writer {
+    ($protocol:expr, $writer:expr, |$output:ident| $body:expr) => {
+        match $protocol {
+            $crate::wire::Protocol::Binary => {
+                #[allow(unused_mut)]
+                let mut $output = ::thrift::protocol::TBinaryOutputProtocol::new($writer, true);
+                $body
+            }
+            $crate::wire::Protocol::Compact => {
+                #[allow(unused_mut)]
+                let mut $output = ::thrift::protocol::TCompactOutputProtocol::new($writer);
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use {with_reader, with_writer};
+
+impl Limits {
+    /// The default depth and element limits, for a message whose size is already bounded.
+    pub(crate) fn defaults() -> Limits {
+        Limits {
+            max_message_size: usize::MAX,
+            max_depth: decode::DEFAULT_MAX_DEPTH,
+            max_elements: decode::DEFAULT_MAX_ELEMENTS,
+        }
+    }
+}
+
 /// Builds the input protocol of `protocol` over `source`.
 ///
 /// The source bounds every length and count by what is left of its message; `limits` bounds
-/// the nesting.
+/// the nesting and the elements of a container.
 pub(crate) fn input<S>(protocol: Protocol, source: S, limits: Limits) -> InputProtocol
 where
     S: Source + Send + 'static,
 {
-    match protocol {
-        Protocol::Binary => {
-            Box::new(BinaryIn::new(source, limits.max_depth).max_elements(limits.max_elements))
-        }
-        Protocol::Compact => {
-            Box::new(CompactIn::new(source, limits.max_depth).max_elements(limits.max_elements))
-        }
-    }
+    with_reader!(protocol, source, limits, |input| Box::new(input))
 }
 
 /// Builds the output protocol of `protocol` over `writer`.
@@ -106,8 +152,5 @@ pub(crate) fn output<W>(protocol: Protocol, writer: W) -> OutputProtocol
 where
     W: Write + Send + 'static,
 {
-    match protocol {
-        Protocol::Binary => Box::new(TBinaryOutputProtocol::new(writer, true)),
-        Protocol::Compact => Box::new(TCompactOutputProtocol::new(writer)),
-    }
+    with_writer!(protocol, writer, |output| Box::new(output))
 }
