@@ -38,7 +38,7 @@
 //! `examples/calculator.rs` walks through the whole crate against a real server:
 //! `cargo run --example calculator`.
 #![deny(unsafe_code)]
-// One audited exception: registering sockets with `polling` (src/server/poller.rs).
+// One audited exception: registering sockets with `polling` (src/server/registered.rs).
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
 

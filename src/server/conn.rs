@@ -18,29 +18,24 @@ use std::time::{Duration, Instant};
 use log::{error, Level};
 use polling::{Event, Poller};
 use rustix::net::RecvFlags;
-use thrift::protocol::{TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol, TType};
+use thrift::protocol::{TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol};
 use thrift::server::TProcessor;
 use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::config::ServerConfig;
-use super::poller::Registered;
+use super::framing::{Input, Refused, Request, FRAME_HEADER};
+use super::registered::Registered;
 use super::{Shared, TARGET};
 use crate::wire::decode::Source;
 use crate::wire::tracked::Tracked;
 use crate::wire::{with_reader, with_writer};
 use crate::Transport;
 
-/// How much a read asks the socket for at least; one read typically takes in a whole request.
-const READ_CHUNK: usize = 8 * 1024;
-
 /// Buffers larger than this are freed when their connection goes idle, so a client that once
 /// sent or received a large message does not keep that much memory while it sits idle. Large
 /// enough that the usual large message (64 KiB of payload and its framing) keeps its buffers,
 /// which would otherwise be freed and zero-filled again on every such request.
 const KEEP_BUFFER: usize = 256 * 1024;
-
-/// The length prefix of a framed message.
-const FRAME_HEADER: usize = 4;
 
 /// How long a worker waits on its connection for more bytes before handing it back to the
 /// poller: the client's next request after a response, or the rest of a request.
@@ -68,9 +63,6 @@ pub(super) struct Conn {
     last_request: Instant,
     /// Whether the part of the request received so far was acknowledged at once.
     acked: bool,
-    /// For the buffered transport: how many bytes were buffered when the request was last
-    /// found incomplete (see [`Conn::next_request`]).
-    short_at: usize,
     /// The response being built; framed responses start with room for their length.
     output: Vec<u8>,
 }
@@ -83,17 +75,6 @@ pub(super) enum Next {
     Requeue,
     /// Close it.
     Close(Closed),
-}
-
-/// Where a whole request lies in the connection's input.
-struct Request {
-    /// Bytes before the message: the frame header.
-    skip: usize,
-    /// The message's length.
-    len: usize,
-    /// A buffered message that could not be decoded: its end is unknown, so the bytes given
-    /// to the processor are all that arrived, and the connection closes after the answer.
-    malformed: bool,
 }
 
 impl Conn {
@@ -122,7 +103,6 @@ impl Conn {
             started: None,
             last_request: Instant::now(),
             acked: false,
-            short_at: 0,
             output: Vec::new(),
         })
     }
@@ -155,7 +135,11 @@ impl Conn {
         let mut readable = true;
         let mut served = false;
         loop {
-            match self.next_request(config, readable) {
+            match self
+                .input
+                .next_request(config, readable)
+                .map_err(Closed::Refused)
+            {
                 Err(closed) => return Next::Close(closed),
                 Ok(Some(request)) => {
                     // Fairness: one request per turn while other connections wait for a worker.
@@ -214,7 +198,11 @@ impl Conn {
         let config = &shared.config;
         let mut unread = rustix::io::ioctl_fionread(self.socket.get()).map_or(0, |n| n as usize);
         loop {
-            match self.next_request(config, false)? {
+            match self
+                .input
+                .next_request(config, false)
+                .map_err(Closed::Refused)?
+            {
                 Some(request) => self.answer(shared, &request)?,
                 None if unread == 0 => return Ok(()),
                 None => match self.receive(config, false)? {
@@ -236,67 +224,6 @@ impl Conn {
             rustix::net::recv(self.socket.get(), &mut byte[..], peek),
             Ok((1, _))
         )
-    }
-
-    /// The next request if it is all buffered, `None` if more has to arrive first.
-    ///
-    /// `more_coming` says the socket may hold more bytes right now; a buffered request is then
-    /// only looked for when the buffer has doubled since it was last found incomplete, so a large
-    /// request arriving in many reads is not decoded again after each one.
-    fn next_request(
-        &mut self,
-        config: &ServerConfig,
-        more_coming: bool,
-    ) -> Result<Option<Request>, Closed> {
-        let available = self.input.available();
-        match config.transport {
-            Transport::Framed => {
-                let Some(header) = available.get(..FRAME_HEADER) else {
-                    return Ok(None);
-                };
-                let declared = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-                let Ok(len) = usize::try_from(declared) else {
-                    return Err(Closed::NegativeFrame(declared));
-                };
-                let max = config.max_message_size;
-                if len > max {
-                    return Err(Closed::FrameTooLarge { len, max });
-                }
-                Ok((available.len() >= FRAME_HEADER + len).then_some(Request {
-                    skip: FRAME_HEADER,
-                    len,
-                    malformed: false,
-                }))
-            }
-            Transport::Buffered => {
-                if available.is_empty() || (more_coming && available.len() < 2 * self.short_at) {
-                    return Ok(None);
-                }
-                let request = match measure(config, available) {
-                    Measured::Whole(len) => Request {
-                        skip: 0,
-                        len,
-                        malformed: false,
-                    },
-                    Measured::Short => {
-                        self.short_at = available.len();
-                        return Ok(None);
-                    }
-                    Measured::TooLarge => {
-                        return Err(Closed::MessageTooLarge(config.max_message_size))
-                    }
-                    // The processor reads the same bytes and answers as it does to any request
-                    // it cannot decode.
-                    Measured::Malformed => Request {
-                        skip: 0,
-                        len: available.len(),
-                        malformed: true,
-                    },
-                };
-                self.short_at = 0;
-                Ok(Some(request))
-            }
-        }
     }
 
     /// Runs the processor on a whole buffered request and sends its response.
@@ -356,17 +283,7 @@ impl Conn {
     /// Reads what has arrived; when nothing has and `linger` is set, waits up to [`LINGER`].
     fn receive(&mut self, config: &ServerConfig, linger: bool) -> Result<Received, Closed> {
         let had = self.input.available().len();
-        let wanted = match config.transport {
-            Transport::Framed => match self.input.available().get(..FRAME_HEADER) {
-                // `next_request` has checked the length.
-                Some(header) => {
-                    FRAME_HEADER
-                        + i32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize
-                }
-                None => FRAME_HEADER,
-            },
-            Transport::Buffered => config.max_message_size.saturating_add(1),
-        };
+        let wanted = self.input.wanted(config);
         let flags = if linger {
             if self.started.is_some() && !self.acked {
                 acknowledge_now(self.socket.get());
@@ -396,7 +313,7 @@ impl Conn {
             0 if had == 0 => Err(Closed::ByPeer),
             0 => Err(Closed::MidRequest),
             _ => {
-                self.input.end += got;
+                self.input.received(got);
                 if had == 0 {
                     let now = Instant::now();
                     self.started = Some(now);
@@ -440,7 +357,7 @@ impl Conn {
 
     /// The memory the connection's buffers hold while it waits in the poller.
     pub(super) fn held_bytes(&self) -> usize {
-        self.input.buf.len() + self.output.capacity()
+        self.input.held() + self.output.capacity()
     }
 
     /// Frees the buffers if no request has started in them.
@@ -452,7 +369,7 @@ impl Conn {
     }
 
     fn shrink(&mut self) {
-        if self.input.available().is_empty() && self.input.buf.len() > KEEP_BUFFER {
+        if self.input.available().is_empty() && self.input.held() > KEEP_BUFFER {
             self.input = Input::default();
         }
         if self.output.capacity() > KEEP_BUFFER {
@@ -476,131 +393,6 @@ struct Received {
     got: usize,
     /// The read filled all the room it had, so more may be waiting.
     filled: bool,
-}
-
-/// Bytes received and not yet consumed: `buf[pos..end]`. `buf` beyond `end` is spare room,
-/// already initialised, so reads need not zero it again.
-#[derive(Default)]
-struct Input {
-    buf: Vec<u8>,
-    pos: usize,
-    end: usize,
-}
-
-impl Input {
-    fn available(&self) -> &[u8] {
-        &self.buf[self.pos..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.pos += n;
-        if self.pos == self.end {
-            self.pos = 0;
-            self.end = 0;
-        }
-    }
-
-    /// Spare room for the next read, when `wanted` bytes should be available in all.
-    ///
-    /// Grows the buffer to at most twice what has arrived and never past `wanted` (beyond one
-    /// chunk), so a frame that only declares a large length cannot make the server allocate it.
-    fn spare(&mut self, wanted: usize) -> &mut [u8] {
-        if self.end == self.buf.len() && self.pos > 0 {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.end -= self.pos;
-            self.pos = 0;
-        }
-        if self.end == self.buf.len() {
-            let len = self.buf.len();
-            let target = (len * 2).min(wanted).max(len + READ_CHUNK);
-            self.buf.reserve_exact(target - len);
-            self.buf.resize(target, 0);
-        }
-        &mut self.buf[self.end..]
-    }
-}
-
-/// Where a buffered request ends, as far as the bytes received tell.
-enum Measured {
-    /// The first `n` bytes hold a whole message.
-    Whole(usize),
-    /// The bytes end inside the message.
-    Short,
-    /// The message is longer than the largest message size.
-    TooLarge,
-    /// The bytes are not a message.
-    Malformed,
-}
-
-/// Finds the end of the buffered (unframed) message at the start of `bytes` by reading through
-/// it with the bounded decoder, so that the processor runs only on a request that is all here
-/// and a worker never waits inside it for the rest.
-fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
-    let mut scan = Scan {
-        bytes,
-        used: 0,
-        max: config.max_message_size,
-        short: false,
-        too_large: false,
-    };
-    fn walk<P: TInputProtocol>(mut p: P) -> thrift::Result<()> {
-        p.read_message_begin()?;
-        p.skip(TType::Struct)?;
-        p.read_message_end()
-    }
-    let walked = with_reader!(config.protocol, &mut scan, config.limits(), |input| walk(
-        input
-    ));
-    match walked {
-        Ok(()) => Measured::Whole(scan.used),
-        Err(_) if scan.too_large => Measured::TooLarge,
-        Err(_) if scan.short => Measured::Short,
-        Err(_) => Measured::Malformed,
-    }
-}
-
-/// The received bytes of a buffered message, read through to find its end. It may hold up to
-/// the largest message size, however much of it has arrived.
-struct Scan<'a> {
-    bytes: &'a [u8],
-    used: usize,
-    max: usize,
-    /// The bytes ran out before the message did.
-    short: bool,
-    /// The message went past the largest message size.
-    too_large: bool,
-}
-
-impl Scan<'_> {
-    fn take(&mut self, len: usize) -> io::Result<&[u8]> {
-        if len > self.remaining() {
-            self.too_large = true;
-            return Err(io::Error::other("the message is over the size limit"));
-        }
-        let Some(taken) = self.bytes.get(self.used..self.used + len) else {
-            self.short = true;
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        };
-        self.used += len;
-        Ok(taken)
-    }
-}
-
-impl Source for Scan<'_> {
-    #[inline]
-    fn read_exact(&mut self, dst: &mut [u8]) -> io::Result<()> {
-        dst.copy_from_slice(self.take(dst.len())?);
-        Ok(())
-    }
-
-    #[inline]
-    fn remaining(&self) -> usize {
-        self.max - self.used
-    }
-
-    fn discard(&mut self, len: usize) -> io::Result<()> {
-        self.take(len).map(drop)
-    }
 }
 
 /// Acknowledges the part of a request received so far at once, instead of after the delayed-ACK
@@ -741,12 +533,7 @@ pub(super) enum Closed {
     ByPeer,
     MidRequest,
     Timeout(Duration),
-    NegativeFrame(i32),
-    FrameTooLarge {
-        len: usize,
-        max: usize,
-    },
-    MessageTooLarge(usize),
+    Refused(Refused),
     BadMessage(thrift::Error),
     Undecodable,
     Panicked,
@@ -777,11 +564,7 @@ impl fmt::Display for Closed {
             Closed::ByPeer => f.write_str("closed by the client"),
             Closed::MidRequest => f.write_str("the client closed it in the middle of a request"),
             Closed::Timeout(timeout) => write!(f, "request not received within {timeout:?}"),
-            Closed::NegativeFrame(len) => write!(f, "negative frame length {len}"),
-            Closed::FrameTooLarge { len, max } => {
-                write!(f, "frame of {len} bytes is over the limit of {max}")
-            }
-            Closed::MessageTooLarge(max) => write!(f, "request is over the limit of {max} bytes"),
+            Closed::Refused(refused) => refused.fmt(f),
             Closed::BadMessage(err) => write!(f, "unreadable request: {err}"),
             Closed::Undecodable => f.write_str(
                 "a buffered request could not be decoded, so the next one cannot be found",

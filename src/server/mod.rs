@@ -11,7 +11,9 @@
 
 mod config;
 mod conn;
+mod framing;
 mod poller;
+mod registered;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -31,7 +33,8 @@ use crate::clock::{nanos, Epoch};
 use crate::counter::Striped;
 
 use self::conn::{Conn, Next};
-use self::poller::{Registered, Table, LISTENER};
+use self::poller::{Table, LISTENER};
+use self::registered::Registered;
 
 pub use self::config::ServerConfig;
 
@@ -356,11 +359,6 @@ impl ThriftServer {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
-    }
-
-    /// The server's settings.
-    pub fn config(&self) -> &ServerConfig {
-        &self.shared.config
     }
 
     /// Starts serving on the server's own threads and returns at once.

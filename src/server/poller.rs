@@ -8,9 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use polling::{AsRawSource, AsSource, Event, Events, Poller};
+use polling::{Event, Events};
 
 use super::conn::{Closed, Conn};
+use super::registered::Registered;
 use super::{Shared, TARGET};
 
 /// The poller key of the listening socket; connections use their slot index.
@@ -22,46 +23,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How many connections one readiness event of the listener may accept, so that a burst of new
 /// clients cannot delay dispatching requests on the connections already open.
 const ACCEPT_BATCH: usize = 256;
-
-/// A socket registered with the poller, removed from it before the socket is closed.
-pub(super) struct Registered<S: AsSource> {
-    poller: Arc<Poller>,
-    source: S,
-}
-
-impl<S: AsSource> Registered<S>
-where
-    for<'a> &'a S: AsRawSource,
-{
-    /// Registers `source` with `poller` for the one event `interest` (polling's oneshot mode).
-    #[allow(unsafe_code)]
-    pub(super) fn new(poller: Arc<Poller>, source: S, interest: Event) -> io::Result<Self> {
-        // SAFETY: `Poller::add` requires the source to be deleted from the poller before it is
-        // closed. The source moves into the returned value, which never gives it back by value,
-        // and whose `Drop` deletes it from the poller before the field itself is dropped (and the
-        // socket closed). If `add` fails nothing was registered.
-        unsafe { poller.add(&source, interest)? };
-        Ok(Registered { poller, source })
-    }
-}
-
-impl<S: AsSource> Registered<S> {
-    pub(super) fn get(&self) -> &S {
-        &self.source
-    }
-
-    /// Asks for the next event `interest`; polling disarms a source after each event.
-    pub(super) fn rearm(&self, interest: Event) -> io::Result<()> {
-        self.poller.modify(&self.source, interest)
-    }
-}
-
-impl<S: AsSource> Drop for Registered<S> {
-    fn drop(&mut self) {
-        // Fails only if the source was never registered, which `new` rules out.
-        let _ = self.poller.delete(&self.source);
-    }
-}
 
 /// Where every open connection is, indexed by its poller key.
 #[derive(Default)]
