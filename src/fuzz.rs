@@ -13,6 +13,13 @@ use crate::client::connection;
 use crate::wire::decode::DEFAULT_MAX_DEPTH;
 use crate::wire::{self, with_reader, InputProtocol, Limits, OutputProtocol, Protocol, Transport};
 
+/// The default depth and element limits, for messages whose size is already bounded.
+const DEFAULT_LIMITS: Limits = Limits {
+    max_message_size: usize::MAX,
+    max_depth: DEFAULT_MAX_DEPTH,
+    max_elements: crate::wire::decode::DEFAULT_MAX_ELEMENTS,
+};
+
 /// Runs `f` on a client's protocols over a real connection whose server has sent `response`
 /// and closed its side, so every read after the response meets the end of the stream.
 ///
@@ -60,7 +67,7 @@ pub fn with_client<R>(
 /// it held.
 pub fn read_message(protocol: Protocol, bytes: &[u8]) -> thrift::Result<usize> {
     let mut values = 0;
-    with_reader!(protocol, bytes, Limits::defaults(), |input| {
+    with_reader!(protocol, bytes, DEFAULT_LIMITS, |input| {
         walk_message(&mut input, &mut values)
     })?;
     Ok(values)
@@ -69,7 +76,7 @@ pub fn read_message(protocol: Protocol, bytes: &[u8]) -> thrift::Result<usize> {
 /// Skips one message in `bytes` with the decoder of `protocol`, as a processor skips what it
 /// does not know.
 pub fn skip_message(protocol: Protocol, bytes: &[u8]) -> thrift::Result<()> {
-    with_reader!(protocol, bytes, Limits::defaults(), |input| {
+    with_reader!(protocol, bytes, DEFAULT_LIMITS, |input| {
         input.read_message_begin()?;
         input.skip(TType::Struct)?;
         input.read_message_end()

@@ -50,7 +50,9 @@ mod multi;
 mod server;
 mod wire;
 
-/// Entry points for the fuzz targets and property tests; not part of the API, unstable.
+/// Entry points for the fuzz targets and property tests, with the `fuzzing` feature only;
+/// not part of the API, unstable.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 #[path = "fuzz.rs"]
 pub mod __fuzz;

@@ -125,17 +125,6 @@ macro_rules! with_writer {
 
 pub(crate) use {with_reader, with_writer};
 
-impl Limits {
-    /// The default depth and element limits, for a message whose size is already bounded.
-    pub(crate) fn defaults() -> Limits {
-        Limits {
-            max_message_size: usize::MAX,
-            max_depth: decode::DEFAULT_MAX_DEPTH,
-            max_elements: decode::DEFAULT_MAX_ELEMENTS,
-        }
-    }
-}
-
 /// Builds the input protocol of `protocol` over `source`.
 ///
 /// The source bounds every length and count by what is left of its message; `limits` bounds
