@@ -38,6 +38,10 @@ impl fmt::Display for Timeout {
 ///
 /// The service's own IDL exceptions arrive as [`Error::User`], still typed: use
 /// [`Error::user_exception`] to get them back.
+///
+/// Its `Display` text includes the cause (the operating system's error of a failed connect,
+/// the text of a service exception), so `source()` returns nothing: a report that walks the
+/// chain of causes, as `anyhow`'s does, prints each cause once.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -78,6 +82,7 @@ pub enum Error {
 
 /// The attempts of a multi-endpoint call that found no endpoint able to answer.
 #[derive(Debug, Default)]
+#[non_exhaustive]
 pub struct Unavailable {
     /// Every attempt in order: the endpoint and what went wrong there.
     pub attempts: Vec<(Arc<str>, Error)>,
@@ -199,15 +204,14 @@ impl fmt::Display for Error {
     }
 }
 
-impl StdError for Error {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            Error::Connect { source, .. } => Some(source),
-            Error::User(e) => Some(&**e),
-            _ => None,
-        }
-    }
-}
+/// Causes are part of the `Display` text, so no `source()`: see [`Error`].
+impl StdError for Error {}
+
+// Errors cross threads and go into `Box<dyn Error + Send + Sync>` and `anyhow::Error`.
+const _: fn() = || {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Error>();
+};
 
 impl From<io::Error> for Error {
     fn from(err: io::Error) -> Self {
@@ -239,6 +243,20 @@ impl From<Error> for thrift::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        let refused = io::Error::new(io::ErrorKind::ConnectionRefused, "refused here");
+        let err = Error::Connect {
+            endpoint: "a:1".into(),
+            source: refused,
+        };
+        assert_eq!(err.to_string(), "connect to a:1 failed: refused here");
+        assert!(err.source().is_none());
+        let err = Error::User(Box::new(io::Error::other("the service's own")));
+        assert_eq!(err.to_string(), "service exception: the service's own");
+        assert!(err.source().is_none());
+    }
 
     #[test]
     fn error_stays_small() {

@@ -581,6 +581,64 @@ fn every_resolved_address_is_tried_in_turn() {
 }
 
 #[test]
+fn a_resolver_that_hangs_is_cut_off_by_the_connect_timeout() {
+    let server = server();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let (release, hang) = std::sync::mpsc::channel::<()>();
+    let hang = std::sync::Mutex::new(hang);
+    let config = ClientConfig::default()
+        .connect_timeout(Duration::from_millis(200))
+        .maxfail(100)
+        .resolve_with({
+            let asked = asked.clone();
+            move |_| {
+                asked.fetch_add(1, Ordering::SeqCst);
+                // Hangs until the test lets it go, as a resolver with no answer does.
+                let _ = hang.lock().unwrap().recv();
+                Ok(vec![])
+            }
+        });
+    let calc = client("calculator.invalid:9090", config);
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = calc.call(|c| c.ping()).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(err, Error::Timeout(Timeout::Connect)), "{err}");
+        assert!(took >= Duration::from_millis(190), "gave up after {took:?}");
+        assert!(took < Duration::from_secs(5), "gave up only after {took:?}");
+    }
+    // Calls wait for the one lookup under way instead of starting more.
+    assert_eq!(asked.load(Ordering::SeqCst), 1);
+    assert_eq!(calc.stats().connect_timeouts, 3);
+    release.send(()).unwrap();
+    drop(server);
+}
+
+#[test]
+fn a_custom_resolver_gives_the_addresses_to_connect_to() {
+    let server = server();
+    let addr = server.addr;
+    let config = ClientConfig::default().resolve_with(move |endpoint| {
+        assert_eq!(endpoint, "calculator.test:9090");
+        Ok(vec![addr])
+    });
+    let calc = client("calculator.test:9090", config);
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+    let refusing = ClientConfig::default().resolve_with(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such service",
+        ))
+    });
+    let calc = client("calculator.test:9090", refusing);
+    let err = calc.call(|c| c.ping()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Connect { .. }) && err.to_string().contains("no such service"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unresolvable_endpoint_is_a_connect_error() {
     let calc = client("no-such-host.invalid:9090", ClientConfig::default());
     assert!(matches!(

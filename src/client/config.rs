@@ -2,10 +2,13 @@
 
 use std::error::Error as StdError;
 use std::fmt;
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol, TSerializable};
 
+use super::resolve::Resolver;
 use crate::clock::Clock;
 use crate::wire::{Limits, Protocol, Transport};
 
@@ -74,6 +77,7 @@ pub struct ClientConfig {
     pub(crate) max_message_size: usize,
     pub(crate) max_container_elements: usize,
     pub(crate) clock: Clock,
+    pub(crate) resolver: Resolver,
     pub(crate) failures: Vec<ErrorMatcher>,
     pub(crate) retryable: Vec<ErrorMatcher>,
     pub(crate) retries: u32,
@@ -100,6 +104,7 @@ impl Default for ClientConfig {
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             max_container_elements: crate::wire::decode::DEFAULT_MAX_ELEMENTS,
             clock: Clock::system(),
+            resolver: Resolver::default(),
             failures: Vec::new(),
             retryable: Vec::new(),
             retries: 1,
@@ -117,7 +122,8 @@ pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
 
 impl ClientConfig {
-    /// How long the endpoint may take to accept a connection. Defaults to 100 ms.
+    /// How long connecting may take: resolving the endpoint's name and the endpoint accepting
+    /// the connection. Defaults to 100 ms.
     ///
     /// Every address the endpoint resolves to is tried in turn, each within what is left of
     /// this time. A zero duration is raised to 1 ms.
@@ -250,6 +256,25 @@ impl ClientConfig {
         self
     }
 
+    /// How an endpoint's `host:port` becomes the addresses to connect to. Defaults to the
+    /// system's resolver (the standard library's `ToSocketAddrs`).
+    ///
+    /// Resolving is part of connecting, and bounded by
+    /// [`connect_timeout`](Self::connect_timeout) like the rest: a resolver that takes longer
+    /// fails the call with [`Timeout::Connect`](crate::Timeout::Connect). Names are resolved
+    /// on a thread of their own, at most one per endpoint at a time, which a hanging resolver
+    /// keeps until it returns; calls that connect meanwhile wait for it instead of starting
+    /// another. An endpoint that is an address (`127.0.0.1:9090`) needs no resolving and no
+    /// thread. Addresses are resolved again for every new connection, so a name that moves is
+    /// followed.
+    pub fn resolve_with(
+        mut self,
+        resolve: impl Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
+    ) -> Self {
+        self.resolver = Resolver::custom(resolve);
+        self
+    }
+
     /// Counts the service exception `T` as a breaker failure (the original's
     /// `handle_errors`). By default a service exception means the server is healthy.
     pub fn failure_on<T: StdError + TSerializable + 'static>(mut self) -> Self {
@@ -351,6 +376,7 @@ impl fmt::Debug for ClientConfig {
             .field("max_message_size", &self.max_message_size)
             .field("max_container_elements", &self.max_container_elements)
             .field("clock", &self.clock)
+            .field("resolver", &self.resolver)
             .field("failures", &names(&self.failures))
             .field("retryable", &names(&self.retryable))
             .field("retries", &self.retries)

@@ -2,7 +2,7 @@
 //! reader and writer that the protocols sit on.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,22 +47,18 @@ fn coarse_part(left: Duration) -> Duration {
     left.saturating_sub(left / 4 + PRECISE_TAIL)
 }
 
-/// Connects to `endpoint`, trying each address it resolves to within `timeout` overall.
-pub(crate) fn connect(endpoint: &Arc<str>, timeout: Duration) -> Result<TcpStream, Error> {
+/// Connects to the first of `addrs` that accepts by `deadline`, trying each in turn.
+pub(crate) fn connect(
+    endpoint: &Arc<str>,
+    addrs: &[SocketAddr],
+    deadline: Instant,
+) -> Result<TcpStream, Error> {
     let connect_error = |source| Error::Connect {
         endpoint: endpoint.clone(),
         source,
     };
-    let addrs: Vec<SocketAddr> = endpoint.to_socket_addrs().map_err(connect_error)?.collect();
-    if addrs.is_empty() {
-        return Err(connect_error(io::Error::new(
-            io::ErrorKind::NotFound,
-            "address resolved to nothing",
-        )));
-    }
-    let deadline = Instant::now() + timeout;
     let mut last = None;
-    for addr in addrs {
+    for &addr in addrs {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;

@@ -8,6 +8,7 @@ pub(crate) mod connection;
 mod deadline;
 pub(crate) mod direct;
 pub(crate) mod pool;
+mod resolve;
 
 use std::fmt;
 use std::sync::Arc;

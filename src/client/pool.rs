@@ -26,6 +26,7 @@ use scheduled_thread_pool::{OnPoolDropBehavior, ScheduledThreadPool};
 use super::config::ClientConfig;
 use super::connection::{self, ConnState};
 use super::deadline::within;
+use super::resolve::Lookups;
 use crate::error::{Error, Timeout};
 use crate::wire::{self, InputProtocol, OutputProtocol};
 
@@ -176,6 +177,7 @@ pub(crate) struct Pool<C: Send + 'static> {
     endpoint: Arc<str>,
     config: ClientConfig,
     make: Arc<MakeClient<C>>,
+    lookups: Lookups,
     tokens: r2d2::Pool<TokenManager>,
     cells: Box<[Cell<C>]>,
     /// Connections open now, idle or busy.
@@ -260,6 +262,7 @@ impl<C: Send + 'static> Pool<C> {
             .collect();
         Pool {
             id: IDS.fetch_add(1, Ordering::Relaxed),
+            lookups: Lookups::new(endpoint.clone(), config.resolver.clone()),
             endpoint,
             config,
             make,
@@ -434,7 +437,9 @@ impl<C: Send + 'static> Pool<C> {
     }
 
     fn open(&self, connect_timeout: Duration) -> Result<Live<C>, Error> {
-        let stream = connection::connect(&self.endpoint, connect_timeout)?;
+        let deadline = Instant::now() + connect_timeout;
+        let addrs = self.lookups.resolve(deadline)?;
+        let stream = connection::connect(&self.endpoint, &addrs, deadline)?;
         let (state, reader, writer) = connection::split(
             stream,
             self.config.transport,
