@@ -21,7 +21,7 @@ use crate::counter::Striped;
 use crate::error::{Error, Timeout};
 
 /// What every call to one endpoint shares: its pool, its breaker and its counters.
-pub(crate) struct Endpoint<C: Send + 'static> {
+pub(crate) struct Endpoint<C> {
     name: Arc<str>,
     config: ClientConfig,
     pool: Pool<C>,
@@ -137,7 +137,7 @@ pub(crate) enum Answered {
     Exception { declared_failure: bool },
 }
 
-impl<C: Send + 'static> Endpoint<C> {
+impl<C> Endpoint<C> {
     pub(crate) fn new(
         name: Arc<str>,
         make: Arc<MakeClient<C>>,
@@ -356,7 +356,7 @@ impl<C: Send + 'static> Endpoint<C> {
     }
 }
 
-impl<C: Send + 'static> Drop for Endpoint<C> {
+impl<C> Drop for Endpoint<C> {
     fn drop(&mut self) {
         self.pool.close();
     }
@@ -372,12 +372,12 @@ pub(crate) fn error_of(err: thrift::Error, state: &ConnState) -> Error {
 }
 
 /// A call whose closure is running; abandoned if the closure panics.
-struct Unfinished<'a, C: Send + 'static> {
+struct Unfinished<'a, C> {
     endpoint: &'a Endpoint<C>,
     call: Option<Call<C>>,
 }
 
-impl<C: Send + 'static> Drop for Unfinished<'_, C> {
+impl<C> Drop for Unfinished<'_, C> {
     fn drop(&mut self) {
         if let Some(call) = self.call.take() {
             self.endpoint.abandon(call);

@@ -45,11 +45,11 @@ macro_rules! impl_direct {
 /// generated code returns it; it counts as a breaker failure only when its type was declared
 /// with [`ClientConfig::failure_on`](crate::ClientConfig::failure_on), as with
 /// [`ThriftClient::call`].
-pub struct Direct<C: Send + 'static> {
+pub struct Direct<C> {
     call: Protocols<C>,
 }
 
-impl<C: Send + 'static> ThriftClient<C> {
+impl<C> ThriftClient<C> {
     /// A handle on which the generated methods are called directly, the original's
     /// `wrap_client`: `client.direct().add(1, 2)`. Each call still goes through the pool,
     /// the timeouts and the breaker.
@@ -64,7 +64,7 @@ impl<C: Send + 'static> ThriftClient<C> {
     }
 }
 
-impl<C: Send + 'static> Direct<C> {
+impl<C> Direct<C> {
     fn new(endpoint: Arc<Endpoint<C>>) -> Self {
         Direct {
             call: Protocols {
@@ -83,13 +83,13 @@ impl<C: Send + 'static> Direct<C> {
     }
 }
 
-impl<C: Send + 'static> Clone for Direct<C> {
+impl<C> Clone for Direct<C> {
     fn clone(&self) -> Self {
         Direct::new(self.call.endpoint.clone())
     }
 }
 
-impl<C: Send + 'static> fmt::Debug for Direct<C> {
+impl<C> fmt::Debug for Direct<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Direct")
             .field("endpoint", self.call.endpoint.name())
@@ -176,7 +176,7 @@ pub(crate) fn check_answers(
 /// Both protocols of a [`Direct`] handle: they start a call when its request begins, pass
 /// every operation to the pooled connection's generated client, and end the call when the
 /// response has been read (or, for a oneway method, sent).
-struct Protocols<C: Send + 'static> {
+struct Protocols<C> {
     endpoint: Arc<Endpoint<C>>,
     active: Option<Call<C>>,
     sequence: Sequence,
@@ -193,7 +193,7 @@ struct Protocols<C: Send + 'static> {
     mirror: TBinaryOutputProtocol<Vec<u8>>,
 }
 
-impl<C: TThriftClient + Send + 'static> Protocols<C> {
+impl<C: TThriftClient> Protocols<C> {
     fn begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
         self.abandon();
         let call = self.endpoint.begin(None)?;
@@ -279,7 +279,7 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
     }
 }
 
-impl<C: Send + 'static> Protocols<C> {
+impl<C> Protocols<C> {
     /// Drops a call that never finished (its caller went away mid-call): the connection
     /// is closed and a probe's turn passes on.
     fn abandon(&mut self) {
@@ -289,7 +289,7 @@ impl<C: Send + 'static> Protocols<C> {
     }
 }
 
-impl<C: Send + 'static> Drop for Protocols<C> {
+impl<C> Drop for Protocols<C> {
     fn drop(&mut self) {
         self.abandon();
     }
@@ -316,7 +316,7 @@ macro_rules! forward_writes {
 
 pub(crate) use {forward_reads, forward_writes};
 
-impl<C: TThriftClient + Send + 'static> TInputProtocol for Protocols<C> {
+impl<C: TThriftClient> TInputProtocol for Protocols<C> {
     fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
         let ident = self.read(|p| p.read_message_begin())?;
         self.check_response(&ident)?;
@@ -382,7 +382,7 @@ impl<C: TThriftClient + Send + 'static> TInputProtocol for Protocols<C> {
     }
 }
 
-impl<C: TThriftClient + Send + 'static> TOutputProtocol for Protocols<C> {
+impl<C: TThriftClient> TOutputProtocol for Protocols<C> {
     fn write_message_begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
         self.begin(ident)?;
         self.write(|p| p.write_message_begin(ident))

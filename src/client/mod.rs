@@ -30,11 +30,11 @@ use crate::wire::{InputProtocol, OutputProtocol};
 ///
 /// Building a client opens no connection; they are opened on demand, up to `pool_size`, and
 /// reused across calls and threads. Call [`close`](Self::close) when done.
-pub struct ThriftClient<C: Send + 'static> {
+pub struct ThriftClient<C> {
     endpoint: Arc<Endpoint<C>>,
 }
 
-impl<C: Send + 'static> Clone for ThriftClient<C> {
+impl<C> Clone for ThriftClient<C> {
     fn clone(&self) -> Self {
         ThriftClient {
             endpoint: self.endpoint.clone(),
@@ -42,7 +42,7 @@ impl<C: Send + 'static> Clone for ThriftClient<C> {
     }
 }
 
-impl<C: Send + 'static> ThriftClient<C> {
+impl<C> ThriftClient<C> {
     /// A client for `endpoint` (`host:port`; every address it resolves to is tried in turn)
     /// that builds its generated client with `make`, typically `CalculatorSyncClient::new`.
     ///
@@ -119,7 +119,7 @@ impl<C: Send + 'static> ThriftClient<C> {
     }
 }
 
-impl<C: Send + 'static> fmt::Debug for ThriftClient<C> {
+impl<C> fmt::Debug for ThriftClient<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThriftClient")
             .field("endpoint", self.endpoint.name())

@@ -172,7 +172,7 @@ impl<C> Checkout<C> {
 /// (loopback, a sidecar) every call then wakes its server-side peer from another CPU; kept to
 /// one thread, the two settle next to each other, and over loopback a call costs about a third
 /// less CPU.
-pub(crate) struct Pool<C: Send + 'static> {
+pub(crate) struct Pool<C> {
     id: u64,
     endpoint: Arc<str>,
     config: ClientConfig,
@@ -233,7 +233,7 @@ fn remember_cell(pool: u64, cell: usize) {
     });
 }
 
-impl<C: Send + 'static> Pool<C> {
+impl<C> Pool<C> {
     pub(crate) fn new(
         endpoint: Arc<str>,
         config: ClientConfig,
@@ -496,7 +496,7 @@ impl<C: Send + 'static> Pool<C> {
     }
 }
 
-impl<C: Send + 'static> fmt::Debug for Pool<C> {
+impl<C> fmt::Debug for Pool<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pool")
             .field("endpoint", &self.endpoint)

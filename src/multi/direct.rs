@@ -52,7 +52,7 @@ const KEEP_BUFFER: usize = 64 * 1024;
 ///
 /// The response is held in memory until the generated code has read it (it is bounded by
 /// `max_message_size`). The handle is cheap: make one per thread, or clone it.
-pub struct MultiDirect<C: Send + 'static> {
+pub struct MultiDirect<C> {
     call: Protocols<C>,
 }
 
@@ -90,7 +90,7 @@ impl<C: Send + 'static> Clone for MultiDirect<C> {
     }
 }
 
-impl<C: Send + 'static> fmt::Debug for MultiDirect<C> {
+impl<C> fmt::Debug for MultiDirect<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MultiDirect")
             .field("client", &self.call.client)
@@ -110,7 +110,7 @@ enum Phase {
 }
 
 /// Both protocols of a [`MultiDirect`] handle.
-struct Protocols<C: Send + 'static> {
+struct Protocols<C> {
     client: MultiThriftClient<C>,
     limits: TConfiguration,
     sequence: Sequence,
@@ -231,7 +231,7 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
 
 /// One attempt on one endpoint: sends the request, reads the whole response into `copy` and
 /// settles the attempt with the endpoint's breaker and counters.
-fn attempt<C: TThriftClient + Send + 'static>(
+fn attempt<C: TThriftClient>(
     client: &ThriftClient<C>,
     deadline: Option<Instant>,
     request: &Request<'_>,

@@ -120,11 +120,11 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 ///
 /// The client is `Send + Sync` and cheap to clone; clones share everything. No lock is held
 /// while a call talks to an endpoint.
-pub struct MultiThriftClient<C: Send + 'static> {
+pub struct MultiThriftClient<C> {
     shared: Arc<Shared<C>>,
 }
 
-struct Shared<C: Send + 'static> {
+struct Shared<C> {
     endpoints: Box<EndpointsFn>,
     make: Arc<MakeClient<C>>,
     config: ClientConfig,
@@ -136,14 +136,14 @@ struct Shared<C: Send + 'static> {
     counters: Counters,
 }
 
-struct State<C: Send + 'static> {
+struct State<C> {
     clients: HashMap<Arc<str>, Arc<Known<C>>>,
     /// The helper thread all pools share; `None` once the client is closed.
     helpers: Option<Arc<ScheduledThreadPool>>,
 }
 
 /// One endpoint's client, and when it was last used.
-struct Known<C: Send + 'static> {
+struct Known<C> {
     client: ThriftClient<C>,
     /// When a call last finished with it, in nanoseconds since the epoch.
     last_used: AtomicU64,
@@ -152,12 +152,12 @@ struct Known<C: Send + 'static> {
 }
 
 /// An endpoint taken for one attempt; marks it used when dropped.
-struct Lease<'a, C: Send + 'static> {
+struct Lease<'a, C> {
     shared: &'a Shared<C>,
     endpoint: Arc<Known<C>>,
 }
 
-impl<C: Send + 'static> Drop for Lease<'_, C> {
+impl<C> Drop for Lease<'_, C> {
     fn drop(&mut self) {
         // Stored before the count drops, so a reaper that sees no call also sees this time.
         self.endpoint
@@ -324,12 +324,14 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     }
 }
 
-impl<C: Send + 'static> Shared<C> {
+impl<C> Shared<C> {
     /// The config's clock, in nanoseconds since the epoch.
     fn now(&self) -> u64 {
         self.epoch.nanos(self.config.clock.now())
     }
+}
 
+impl<C: Send + 'static> Shared<C> {
     /// Runs `attempt` on endpoints in turn until one answers, a failure is not to be retried,
     /// or the retries, the endpoints or the deadline run out.
     fn run<T>(
@@ -499,7 +501,7 @@ impl<C: Send + 'static> Shared<C> {
     }
 }
 
-impl<C: Send + 'static> Drop for Shared<C> {
+impl<C> Drop for Shared<C> {
     fn drop(&mut self) {
         if let Some(reaper) = self.reaper.get_mut().take() {
             reaper.stop();
@@ -507,7 +509,7 @@ impl<C: Send + 'static> Drop for Shared<C> {
     }
 }
 
-impl<C: Send + 'static> Clone for MultiThriftClient<C> {
+impl<C> Clone for MultiThriftClient<C> {
     fn clone(&self) -> Self {
         MultiThriftClient {
             shared: self.shared.clone(),
@@ -515,7 +517,7 @@ impl<C: Send + 'static> Clone for MultiThriftClient<C> {
     }
 }
 
-impl<C: Send + 'static> fmt::Debug for MultiThriftClient<C> {
+impl<C> fmt::Debug for MultiThriftClient<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let endpoints = self.shared.state.read().clients.len();
         f.debug_struct("MultiThriftClient")
