@@ -49,7 +49,16 @@ impl ErrorMatcher {
 /// and [`MultiThriftClient`](crate::MultiThriftClient).
 ///
 /// Defaults are those of the original gevent-thrift: tuned for a service whose 95th percentile
-/// response time is 200 ms.
+/// response time is 200 ms. The original's names are kept (`read_timeout`, `maxfail`,
+/// `time_unit`, `reset_timeout`; its `psize` is [`pool_size`](Self::pool_size)).
+///
+/// One configuration serves both clients, as the original's keyword arguments did, so a
+/// client that grows from one endpoint to several keeps its settings. Each endpoint of a
+/// multi-endpoint client gets its own pool and breaker with the per-endpoint settings; a few
+/// settings are read only by [`MultiThriftClient`](crate::MultiThriftClient), and a
+/// single-endpoint client ignores them: [`retries`](Self::retries),
+/// [`retry_on`](Self::retry_on), [`retry_unsent_only`](Self::retry_unsent_only),
+/// [`deadline`](Self::deadline) and [`idle_timeout`](Self::idle_timeout).
 ///
 /// ```
 /// use std::time::Duration;
@@ -154,9 +163,11 @@ impl ClientConfig {
         self
     }
 
-    /// The most connections kept open to one endpoint. Defaults to 10.
+    /// The most connections kept open to one endpoint (the original's `psize`). Defaults to
+    /// 10.
     ///
     /// Zero is raised to 1.
+    #[doc(alias = "psize")]
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = size.max(1);
         self
@@ -277,6 +288,9 @@ impl ClientConfig {
 
     /// Counts the service exception `T` as a breaker failure (the original's
     /// `handle_errors`). By default a service exception means the server is healthy.
+    ///
+    /// Direct calls recognise `T` by its encoded form; see [`retry_on`](Self::retry_on).
+    #[doc(alias = "handle_errors")]
     pub fn failure_on<T: StdError + TSerializable + 'static>(mut self) -> Self {
         self.failures.push(ErrorMatcher::of::<T>());
         self
@@ -284,6 +298,17 @@ impl ClientConfig {
 
     /// Lets a multi-endpoint call move on to the next endpoint when the service raises `T`
     /// (the original's `handle_retryable_errors`). Has no effect on a single-endpoint client.
+    ///
+    /// Through [`MultiThriftClient::call`](crate::MultiThriftClient::call) the exception is
+    /// recognised by its Rust type, exactly. Through a direct handle
+    /// ([`MultiDirect`](crate::MultiDirect)) it is recognised by its encoded form, before the
+    /// generated code decodes it: an exception that decodes as `T` and encodes back to the
+    /// very same bytes. Two exception types with the same fields (or two whose fields are all
+    /// unset) cannot be told apart that way, so a direct call may retry an exception of
+    /// another type that looks like `T`. For calls that must not run twice, declare only
+    /// exceptions no other exception of the service looks like, or call through `call`.
+    /// [`failure_on`](Self::failure_on) recognises exceptions the same two ways.
+    #[doc(alias = "handle_retryable_errors")]
     pub fn retry_on<T: StdError + TSerializable + 'static>(mut self) -> Self {
         self.retryable.push(ErrorMatcher::of::<T>());
         self
