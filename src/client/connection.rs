@@ -24,9 +24,9 @@ const KEEP_READ_BUFFER: usize = 64 * 1024;
 /// A write buffer larger than this is given back after its message is sent.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 
-/// A socket timeout is only re-set when it overshoots the deadline by more than this,
-/// which spares a system call on every read of an ordinary call.
-const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
+/// A socket timeout is only re-set when it overshoots the deadline by more than this many
+/// nanoseconds (2 ms), which spares a system call on every read of an ordinary call.
+const TIMEOUT_SLACK: u64 = 2_000_000;
 
 /// What a blocking socket operation leaves, beyond a quarter of the time left, for `poll` to
 /// wait out precisely.
@@ -38,12 +38,12 @@ const TIMEOUT_SLACK: Duration = Duration::from_millis(2);
 /// is far, which costs nothing more than the read itself, and with `poll` for the last stretch,
 /// which fires within a fraction of a millisecond of the deadline. Only calls that are still
 /// waiting that late pay for the extra system call.
-const PRECISE_TAIL: Duration = Duration::from_millis(20);
+const PRECISE_TAIL: u64 = 20_000_000;
 
-/// How much of `left` a blocking socket operation may wait out on the socket's own timeout,
-/// which may fire late by up to an eighth of itself plus a few ticks, [`TIMEOUT_SLACK`]
-/// included: all of it still ends before `left` does.
-fn coarse_part(left: Duration) -> Duration {
+/// How many of the `left` nanoseconds a blocking socket operation may wait out on the
+/// socket's own timeout, which may fire late by up to an eighth of itself plus a few ticks,
+/// [`TIMEOUT_SLACK`] included: all of it still ends before `left` does.
+fn coarse_part(left: u64) -> u64 {
     left.saturating_sub(left / 4 + PRECISE_TAIL)
 }
 
@@ -195,9 +195,9 @@ pub(crate) fn split(
     read_timeout: Duration,
     max_message_size: usize,
 ) -> io::Result<(Arc<ConnState>, Reader, Writer)> {
-    let socket_timeout = coarse_part(read_timeout).max(Duration::from_micros(1));
-    stream.set_read_timeout(Some(socket_timeout))?;
-    stream.set_write_timeout(Some(socket_timeout))?;
+    let socket_timeout = coarse_part(nanos(read_timeout)).max(1_000);
+    stream.set_read_timeout(Some(Duration::from_nanos(socket_timeout)))?;
+    stream.set_write_timeout(Some(Duration::from_nanos(socket_timeout)))?;
     let state = Arc::new(ConnState {
         stream,
         deadline: AtomicU64::new(u64::MAX),
@@ -245,7 +245,7 @@ enum Direction {
 /// not block. A peer that trickles bytes cannot stretch the call either way.
 fn bounded<T>(
     state: &ConnState,
-    socket_timeout: &mut Duration,
+    socket_timeout: &mut u64,
     direction: Direction,
     mut op: impl FnMut(&TcpStream, bool) -> io::Result<T>,
 ) -> io::Result<T> {
@@ -253,13 +253,13 @@ fn bounded<T>(
     let mut widen = false;
     loop {
         let now = monotonic_nanos();
-        let left = Duration::from_nanos(deadline.saturating_sub(now));
-        if left.is_zero() {
+        let left = deadline.saturating_sub(now);
+        if left == 0 {
             return Err(timed_out(state));
         }
         let coarse = coarse_part(left);
-        let done = if coarse.is_zero() {
-            match wait_ready(&state.stream, direction, left) {
+        let done = if coarse == 0 {
+            match wait_ready(&state.stream, direction, Duration::from_nanos(left)) {
                 Ok(true) => op(&state.stream, false),
                 Ok(false) => continue,
                 Err(e) => Err(e),
@@ -321,7 +321,7 @@ fn wait_ready(stream: &TcpStream, direction: Direction, timeout: Duration) -> io
 
 /// One read from the socket, bounded by the call's deadline; the peer closing the connection
 /// is an error, since a response is expected.
-fn receive(state: &ConnState, socket_timeout: &mut Duration, out: &mut [u8]) -> io::Result<usize> {
+fn receive(state: &ConnState, socket_timeout: &mut u64, out: &mut [u8]) -> io::Result<usize> {
     let n = bounded(state, socket_timeout, Direction::Read, |mut s, block| {
         if block {
             s.read(out)
@@ -342,8 +342,8 @@ fn receive(state: &ConnState, socket_timeout: &mut Duration, out: &mut [u8]) -> 
     Ok(n)
 }
 
-fn set_timeout(stream: &TcpStream, direction: Direction, timeout: Duration) -> io::Result<()> {
-    let timeout = Some(timeout.max(Duration::from_micros(1)));
+fn set_timeout(stream: &TcpStream, direction: Direction, nanos: u64) -> io::Result<()> {
+    let timeout = Some(Duration::from_nanos(nanos.max(1_000)));
     match direction {
         Direction::Read => stream.set_read_timeout(timeout),
         Direction::Write => stream.set_write_timeout(timeout),
@@ -379,7 +379,8 @@ pub(crate) struct Reader {
     /// Bytes of the current message read so far (buffered transport only).
     consumed: usize,
     max_message_size: usize,
-    socket_timeout: Duration,
+    /// The socket's timeout in this direction, in nanoseconds.
+    socket_timeout: u64,
 }
 
 impl Reader {
@@ -561,7 +562,8 @@ pub(crate) struct Writer {
     buf: Vec<u8>,
     framed: bool,
     max_message_size: usize,
-    socket_timeout: Duration,
+    /// The socket's timeout in this direction, in nanoseconds.
+    socket_timeout: u64,
 }
 
 impl Writer {

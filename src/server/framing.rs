@@ -62,15 +62,18 @@ pub(super) struct Input {
 }
 
 impl Input {
+    #[inline]
     pub(super) fn available(&self) -> &[u8] {
         &self.buf[self.pos..self.end]
     }
 
     /// The memory the buffer holds.
+    #[inline]
     pub(super) fn held(&self) -> usize {
         self.buf.len()
     }
 
+    #[inline]
     pub(super) fn consume(&mut self, n: usize) {
         self.pos += n;
         if self.pos == self.end {
@@ -80,6 +83,7 @@ impl Input {
     }
 
     /// Counts `n` bytes read into the spare room as received.
+    #[inline]
     pub(super) fn received(&mut self, n: usize) {
         self.end += n;
     }
@@ -87,6 +91,7 @@ impl Input {
     /// How many bytes should be available in all to hold the request being received: all of a
     /// frame whose header has arrived (and been checked by [`Input::next_request`]), else a
     /// frame header, or, unframed, up to one more than the largest message.
+    #[inline]
     pub(super) fn wanted(&self, config: &ServerConfig) -> usize {
         match config.transport {
             Transport::Framed => match frame_length(self.available()) {
@@ -101,6 +106,7 @@ impl Input {
     ///
     /// Grows the buffer to at most twice what has arrived and never past `wanted` (beyond one
     /// chunk), so a frame that only declares a large length cannot make the server allocate it.
+    #[inline]
     pub(super) fn spare(&mut self, wanted: usize) -> &mut [u8] {
         if self.end == self.buf.len() && self.pos > 0 {
             self.buf.copy_within(self.pos..self.end, 0);
@@ -121,6 +127,7 @@ impl Input {
     /// `more_coming` says the socket may hold more bytes right now; a buffered request is then
     /// only looked for when the buffer has doubled since it was last found incomplete, so a large
     /// request arriving in many reads is not decoded again after each one.
+    #[inline]
     pub(super) fn next_request(
         &mut self,
         config: &ServerConfig,
@@ -177,6 +184,7 @@ impl Input {
 
 /// The length a frame header at the start of `bytes` declares, if it has arrived; the declared
 /// value when it is negative.
+#[inline]
 fn frame_length(bytes: &[u8]) -> Option<Result<usize, i32>> {
     let header = bytes.get(..FRAME_HEADER)?;
     let declared = i32::from_be_bytes([header[0], header[1], header[2], header[3]]);
