@@ -45,6 +45,8 @@
 mod client;
 mod clock;
 mod counter;
+#[cfg(feature = "discovery")]
+pub mod discovery;
 mod error;
 mod multi;
 mod server;

@@ -1,0 +1,335 @@
+//! Keeping a service instance's node in ZooKeeper, as Curator's `ServiceDiscovery` does.
+
+use std::fmt;
+use std::time::Duration;
+
+use log::{debug, info, warn};
+use tokio::sync::{mpsc, oneshot, watch};
+use zookeeper_client as zk;
+
+use super::instance::ServiceInstance;
+use super::session::{ZooKeeper, TARGET};
+use super::DiscoveryError;
+
+/// Where Curator keeps services unless told otherwise.
+pub const DEFAULT_BASE_PATH: &str = "/service";
+
+/// A service instance kept registered in ZooKeeper, at `<base>/<service name>/<instance id>`
+/// (Curator's layout): an ephemeral node holding the instance's JSON, its parents made as
+/// container nodes where the server supports them.
+///
+/// The node is re-created, with the same id and data, whenever it goes: after the session
+/// expired and a new one began, or if someone deleted it. [`update`](Self::update) rewrites
+/// it (to disable an instance that is draining, say); [`close`](Self::close), or dropping the
+/// registration, deletes it.
+pub struct Registration {
+    zk: ZooKeeper,
+    path: String,
+    instance: ServiceInstance,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+enum Command {
+    Update(Vec<u8>, oneshot::Sender<Result<(), DiscoveryError>>),
+    Close(oneshot::Sender<()>),
+}
+
+impl Registration {
+    /// Registers `instance` under [`DEFAULT_BASE_PATH`]; see [`register_under`](Self::register_under).
+    ///
+    /// # Errors
+    ///
+    /// As [`register_under`](Self::register_under).
+    pub fn register(zk: &ZooKeeper, instance: ServiceInstance) -> Result<Self, DiscoveryError> {
+        Self::register_under(zk, DEFAULT_BASE_PATH, instance)
+    }
+
+    /// Registers `instance` under `base` (`/service` in Curator's default layout) and returns
+    /// once its node exists.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the instance's name or id is not one node name, if `base` is not an absolute
+    /// path, if the session is closed, or if ZooKeeper refuses the node (the session is down
+    /// for longer than its connect timeout, say).
+    pub fn register_under(
+        zk: &ZooKeeper,
+        base: &str,
+        instance: ServiceInstance,
+    ) -> Result<Self, DiscoveryError> {
+        instance.check()?;
+        let path = instance_path(base, &instance.name, &instance.id)?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let (created, first) = oneshot::channel();
+        zk.spawn(keep_registered(
+            path.clone(),
+            instance.to_json(),
+            zk.clients(),
+            zk.closing(),
+            receiver,
+            created,
+        ))?;
+        let timeout = zk_timeout(zk);
+        zk.wait(async { tokio::time::timeout(timeout, first).await })
+            .map_err(|_| {
+                DiscoveryError::ZooKeeper(format!("{path} not created within {timeout:?}"))
+            })?
+            .map_err(|_| DiscoveryError::Closed)??;
+        info!(target: TARGET, "registered {path}");
+        Ok(Registration {
+            zk: zk.clone(),
+            path,
+            instance,
+            commands,
+        })
+    }
+
+    /// The instance as last registered.
+    pub fn instance(&self) -> &ServiceInstance {
+        &self.instance
+    }
+
+    /// The instance's node.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Rewrites the instance's node with `instance` (same name and id); for example
+    /// `enabled: false` while the instance drains.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the name or id changed, if the session is closed, or if ZooKeeper refuses
+    /// the write.
+    pub fn update(&mut self, instance: ServiceInstance) -> Result<(), DiscoveryError> {
+        if instance.name != self.instance.name || instance.id != self.instance.id {
+            return Err(DiscoveryError::InvalidName(
+                "an update keeps the instance's name and id".to_owned(),
+            ));
+        }
+        let (ack, done) = oneshot::channel();
+        self.commands
+            .send(Command::Update(instance.to_json(), ack))
+            .map_err(|_| DiscoveryError::Closed)?;
+        let timeout = zk_timeout(&self.zk);
+        self.zk
+            .wait(async { tokio::time::timeout(timeout, done).await })
+            .map_err(|_| {
+                DiscoveryError::ZooKeeper(format!("{} not updated within {timeout:?}", self.path))
+            })?
+            .map_err(|_| DiscoveryError::Closed)??;
+        self.instance = instance;
+        Ok(())
+    }
+
+    /// Deletes the instance's node and stops keeping it; returns once it is deleted (or the
+    /// session's connect timeout passed). Dropping the registration does the same.
+    pub fn close(self) {}
+
+    fn delete(&mut self) {
+        let (ack, done) = oneshot::channel();
+        if self.commands.send(Command::Close(ack)).is_ok() {
+            let timeout = zk_timeout(&self.zk);
+            let _ = self
+                .zk
+                .wait(async { tokio::time::timeout(timeout, done).await });
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.delete();
+    }
+}
+
+impl fmt::Debug for Registration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registration")
+            .field("path", &self.path)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+fn zk_timeout(zk: &ZooKeeper) -> Duration {
+    zk.config().connect_timeout
+}
+
+/// `<base>/<name>/<id>`, each checked.
+pub(super) fn instance_path(base: &str, name: &str, id: &str) -> Result<String, DiscoveryError> {
+    Ok(format!("{}/{id}", service_path(base, name)?))
+}
+
+/// `<base>/<name>`, each checked.
+pub(super) fn service_path(base: &str, name: &str) -> Result<String, DiscoveryError> {
+    super::instance::check_name("service name", name)?;
+    if !base.starts_with('/') || base.ends_with('/') && base != "/" {
+        return Err(DiscoveryError::InvalidName(format!(
+            "base path {base:?} must start with '/' and not end with one"
+        )));
+    }
+    Ok(if base == "/" {
+        format!("/{name}")
+    } else {
+        format!("{base}/{name}")
+    })
+}
+
+/// Creates the node, its parents first (as containers), replacing a node left by another
+/// session.
+async fn create(client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::Error> {
+    let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
+    let parents = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
+    loop {
+        match client.create(path, data, &ephemeral).await {
+            Ok(_) => return Ok(()),
+            Err(zk::Error::NoNode) => {
+                let parent = &path[..path.rfind('/').unwrap_or(0)];
+                match client.mkdir(parent, &parents).await {
+                    Ok(()) | Err(zk::Error::NodeExists) => {}
+                    // Servers before 3.5 have no container nodes.
+                    Err(zk::Error::Unimplemented) => {
+                        let persistent =
+                            zk::CreateMode::Persistent.with_acls(zk::Acls::anyone_all());
+                        client.mkdir(parent, &persistent).await?
+                    }
+                    Err(err) => return Err(err),
+                }
+            }
+            // Left by an earlier session of this instance, not yet expired: ours replaces it,
+            // as Curator's does.
+            Err(zk::Error::NodeExists) => match client.delete(path, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => {}
+                Err(err) => return Err(err),
+            },
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// The registration's task: creates the node, re-creates it whenever it goes, applies updates,
+/// and deletes it on close.
+async fn keep_registered(
+    path: String,
+    mut data: Vec<u8>,
+    mut clients: watch::Receiver<Option<zk::Client>>,
+    mut closing: watch::Receiver<bool>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    created: oneshot::Sender<Result<(), DiscoveryError>>,
+) {
+    let mut created = Some(created);
+    'session: loop {
+        let Some(client) = clients.borrow_and_update().clone() else {
+            return;
+        };
+        // (Re-)create the node, until it exists or the session changes.
+        loop {
+            match create(&client, &path, &data).await {
+                Ok(()) => break,
+                Err(err) => {
+                    warn!(target: TARGET, "cannot register {path} yet: {err}");
+                    if let Some(created) = created.take() {
+                        let _ = created.send(Err(DiscoveryError::ZooKeeper(err.to_string())));
+                        return;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                changed = clients.changed() => {
+                    if changed.is_err() { return; }
+                    continue 'session;
+                }
+                _ = closing.changed() => return,
+            }
+        }
+        if let Some(created) = created.take() {
+            let _ = created.send(Ok(()));
+        } else {
+            info!(target: TARGET, "registered {path} again");
+        }
+        loop {
+            let gone = match client.check_and_watch_stat(&path).await {
+                Ok((Some(_), watcher)) => watcher,
+                Ok((None, _)) => continue 'session,
+                Err(err) => {
+                    debug!(target: TARGET, "cannot watch {path}: {err}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                        changed = clients.changed() => {
+                            if changed.is_err() { return; }
+                            continue 'session;
+                        }
+                        _ = closing.changed() => return,
+                    }
+                }
+            };
+            tokio::select! {
+                event = gone.changed() => {
+                    if event.event_type == zk::EventType::NodeDeleted {
+                        warn!(target: TARGET, "{path} was deleted; registering it again");
+                        continue 'session;
+                    }
+                    // A data change (ours) or the session's end: look again.
+                    if matches!(event.session_state, zk::SessionState::Expired | zk::SessionState::Closed) {
+                        if clients.changed().await.is_err() { return; }
+                        continue 'session;
+                    }
+                }
+                changed = clients.changed() => {
+                    if changed.is_err() { return; }
+                    continue 'session;
+                }
+                _ = closing.changed() => {
+                    let _ = client.delete(&path, None).await;
+                    return;
+                }
+                command = commands.recv() => match command {
+                    Some(Command::Update(bytes, ack)) => {
+                        data = bytes;
+                        let written = match client.set_data(&path, &data, None).await {
+                            Ok(_) => Ok(()),
+                            Err(zk::Error::NoNode) => create(&client, &path, &data).await,
+                            Err(err) => Err(err),
+                        };
+                        let _ = ack.send(written.map_err(|err| DiscoveryError::ZooKeeper(err.to_string())));
+                    }
+                    Some(Command::Close(ack)) => {
+                        match client.delete(&path, None).await {
+                            Ok(()) | Err(zk::Error::NoNode) => info!(target: TARGET, "unregistered {path}"),
+                            Err(err) => warn!(target: TARGET, "cannot delete {path}: {err}; it goes with the session"),
+                        }
+                        let _ = ack.send(());
+                        return;
+                    }
+                    None => {
+                        let _ = client.delete(&path, None).await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_follow_curators_layout_and_refuse_what_is_not_one_node() {
+        assert_eq!(
+            instance_path("/service", "calc", "id-1").unwrap(),
+            "/service/calc/id-1"
+        );
+        assert_eq!(instance_path("/", "calc", "a").unwrap(), "/calc/a");
+        assert_eq!(
+            service_path("/apps/services", "calc").unwrap(),
+            "/apps/services/calc"
+        );
+        assert!(service_path("service", "calc").is_err());
+        assert!(service_path("/service/", "calc").is_err());
+        assert!(service_path("/service", "a/b").is_err());
+    }
+}

@@ -1,0 +1,284 @@
+//! A ZooKeeper session kept alive for as long as the handle lives: it reconnects by itself,
+//! and after the session expires it starts a new one, which registrations and caches follow.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use log::{info, warn};
+use parking_lot::Mutex;
+use tokio::runtime::{Handle, Runtime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zookeeper_client as zk;
+
+use super::DiscoveryError;
+
+pub(super) const TARGET: &str = "blocking_thrift::discovery";
+
+/// How to reach ZooKeeper. Defaults: 10 s session timeout, 5 s connect timeout.
+#[derive(Clone, Debug)]
+pub struct ZooKeeperConfig {
+    pub(super) session_timeout: Duration,
+    pub(super) connect_timeout: Duration,
+}
+
+impl Default for ZooKeeperConfig {
+    fn default() -> Self {
+        ZooKeeperConfig {
+            session_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl ZooKeeperConfig {
+    /// How long ZooKeeper keeps the session (and its instances' nodes) while it cannot hear
+    /// from this process. Defaults to 10 s; the server bounds it to between 2 and 20 of its
+    /// ticks (4 s to 40 s by default).
+    ///
+    /// A process that dies leaves its services' fleets within this time.
+    pub fn session_timeout(mut self, timeout: Duration) -> Self {
+        self.session_timeout = timeout;
+        self
+    }
+
+    /// How long [`ZooKeeper::connect`] may take to establish the first session. Defaults to
+    /// 5 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// A session with a ZooKeeper ensemble, for registering service instances and following
+/// services' fleets. Blocking: its own small async runtime (one thread) runs the ZooKeeper
+/// client behind it.
+///
+/// While ZooKeeper is unreachable the session waits and reconnects, keeping its ephemeral
+/// nodes and watches as long as the session lasts; once the session has expired it starts a
+/// new one, on which [`Registration`](super::Registration)s re-create their nodes and
+/// [`InstanceCache`](super::InstanceCache)s re-synchronise. Clones share the session.
+/// [`close`](Self::close) ends it (deleting every ephemeral node it holds) and joins its
+/// threads; so does dropping the last clone, together with every registration and cache.
+#[derive(Clone)]
+pub struct ZooKeeper {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hosts: String,
+    config: ZooKeeperConfig,
+    handle: Handle,
+    /// The runtime, until the session is closed; dropping it stops and joins its thread.
+    runtime: Mutex<Option<Runtime>>,
+    /// The current client, replaced after an expiry; `None` once closed.
+    client: watch::Receiver<Option<zk::Client>>,
+    closed: watch::Sender<bool>,
+    /// The tasks of the session, its registrations and caches, which end once it closes.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl ZooKeeper {
+    /// Connects to the ensemble `hosts` (`host:port,host:port`, optionally followed by a
+    /// chroot path: `host:port/apps`).
+    ///
+    /// # Errors
+    ///
+    /// Fails if no session could be established within the connect timeout (no server
+    /// reachable, say), or if `hosts` is malformed.
+    pub fn connect(hosts: &str, config: ZooKeeperConfig) -> Result<ZooKeeper, DiscoveryError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("blocking-thrift-zookeeper")
+            .enable_all()
+            .build()
+            .map_err(|err| DiscoveryError::ZooKeeper(err.to_string()))?;
+        let handle = runtime.handle().clone();
+        let first = handle.block_on(async {
+            tokio::time::timeout(config.connect_timeout, connect(hosts, &config)).await
+        });
+        let client = match first {
+            Ok(Ok(client)) => client,
+            Ok(Err(err)) => return Err(DiscoveryError::ZooKeeper(err.to_string())),
+            Err(_) => {
+                return Err(DiscoveryError::ZooKeeper(format!(
+                    "no session with {hosts} within {:?}",
+                    config.connect_timeout
+                )))
+            }
+        };
+        info!(target: TARGET, "session {:?} with {hosts}", client.session_id());
+        let (publish, current) = watch::channel(Some(client.clone()));
+        let (closed, closing) = watch::channel(false);
+        let keeper = handle.spawn(keep_session(
+            hosts.to_owned(),
+            config.clone(),
+            client,
+            publish,
+            closing,
+        ));
+        Ok(ZooKeeper {
+            inner: Arc::new(Inner {
+                hosts: hosts.to_owned(),
+                config,
+                handle,
+                runtime: Mutex::new(Some(runtime)),
+                client: current,
+                closed,
+                tasks: Mutex::new(vec![keeper]),
+            }),
+        })
+    }
+
+    /// The ensemble, as given to [`connect`](Self::connect).
+    pub fn hosts(&self) -> &str {
+        &self.inner.hosts
+    }
+
+    /// Ends the session, deleting the ephemeral nodes it holds, and joins the session's
+    /// threads. Registrations and caches on it stop; a cache keeps its last instances.
+    /// Closing twice is harmless.
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    pub(super) fn config(&self) -> &ZooKeeperConfig {
+        &self.inner.config
+    }
+
+    /// Follows the current client: a new one after each expiry, `None` once closed.
+    pub(super) fn clients(&self) -> watch::Receiver<Option<zk::Client>> {
+        self.inner.client.clone()
+    }
+
+    pub(super) fn closing(&self) -> watch::Receiver<bool> {
+        self.inner.closed.subscribe()
+    }
+
+    /// Runs `work` on the session's runtime until the session closes; a registration or a
+    /// cache keeping itself up to date.
+    pub(super) fn spawn(
+        &self,
+        work: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DiscoveryError> {
+        let mut tasks = self.inner.tasks.lock();
+        if self.inner.runtime.lock().is_none() {
+            return Err(DiscoveryError::Closed);
+        }
+        tasks.retain(|task| !task.is_finished());
+        tasks.push(self.inner.handle.spawn(work));
+        Ok(())
+    }
+
+    /// Waits, from a thread outside the runtime, for `work` done on it.
+    pub(super) fn wait<T>(&self, work: impl Future<Output = T>) -> T {
+        self.inner.handle.block_on(work)
+    }
+}
+
+impl Inner {
+    fn close(&self) {
+        let _ = self.closed.send(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        let runtime = self.runtime.lock().take();
+        let Some(runtime) = runtime else {
+            return;
+        };
+        runtime.block_on(async {
+            // Registrations delete their nodes, caches stop; then every client is dropped and
+            // the ZooKeeper client's own task ends the session.
+            let ended = futures_all(tasks);
+            let _ = tokio::time::timeout(self.config.connect_timeout, ended).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        });
+        runtime.shutdown_timeout(Duration::from_secs(1));
+        info!(target: TARGET, "session with {} closed", self.hosts);
+    }
+}
+
+async fn futures_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+impl fmt::Debug for ZooKeeper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ZooKeeper")
+            .field("hosts", &self.inner.hosts)
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+async fn connect(hosts: &str, config: &ZooKeeperConfig) -> Result<zk::Client, zk::Error> {
+    zk::Client::connector()
+        .with_session_timeout(config.session_timeout)
+        .with_connection_timeout(config.connect_timeout)
+        .connect(hosts)
+        .await
+}
+
+/// Watches the session; once it has expired, starts a new one and publishes its client.
+async fn keep_session(
+    hosts: String,
+    config: ZooKeeperConfig,
+    mut client: zk::Client,
+    publish: watch::Sender<Option<zk::Client>>,
+    mut closing: watch::Receiver<bool>,
+) {
+    loop {
+        let mut states = client.state_watcher();
+        loop {
+            let state = tokio::select! {
+                state = states.changed() => state,
+                _ = closing.changed() => {
+                    let _ = publish.send(None);
+                    return;
+                }
+            };
+            match state {
+                zk::SessionState::Disconnected => {
+                    warn!(target: TARGET, "disconnected from {hosts}; reconnecting")
+                }
+                zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
+                    info!(target: TARGET, "reconnected to {hosts}")
+                }
+                zk::SessionState::Expired => {
+                    warn!(target: TARGET, "session with {hosts} expired; starting a new one");
+                    break;
+                }
+                zk::SessionState::AuthFailed | zk::SessionState::Closed => {
+                    warn!(target: TARGET, "session with {hosts} ended: {state:?}; starting a new one");
+                    break;
+                }
+            }
+        }
+        client = loop {
+            let attempt = tokio::select! {
+                attempt = tokio::time::timeout(config.connect_timeout, connect(&hosts, &config)) => attempt,
+                _ = closing.changed() => {
+                    let _ = publish.send(None);
+                    return;
+                }
+            };
+            match attempt {
+                Ok(Ok(client)) => break client,
+                Ok(Err(err)) => warn!(target: TARGET, "no new session with {hosts} yet: {err}"),
+                Err(_) => warn!(target: TARGET, "no new session with {hosts} yet: timed out"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        info!(target: TARGET, "new session {:?} with {hosts}", client.session_id());
+        let _ = publish.send(Some(client.clone()));
+    }
+}
