@@ -164,98 +164,101 @@ async fn keep_synced(
         }
         true
     };
+    let mut stale = false;
     'session: loop {
         let Some(client) = clients.borrow_and_update().clone() else {
             return;
         };
-        // The watch first, then the read: no change falls between them.
-        let mut watcher = loop {
-            match client
-                .watch(&path, zk::AddWatchMode::PersistentRecursive)
-                .await
-            {
-                Ok(watcher) => break watcher,
-                Err(err) => warn!(target: TARGET, "cannot watch {path} yet: {err}"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                changed = clients.changed() => {
-                    if changed.is_err() { return; }
-                    continue 'session;
+        // The watch first, then the read: no change falls between them. Set again after every
+        // reconnection, since events during one can be lost (ZOOKEEPER-4698).
+        'watch: loop {
+            let mut watcher = loop {
+                match client
+                    .watch(&path, zk::AddWatchMode::PersistentRecursive)
+                    .await
+                {
+                    Ok(watcher) => break watcher,
+                    Err(err) => warn!(target: TARGET, "cannot watch {path} yet: {err}"),
                 }
-                _ = closing.changed() => return,
-                _ = stopped.changed() => return,
-            }
-        };
-        let mut stale = false;
-        loop {
-            match read(&client, &path).await {
-                Ok(instances) => {
-                    if stale {
-                        info!(target: TARGET, "{path}: synchronised again");
-                        stale = false;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    changed = clients.changed() => {
+                        if changed.is_err() { return; }
+                        continue 'session;
                     }
-                    if !publish(instances) {
-                        return;
-                    }
-                    if let Some(first) = first.take() {
-                        let _ = first.send(());
-                    }
-                }
-                Err(err) => {
-                    if !stale {
-                        warn!(target: TARGET, "{path}: keeping the last instances, which may be stale: {err}");
-                        stale = true;
-                    }
-                }
-            }
-            // Waits for a change; after a failed read, tries again a little later.
-            let retry = async {
-                if stale {
-                    tokio::time::sleep(Duration::from_millis(500)).await
-                } else {
-                    std::future::pending().await
+                    _ = closing.changed() => return,
+                    _ = stopped.changed() => return,
                 }
             };
-            tokio::select! {
-                event = watcher.changed() => {
-                    if event.event_type == zk::EventType::Session {
-                        match event.session_state {
-                            zk::SessionState::Disconnected => {
-                                warn!(target: TARGET, "{path}: disconnected; keeping the last instances, which may be stale");
-                                stale = true;
-                                // Read again once reconnected.
-                                loop {
-                                    let event = tokio::select! {
-                                        event = watcher.changed() => event,
-                                        _ = closing.changed() => return,
-                                        _ = stopped.changed() => return,
-                                    };
-                                    match event.session_state {
-                                        zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                                            if clients.changed().await.is_err() { return; }
-                                            continue 'session;
-                                        }
-                                        zk::SessionState::Disconnected => {}
-                                        _ => break,
-                                    }
-                                }
-                            }
-                            zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                                if clients.changed().await.is_err() { return; }
-                                continue 'session;
-                            }
-                            _ => {}
+            loop {
+                match read(&client, &path).await {
+                    Ok(instances) => {
+                        if stale {
+                            info!(target: TARGET, "{path}: synchronised again");
+                            stale = false;
+                        }
+                        if !publish(instances) {
+                            return;
+                        }
+                        if let Some(first) = first.take() {
+                            let _ = first.send(());
+                        }
+                    }
+                    Err(err) => {
+                        if !stale {
+                            warn!(target: TARGET, "{path}: keeping the last instances, which may be stale: {err}");
+                            stale = true;
                         }
                     }
                 }
-                () = retry => {}
-                changed = clients.changed() => {
-                    if changed.is_err() { return; }
-                    continue 'session;
+                // Waits for a change; after a failed read, tries again a little later.
+                let retry = async {
+                    if stale {
+                        tokio::time::sleep(Duration::from_millis(500)).await
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                tokio::select! {
+                    event = watcher.changed() => {
+                        if event.event_type == zk::EventType::Session {
+                            match event.session_state {
+                                zk::SessionState::Disconnected => {
+                                    warn!(target: TARGET, "{path}: disconnected; keeping the last instances, which may be stale");
+                                    stale = true;
+                                    // Read again once reconnected.
+                                    loop {
+                                        let event = tokio::select! {
+                                            event = watcher.changed() => event,
+                                            _ = closing.changed() => return,
+                                            _ = stopped.changed() => return,
+                                        };
+                                        match event.session_state {
+                                            zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                                                if clients.changed().await.is_err() { return; }
+                                                continue 'session;
+                                            }
+                                            zk::SessionState::Disconnected => {}
+                                            _ => continue 'watch,
+                                        }
+                                    }
+                                }
+                                zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                                    if clients.changed().await.is_err() { return; }
+                                    continue 'session;
+                                }
+                                _ => {}
+                            }
+                        }
+                    }
+                    () = retry => {}
+                    changed = clients.changed() => {
+                        if changed.is_err() { return; }
+                        continue 'session;
+                    }
+                    _ = closing.changed() => return,
+                    _ = stopped.changed() => return,
                 }
-                _ = closing.changed() => return,
-                _ = stopped.changed() => return,
             }
         }
     }

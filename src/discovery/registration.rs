@@ -223,25 +223,35 @@ async fn keep_registered(
         let Some(client) = clients.borrow_and_update().clone() else {
             return;
         };
-        // (Re-)create the node, until it exists or the session changes.
+        // (Re-)create the node, until it exists or the session changes. The first time, the
+        // caller stops waiting after its timeout and drops the registration.
         loop {
             match create(&client, &path, &data).await {
                 Ok(()) => break,
-                Err(err) => {
-                    warn!(target: TARGET, "cannot register {path} yet: {err}");
+                Err(
+                    err @ (zk::Error::InvalidAcl | zk::Error::NoAuth | zk::Error::BadArguments(_)),
+                ) => {
                     if let Some(created) = created.take() {
                         let _ = created.send(Err(DiscoveryError::ZooKeeper(err.to_string())));
-                        return;
                     }
+                    return;
                 }
+                Err(err) => warn!(target: TARGET, "cannot register {path} yet: {err}"),
             }
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
                 changed = clients.changed() => {
                     if changed.is_err() { return; }
                     continue 'session;
                 }
                 _ = closing.changed() => return,
+                command = commands.recv() => {
+                    // Closed (or dropped) before the node could be made.
+                    if let Some(Command::Close(ack)) = command {
+                        let _ = ack.send(());
+                    }
+                    return;
+                }
             }
         }
         if let Some(created) = created.take() {

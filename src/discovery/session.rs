@@ -133,6 +133,16 @@ impl ZooKeeper {
         })
     }
 
+    /// The id of the current session, which changes when a new session replaces one that
+    /// expired; `None` once closed.
+    pub fn session_id(&self) -> Option<i64> {
+        self.inner
+            .client
+            .borrow()
+            .as_ref()
+            .map(|client| client.session_id().0)
+    }
+
     /// The ensemble, as given to [`connect`](Self::connect).
     pub fn hosts(&self) -> &str {
         &self.inner.hosts

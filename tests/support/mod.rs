@@ -23,6 +23,8 @@ use thrift::transport::{
 #[path = "../../idl/service.rs"]
 pub mod service;
 
+pub mod zookeeper;
+
 pub use service::calculator;
 pub use service::CalculatorService;
 

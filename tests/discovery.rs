@@ -1,0 +1,421 @@
+//! Service discovery against a real ZooKeeper, with Apache Curator as the peer.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use blocking_thrift::discovery::{
+    Announcement, DiscoveryError, InstanceCache, Registration, ServiceInstance, ZooKeeper,
+    ZooKeeperConfig,
+};
+use blocking_thrift::{ClientConfig, MultiThriftClient, ServerConfig, ThriftServer};
+use support::calculator::{CalculatorSyncClient, CalculatorSyncProcessor, TCalculatorSyncClient};
+use support::zookeeper::{
+    curator_available, curator_query, zk_cli, zookeeper_available, CuratorRegistration, ZkServer,
+};
+use support::{wait_until, Calc, CalculatorService};
+
+const SOON: Duration = Duration::from_secs(10);
+
+fn quick() -> ZooKeeperConfig {
+    ZooKeeperConfig::default()
+        .session_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_secs(10))
+}
+
+fn ids(cache: &InstanceCache) -> Vec<String> {
+    cache.instances().iter().map(|i| i.id.clone()).collect()
+}
+
+fn calculator(name: &str) -> ThriftServer {
+    let server = ThriftServer::bind(
+        "127.0.0.1:0",
+        CalculatorSyncProcessor::new(Arc::new(CalculatorService::new(name))),
+        ServerConfig::default().workers(4),
+    )
+    .unwrap();
+    server.start().unwrap();
+    server
+}
+
+#[test]
+fn no_zookeeper_is_a_clear_error_within_the_connect_timeout() {
+    let hosts = support::refused_endpoint();
+    let started = Instant::now();
+    let config = ZooKeeperConfig::default().connect_timeout(Duration::from_millis(500));
+    let err = ZooKeeper::connect(&hosts, config).unwrap_err();
+    assert!(matches!(err, DiscoveryError::ZooKeeper(_)), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_registration_appears_with_curators_json_and_goes_when_closed() {
+    if !curator_available("a_registration_appears_with_curators_json_and_goes_when_closed") {
+        return;
+    }
+    let server = ZkServer::start();
+    let zk = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    let instance = ServiceInstance::new("calc", "10.0.0.5", 9090)
+        .unwrap()
+        .with_id("3f1c0d8e-6a0b-4c43-9d2e-1b5a7c0e9f11")
+        .unwrap()
+        .with_payload(serde_json::json!({"protocol": "binary", "weight": 3}));
+    let expected = String::from_utf8(instance.to_json()).unwrap();
+    let registration = Registration::register(&zk, instance.clone()).unwrap();
+    assert_eq!(
+        registration.path(),
+        "/service/calc/3f1c0d8e-6a0b-4c43-9d2e-1b5a7c0e9f11"
+    );
+    // Curator reads it with every field; it writes the same JSON back.
+    let seen = curator_query(&server.hosts(), "/service", "calc");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let mut read_back = ServiceInstance::from_json(seen[0].as_bytes()).unwrap();
+    // Curator reads a map payload as a Java map, and names its class when it writes it.
+    let payload = read_back.payload.as_mut().unwrap().as_object_mut().unwrap();
+    assert_eq!(payload.remove("@class").unwrap(), "java.util.LinkedHashMap");
+    assert_eq!(
+        read_back, instance,
+        "curator wrote {}, we wrote {expected}",
+        seen[0]
+    );
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    assert_eq!(*cache.instances(), vec![instance.clone()]);
+
+    // Draining: disabled instances are left out of caches.
+    let mut registration = registration;
+    registration
+        .update(instance.clone().with_enabled(false))
+        .unwrap();
+    assert!(wait_until(SOON, || cache.instances().is_empty()));
+    registration.update(instance).unwrap();
+    assert!(wait_until(SOON, || cache.instances().len() == 1));
+
+    registration.close();
+    assert!(wait_until(SOON, || cache.instances().is_empty()));
+    assert!(curator_query(&server.hosts(), "/service", "calc").is_empty());
+    zk.close();
+}
+
+#[test]
+fn curators_instances_are_seen_by_the_cache_with_every_field() {
+    if !curator_available("curators_instances_are_seen_by_the_cache_with_every_field") {
+        return;
+    }
+    let server = ZkServer::start();
+    let zk = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    let changes = Arc::new(AtomicUsize::new(0));
+    let cache = {
+        let changes = changes.clone();
+        InstanceCache::follow_under(
+            &zk,
+            "/service",
+            "calc",
+            Some(Box::new(move |_| {
+                changes.fetch_add(1, Ordering::SeqCst);
+            })),
+        )
+        .unwrap()
+    };
+    assert!(cache.instances().is_empty());
+    let java = CuratorRegistration::register(
+        &server.hosts(),
+        "/service",
+        "calc",
+        "java-1",
+        "10.0.0.7",
+        9091,
+    );
+    assert!(wait_until(SOON, || cache.instances().len() == 1));
+    let instance = cache.instances()[0].clone();
+    assert_eq!(
+        (
+            instance.name.as_str(),
+            instance.id.as_str(),
+            instance.address.as_str()
+        ),
+        ("calc", "java-1", "10.0.0.7")
+    );
+    assert_eq!(instance.port, Some(9091));
+    assert!(instance.enabled);
+    assert!(instance.registration_time_utc > 0);
+    // Curator's own JSON of it is ours, byte for byte.
+    let curators = curator_query(&server.hosts(), "/service", "calc");
+    assert_eq!(
+        curators,
+        vec![String::from_utf8(instance.to_json()).unwrap()]
+    );
+    assert!(changes.load(Ordering::SeqCst) >= 1);
+    java.close();
+    assert!(wait_until(SOON, || cache.instances().is_empty()));
+    zk.close();
+}
+
+#[test]
+fn nodes_that_are_not_instances_are_skipped() {
+    if !zookeeper_available("nodes_that_are_not_instances_are_skipped") {
+        return;
+    }
+    let server = ZkServer::start();
+    let zk = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    let good = Registration::register(&zk, ServiceInstance::new("calc", "h", 1).unwrap()).unwrap();
+    // Written by ZooKeeper's own command-line client, as anything else might.
+    zk_cli(
+        &server.hosts(),
+        &["create", "/service/calc/garbage", "not-an-instance"],
+    );
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    assert_eq!(ids(&cache), [good.instance().id.clone()]);
+    let another =
+        Registration::register(&zk, ServiceInstance::new("calc", "h", 2).unwrap()).unwrap();
+    assert!(wait_until(SOON, || cache.instances().len() == 2));
+    drop((good, another));
+    assert!(wait_until(SOON, || cache.instances().is_empty()));
+    zk.close();
+}
+
+#[test]
+fn a_process_that_dies_leaves_the_fleet_within_its_session_timeout() {
+    if !zookeeper_available("a_process_that_dies_leaves_the_fleet_within_its_session_timeout") {
+        return;
+    }
+    let server = ZkServer::start();
+    let zk = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    let mut child = std::process::Command::new(support::example("calculator_server"))
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--name",
+            "doomed",
+            "--service",
+            "calc",
+        ])
+        .args(["--zookeeper", &server.hosts(), "--session-timeout", "2"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(30), || cache
+        .instances()
+        .len()
+        == 1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let died = Instant::now();
+    assert!(wait_until(SOON, || cache.instances().is_empty()));
+    // The server's own session timeout (2 s), plus the time it takes to notice.
+    assert!(
+        died.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        died.elapsed()
+    );
+    zk.close();
+}
+
+#[test]
+fn an_outage_of_zookeeper_keeps_the_last_instances_and_calls_going() {
+    if !zookeeper_available("an_outage_of_zookeeper_keeps_the_last_instances_and_calls_going") {
+        return;
+    }
+    let mut zk_server = ZkServer::start();
+    let config = ZooKeeperConfig::default()
+        .session_timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(10));
+    let zk = ZooKeeper::connect(&zk_server.hosts(), config).unwrap();
+    let thrift = calculator("a");
+    let announcement = Announcement::register(&zk, &thrift, "calc", None).unwrap();
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    assert_eq!(cache.instances().len(), 1);
+    let client: MultiThriftClient<Calc> = MultiThriftClient::discovered(
+        cache.clone(),
+        CalculatorSyncClient::new,
+        ClientConfig::default(),
+    );
+    assert_eq!(client.call(|c| c.add(1, 2)).unwrap(), 3);
+
+    zk_server.stop();
+    // ZooKeeper is gone: the cache keeps what it knew, and calls go on.
+    for i in 0..20 {
+        assert_eq!(client.call(|c| c.add(i, 1)).unwrap(), i + 1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(cache.instances().len(), 1);
+
+    // Back within the session timeout: the session, its node and the watch are back.
+    zk_server.restart();
+    let second =
+        Registration::register(&zk, ServiceInstance::new("calc", "10.9.9.9", 1).unwrap()).unwrap();
+    assert!(
+        wait_until(SOON, || cache.instances().len() == 2),
+        "{:?}",
+        ids(&cache)
+    );
+    assert!(cache
+        .instances()
+        .iter()
+        .any(|i| i.id == announcement.registration().instance().id));
+    drop(second);
+    assert!(wait_until(SOON, || cache.instances().len() == 1));
+    assert_eq!(client.call(|c| c.add(2, 2)).unwrap(), 4);
+    client.close();
+    drop(announcement);
+    zk.close();
+}
+
+#[test]
+fn after_the_session_expires_nodes_come_back_and_the_cache_follows() {
+    if !zookeeper_available("after_the_session_expires_nodes_come_back_and_the_cache_follows") {
+        return;
+    }
+    let zk_server = ZkServer::start();
+    let zk = ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap();
+    let registration =
+        Registration::register(&zk, ServiceInstance::new("calc", "10.0.0.1", 1).unwrap()).unwrap();
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    let watcher = ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap();
+    let other_view = InstanceCache::follow(&watcher, "calc").unwrap();
+    assert_eq!(other_view.instances().len(), 1);
+
+    // Frozen past the 2 s session timeout: every session expires when it thaws.
+    let (session, other_session) = (zk.session_id(), watcher.session_id());
+    zk_server.freeze(true);
+    std::thread::sleep(Duration::from_secs(4));
+    zk_server.freeze(false);
+
+    // New sessions: the node is created again, and both caches synchronise.
+    assert!(wait_until(Duration::from_secs(20), || {
+        zk.session_id() != session && watcher.session_id() != other_session
+    }));
+    let id = registration.instance().id.clone();
+    assert!(wait_until(Duration::from_secs(20), || ids(&other_view) == [id.clone()]));
+    assert!(wait_until(Duration::from_secs(20), || ids(&cache) == [id.clone()]));
+    let late =
+        Registration::register(&zk, ServiceInstance::new("calc", "10.0.0.2", 2).unwrap()).unwrap();
+    assert!(wait_until(SOON, || other_view.instances().len() == 2));
+    drop(late);
+    drop(registration);
+    assert!(wait_until(SOON, || other_view.instances().is_empty()));
+    watcher.close();
+    zk.close();
+}
+
+#[test]
+fn fifty_instances_registering_and_leaving_at_once_end_in_the_right_set() {
+    if !zookeeper_available("fifty_instances_registering_and_leaving_at_once_end_in_the_right_set")
+    {
+        return;
+    }
+    let zk_server = ZkServer::start();
+    let sessions: Vec<ZooKeeper> = (0..5)
+        .map(|_| ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap())
+        .collect();
+    let cache = InstanceCache::follow(&sessions[0], "fleet").unwrap();
+    let start = Arc::new(Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|n| {
+            let (zk, start) = (sessions[n % 5].clone(), start.clone());
+            std::thread::spawn(move || {
+                let instance = ServiceInstance::new("fleet", "10.0.0.1", 1000 + n as u16)
+                    .unwrap()
+                    .with_id(&format!("node-{n:02}"))
+                    .unwrap();
+                start.wait();
+                let registration = Registration::register(&zk, instance).unwrap();
+                // Odd ones leave again at once; even ones stay.
+                if n % 2 == 1 {
+                    registration.close();
+                    None
+                } else {
+                    Some(registration)
+                }
+            })
+        })
+        .collect();
+    let kept: Vec<Registration> = threads
+        .into_iter()
+        .filter_map(|t| t.join().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..50).step_by(2).map(|n| format!("node-{n:02}")).collect();
+    assert!(
+        wait_until(SOON, || ids(&cache) == expected),
+        "{:?}",
+        ids(&cache)
+    );
+    drop(kept);
+    assert!(wait_until(SOON, || cache.instances().is_empty()));
+    for zk in sessions {
+        zk.close();
+    }
+}
+
+#[test]
+fn a_rolling_restart_under_load_fails_no_call() {
+    if !zookeeper_available("a_rolling_restart_under_load_fails_no_call") {
+        return;
+    }
+    let zk_server = ZkServer::start();
+    let zk = ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap();
+    let mut fleet: Vec<(ThriftServer, Announcement)> = (0..3)
+        .map(|n| {
+            let server = calculator(&format!("s{n}"));
+            let announcement = Announcement::register(&zk, &server, "calc", None).unwrap();
+            (server, announcement)
+        })
+        .collect();
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    assert_eq!(cache.instances().len(), 3);
+    let config = ClientConfig::default()
+        .read_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(1))
+        .pool_timeout(Duration::from_secs(5))
+        .retries(2);
+    let client: MultiThriftClient<Calc> =
+        MultiThriftClient::discovered(cache.clone(), CalculatorSyncClient::new, config);
+    let stop = Arc::new(AtomicBool::new(false));
+    let callers: Vec<_> = (0..8)
+        .map(|t| {
+            let (client, stop) = (client.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    match client.call(|c| c.add(t, i)) {
+                        Ok(sum) if sum == t + i => ok += 1,
+                        other => failed.push(format!("{other:?}")),
+                    }
+                    i += 1;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for n in 0..3 {
+        std::thread::sleep(Duration::from_millis(300));
+        let (server, announcement) = fleet.remove(0);
+        // Leave, give clients a moment to see it, drain and stop; then a new server joins.
+        announcement.leave_and_stop(&server, Duration::from_millis(500));
+        let server = calculator(&format!("s{n}-again"));
+        let announcement = Announcement::register(&zk, &server, "calc", None).unwrap();
+        fleet.push((server, announcement));
+        assert!(wait_until(SOON, || cache.instances().len() == 3));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let mut calls = 0;
+    for caller in callers {
+        let (ok, failed) = caller.join().unwrap();
+        assert!(failed.is_empty(), "failed calls: {failed:?}");
+        calls += ok;
+    }
+    assert!(calls > 100, "only {calls} calls");
+    client.close();
+    for (server, announcement) in fleet {
+        announcement.leave_and_stop(&server, Duration::ZERO);
+    }
+    zk.close();
+}
