@@ -7,6 +7,12 @@
 //! cargo run --example calculator_server -- --addr 127.0.0.1:9091 --name b &
 //! cargo run --example multi_client -- --endpoints 127.0.0.1:9090,127.0.0.1:9091 [--retries N] [--calls N]
 //! ```
+//!
+//! Or through service discovery, with servers that registered in ZooKeeper:
+//!
+//! ```text
+//! cargo run --example multi_client -- --zookeeper 127.0.0.1:2181 --service calc [--session-timeout SECS]
+//! ```
 
 #[path = "../idl/service.rs"]
 mod service;
@@ -14,13 +20,17 @@ mod service;
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use blocking_thrift::{ClientConfig, MultiThriftClient};
+use blocking_thrift::discovery::{InstanceCache, ZooKeeper, ZooKeeperConfig};
+use blocking_thrift::{ClientConfig, InputProtocol, MultiThriftClient, OutputProtocol};
 use service::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
 
 struct Args {
     endpoints: Vec<String>,
+    zookeeper: Option<String>,
+    service: Option<String>,
+    session_timeout: Duration,
     retries: u32,
     calls: u32,
 }
@@ -28,6 +38,9 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         endpoints: Vec::new(),
+        zookeeper: None,
+        service: None,
+        session_timeout: Duration::from_secs(10),
         retries: 1,
         calls: 10,
     };
@@ -47,11 +60,22 @@ fn parse_args() -> Result<Args, String> {
                 args.retries = value()?.parse().map_err(|e| format!("--retries: {e}"))?
             }
             "--calls" => args.calls = value()?.parse().map_err(|e| format!("--calls: {e}"))?,
+            "--zookeeper" => args.zookeeper = Some(value()?),
+            "--service" => args.service = Some(value()?),
+            "--session-timeout" => {
+                let secs: f64 = value()?
+                    .parse()
+                    .map_err(|e| format!("--session-timeout: {e}"))?;
+                args.session_timeout = Duration::from_secs_f64(secs);
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
-    if args.endpoints.is_empty() {
-        return Err("--endpoints HOST:PORT,HOST:PORT,... is required".into());
+    if args.zookeeper.is_some() != args.service.is_some() {
+        return Err("--zookeeper and --service go together".into());
+    }
+    if args.endpoints.is_empty() == args.zookeeper.is_none() {
+        return Err("either --endpoints HOST:PORT,... or --zookeeper HOSTS --service NAME".into());
     }
     Ok(args)
 }
@@ -85,6 +109,8 @@ impl Shuffler {
     }
 }
 
+type Calc = CalculatorSyncClient<InputProtocol, OutputProtocol>;
+
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -93,9 +119,46 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let endpoints = args.endpoints;
+    let mut session = None;
+    let client = match (&args.zookeeper, &args.service) {
+        (Some(hosts), Some(service)) => {
+            let zk_config = ZooKeeperConfig::default().session_timeout(args.session_timeout);
+            let followed = ZooKeeper::connect(hosts, zk_config).and_then(|zk| {
+                let cache = InstanceCache::follow(&zk, service)?;
+                Ok((zk, cache))
+            });
+            match followed {
+                Ok((zk, cache)) => {
+                    println!("{service}: {} instance(s)", cache.instances().len());
+                    session = Some(zk);
+                    let config = ClientConfig::default().retries(args.retries);
+                    MultiThriftClient::discovered(cache, CalculatorSyncClient::new, config)
+                }
+                Err(e) => {
+                    eprintln!("error: cannot follow {service} on {hosts}: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => listed(&args),
+    };
+    let failed = call_and_report(&client, args.calls);
+    client.close();
+    if let Some(zk) = session {
+        zk.close();
+    }
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A client over the endpoints given, shuffled for every call.
+fn listed(args: &Args) -> MultiThriftClient<Calc> {
+    let endpoints = args.endpoints.clone();
     let shuffler = Shuffler::new();
-    let client = MultiThriftClient::new(
+    MultiThriftClient::new(
         move || {
             let mut order = endpoints.clone();
             shuffler.shuffle(&mut order);
@@ -103,11 +166,14 @@ fn main() -> ExitCode {
         },
         CalculatorSyncClient::new,
         ClientConfig::default().retries(args.retries),
-    );
+    )
+}
 
+/// Makes `calls` calls, says which server answered each, and returns how many failed.
+fn call_and_report(client: &MultiThriftClient<Calc>, calls: u32) -> u32 {
     let mut answers: BTreeMap<String, u32> = BTreeMap::new();
     let mut failed = 0;
-    for call in 1..=args.calls {
+    for call in 1..=calls {
         match client.call(|c| c.whoami(false)) {
             Ok(name) => {
                 println!("call {call}: answered by {name}");
@@ -122,9 +188,8 @@ fn main() -> ExitCode {
 
     let stats = client.stats();
     println!(
-        "\n{} call(s): {} answered, {failed} failed, {} retried attempt(s)",
-        args.calls,
-        args.calls - failed,
+        "\n{calls} call(s): {} answered, {failed} failed, {} retried attempt(s)",
+        calls - failed,
         stats.retries
     );
     for (name, count) in &answers {
@@ -136,10 +201,5 @@ fn main() -> ExitCode {
             s.calls, s.failures, s.breaker
         );
     }
-    client.close();
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    failed
 }

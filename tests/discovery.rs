@@ -419,3 +419,29 @@ fn a_rolling_restart_under_load_fails_no_call() {
     }
     zk.close();
 }
+
+#[test]
+fn the_discovery_example_takes_a_server_out_and_back_with_no_failed_call() {
+    if !zookeeper_available("the_discovery_example_takes_a_server_out_and_back_with_no_failed_call")
+    {
+        return;
+    }
+    let server = ZkServer::start();
+    let output = std::process::Command::new(support::example("discovery"))
+        .args(["--zookeeper", &server.hosts()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(", 0 failed"), "{stdout}");
+    for name in ["a", "b", "c"] {
+        assert!(
+            stdout.contains(&format!("  {name}: ")),
+            "{name} never answered: {stdout}"
+        );
+    }
+}
