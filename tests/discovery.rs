@@ -445,3 +445,43 @@ fn the_discovery_example_takes_a_server_out_and_back_with_no_failed_call() {
         );
     }
 }
+
+#[test]
+fn a_chroot_in_the_connect_string_and_another_base_path_are_curators_too() {
+    if !curator_available("a_chroot_in_the_connect_string_and_another_base_path_are_curators_too") {
+        return;
+    }
+    let server = ZkServer::start();
+    zk_cli(&server.hosts(), &["create", "/apps", ""]);
+    let zk = ZooKeeper::connect(&format!("{}/apps", server.hosts()), quick()).unwrap();
+    let instance = ServiceInstance::new("calc", "10.0.0.8", 7000)
+        .unwrap()
+        .with_id("rooted")
+        .unwrap();
+    let registration = Registration::register_under(&zk, "/registry", instance).unwrap();
+    assert_eq!(registration.path(), "/registry/calc/rooted");
+    // Curator, connected without the chroot, finds it at the full path.
+    let seen = curator_query(&server.hosts(), "/apps/registry", "calc");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].contains(r#""id":"rooted""#), "{seen:?}");
+    let cache = InstanceCache::follow_under(&zk, "/registry", "calc", None).unwrap();
+    assert_eq!(ids(&cache), ["rooted"]);
+
+    // A server bound to every interface must say which address to publish.
+    let wildcard = ThriftServer::bind(
+        "0.0.0.0:0",
+        CalculatorSyncProcessor::new(Arc::new(CalculatorService::new("w"))),
+        ServerConfig::default(),
+    )
+    .unwrap();
+    let err = Announcement::register(&zk, &wildcard, "calc", None).unwrap_err();
+    assert!(matches!(err, DiscoveryError::InvalidName(_)), "{err}");
+    let advertised =
+        Announcement::register(&zk, &wildcard, "calc", Some("calc-1.internal")).unwrap();
+    assert_eq!(
+        advertised.registration().instance().address,
+        "calc-1.internal"
+    );
+    drop((advertised, registration));
+    zk.close();
+}
