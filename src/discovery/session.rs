@@ -62,7 +62,11 @@ impl ZooKeeperConfig {
 /// new one, on which [`Registration`](super::Registration)s re-create their nodes and
 /// [`InstanceCache`](super::InstanceCache)s re-synchronise. Clones share the session.
 /// [`close`](Self::close) ends it (deleting every ephemeral node it holds) and joins its
-/// threads; so does dropping the last clone, together with every registration and cache.
+/// thread; so does dropping the last clone, together with every registration and cache.
+///
+/// The ZooKeeper client underneath does its socket I/O and timing on the `async-io` crate's
+/// reactor: one thread for the whole process (named `async-io`), started with the first
+/// session and shared by all of them, which no session can join.
 #[derive(Clone)]
 pub struct ZooKeeper {
     inner: Arc<Inner>,
