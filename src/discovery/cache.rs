@@ -157,9 +157,11 @@ async fn keep_synced(
         let changed = **cache.instances.read() != instances;
         if changed {
             info!(target: TARGET, "{path}: {} instance(s)", instances.len());
-            *cache.instances.write() = Arc::new(instances);
+            let instances = Arc::new(instances);
+            *cache.instances.write() = instances.clone();
+            // Called with no lock held: it may read the cache.
             if let Some(on_change) = &on_change {
-                on_change(&cache.instances.read());
+                on_change(&instances);
             }
         }
         true
