@@ -6,6 +6,7 @@
 //! cargo bench --bench rpc              # full: 7 rounds of 0.5 s per cell, about 6 minutes
 //! cargo bench --bench rpc -- --quick   # 3 rounds of 0.1 s per cell, well under a minute
 //! cargo bench --bench rpc -- --filter ours/add/4 --rounds 1 --duration-ms 5000 --no-extras
+//! cargo bench --bench rpc -- --servers [--quick]  # server-only, against Apache Thrift's C++ servers
 //! ```
 //!
 //! Every cell (stack x payload x client threads) runs once per round, in a shuffled order
@@ -896,6 +897,16 @@ fn shuffle<T>(items: &mut [T], seed: u64) {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--serve-ours") {
+        let workers = args.get(at + 1).map_or(SERVER_WORKERS, |w| parse(w));
+        support::servers::serve_ours(workers);
+    }
+    if args.iter().any(|a| a == "--servers") {
+        sys::raise_fd_limit();
+        support::servers::main(args.iter().any(|a| a == "--quick"));
+        return;
+    }
     let options = Options::parse();
     let (fd_before, fd_now) = sys::raise_fd_limit();
     let begun = Instant::now();

@@ -2,3 +2,4 @@
 
 pub(crate) mod peers;
 pub(crate) mod sys;
+pub(crate) mod servers;

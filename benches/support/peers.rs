@@ -229,8 +229,13 @@ pub(crate) fn start_stock() -> SocketAddr {
 /// This crate's server, default settings but for [`SERVER_WORKERS`] workers and an idle
 /// timeout longer than the benchmark, so held idle connections stay open throughout.
 pub(crate) fn start_ours(name: &str) -> ThriftServer {
+    start_ours_with(name, SERVER_WORKERS)
+}
+
+/// [`start_ours`] with `workers` workers.
+pub(crate) fn start_ours_with(name: &str, workers: usize) -> ThriftServer {
     let config = ServerConfig::default()
-        .workers(SERVER_WORKERS)
+        .workers(workers)
         .idle_timeout(Duration::from_secs(3600));
     let processor = CalculatorSyncProcessor::new(Arc::new(CalculatorService::new(name)));
     let server = ThriftServer::bind("127.0.0.1:0", processor, config).expect("bind loopback");
