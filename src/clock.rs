@@ -4,10 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
+
 /// Where breakers and idle-endpoint reaping get the time from.
 ///
-/// Defaults to [`Instant::now`]. Tests hand in a clock they step by hand, so that breaker
-/// windows and idle timeouts pass without sleeping. Socket timeouts always use real time.
+/// Defaults to [`Instant::now`]. Tests hand in a clock they step by hand, a [`ManualClock`],
+/// so that breaker windows and idle timeouts pass without sleeping. Socket timeouts always use
+/// real time.
 #[derive(Clone, Default)]
 pub struct Clock(Option<Arc<dyn Fn() -> Instant + Send + Sync>>);
 
@@ -38,6 +41,53 @@ impl fmt::Debug for Clock {
         } else {
             "Clock(system)"
         })
+    }
+}
+
+/// A clock that moves only when told to, for testing breaker settings and idle timeouts
+/// without sleeping through them, as tokio's `time::pause` and `time::advance` do for its
+/// timers.
+///
+/// ```
+/// use std::time::Duration;
+/// use blocking_thrift::{ClientConfig, ManualClock};
+///
+/// let time = ManualClock::new();
+/// let config = ClientConfig::default().clock(time.clock());
+/// // ... open the breaker ...
+/// time.advance(Duration::from_secs(10)); // the reset timeout has passed
+/// ```
+///
+/// Clones move together.
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<Mutex<Instant>>);
+
+impl ManualClock {
+    /// A clock standing at the real time now.
+    pub fn new() -> Self {
+        ManualClock(Arc::new(Mutex::new(Instant::now())))
+    }
+
+    /// The [`Clock`] to hand to a configuration; it reads this clock.
+    pub fn clock(&self) -> Clock {
+        let now = self.0.clone();
+        Clock::from_fn(move || *now.lock())
+    }
+
+    /// Moves the clock forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        *self.0.lock() += by;
+    }
+
+    /// The time the clock stands at.
+    pub fn now(&self) -> Instant {
+        *self.0.lock()
+    }
+}
+
+impl Default for ManualClock {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -75,6 +125,18 @@ pub(crate) fn monotonic_nanos() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_manual_clock_moves_only_when_told_and_its_clones_move_with_it() {
+        let time = ManualClock::new();
+        let clock = time.clock();
+        let start = clock.now();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_eq!(clock.now(), start);
+        time.clone().advance(Duration::from_secs(60));
+        assert_eq!(clock.now(), start + Duration::from_secs(60));
+        assert_eq!(time.now(), clock.now());
+    }
 
     #[test]
     fn epochs_count_nanoseconds_and_never_go_negative() {

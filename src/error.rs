@@ -108,20 +108,74 @@ impl Error {
         }
     }
 
-    /// Whether this is a timeout, of any phase.
+    /// Whether this is a timeout, of any phase; [`timeout`](Self::timeout) tells which.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout(_))
     }
 
+    /// The phase whose time ran out, if this is a timeout.
+    pub fn timeout(&self) -> Option<Timeout> {
+        match self {
+            Error::Timeout(phase) => Some(*phase),
+            _ => None,
+        }
+    }
+
+    /// Whether connecting failed: refused, unreachable, not resolved, or out of time
+    /// ([`Timeout::Connect`]).
+    pub fn is_connect(&self) -> bool {
+        matches!(
+            self,
+            Error::Connect { .. } | Error::Timeout(Timeout::Connect)
+        )
+    }
+
+    /// Whether an open circuit breaker turned the call away without trying the endpoint.
+    pub fn is_circuit_open(&self) -> bool {
+        matches!(self, Error::CircuitOpen { .. })
+    }
+
+    /// Whether the service answered with one of its own IDL exceptions
+    /// ([`user_exception`](Self::user_exception) gets it back typed).
+    pub fn is_service_exception(&self) -> bool {
+        matches!(self, Error::User(_))
+    }
+
     /// Whether the request certainly never reached the server: the connection could not be
-    /// made, no pooled connection was free, or the breaker rejected the call.
+    /// made, no pooled connection was free, the breaker rejected the call, the request was
+    /// refused for its size, or the client was closed. Such a call can be retried even if it
+    /// must not run twice.
     pub fn is_unsent(&self) -> bool {
         matches!(
             self,
             Error::Connect { .. }
                 | Error::Timeout(Timeout::Connect | Timeout::PoolWait)
                 | Error::CircuitOpen { .. }
+                | Error::RequestTooLarge { .. }
+                | Error::Closed
         )
+    }
+
+    /// Whether the call may have run on a server: anything but [`is_unsent`](Self::is_unsent),
+    /// and for [`Error::Unavailable`], whether any attempt may have run. A response timeout,
+    /// say, leaves it unknown whether the server did the work.
+    pub fn may_have_run(&self) -> bool {
+        match self {
+            Error::Unavailable(u) => u.attempts.iter().any(|(_, err)| err.may_have_run()),
+            // The deadline may have cut a response short: whether it ran is unknown.
+            Error::Timeout(Timeout::Deadline) => true,
+            err => !err.is_unsent(),
+        }
+    }
+
+    /// The crate's error inside an error that a direct call's generated method returned, if
+    /// that is what it carries (and not the service's own exception or the generated code's
+    /// error), so that the predicates above apply without converting it.
+    pub fn in_direct(err: &thrift::Error) -> Option<&Error> {
+        match err {
+            thrift::Error::User(e) => e.downcast_ref::<Error>(),
+            _ => None,
+        }
     }
 
     /// Turns an error coming out of a generated client back into this type.
@@ -243,6 +297,43 @@ impl From<Error> for thrift::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn predicates_tell_the_kinds_apart() {
+        let refused = || Error::Connect {
+            endpoint: "a:1".into(),
+            source: io::Error::new(io::ErrorKind::ConnectionRefused, "refused"),
+        };
+        let open = || Error::CircuitOpen {
+            endpoint: "a:1".into(),
+        };
+        let response = || Error::Timeout(Timeout::Response);
+        assert!(refused().is_connect() && Error::Timeout(Timeout::Connect).is_connect());
+        assert!(!response().is_connect() && !open().is_connect());
+        assert_eq!(response().timeout(), Some(Timeout::Response));
+        assert_eq!(refused().timeout(), None);
+        assert!(open().is_circuit_open() && !refused().is_circuit_open());
+        assert!(Error::User(Box::new(io::Error::other("x"))).is_service_exception());
+        assert!(!response().is_service_exception());
+        for unsent in [
+            refused(),
+            open(),
+            Error::Timeout(Timeout::PoolWait),
+            Error::Closed,
+            Error::RequestTooLarge { bytes: 2, limit: 1 },
+        ] {
+            assert!(unsent.is_unsent() && !unsent.may_have_run(), "{unsent}");
+        }
+        assert!(response().may_have_run() && !response().is_unsent());
+        let tried = |attempts| Error::Unavailable(Box::new(Unavailable { attempts }));
+        assert!(!tried(vec![("a:1".into(), refused()), ("b:1".into(), open())]).may_have_run());
+        assert!(tried(vec![("a:1".into(), refused()), ("b:1".into(), response())]).may_have_run());
+        // Out of a direct call's generated method.
+        let direct: thrift::Error = open().into();
+        assert!(Error::in_direct(&direct).is_some_and(Error::is_circuit_open));
+        let theirs = thrift::Error::User(Box::new(io::Error::other("service's own")));
+        assert!(Error::in_direct(&theirs).is_none());
+    }
 
     #[test]
     fn each_cause_is_printed_once() {

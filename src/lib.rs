@@ -64,7 +64,7 @@ pub use crate::client::call::ClientStats;
 pub use crate::client::config::ClientConfig;
 pub use crate::client::direct::Direct;
 pub use crate::client::ThriftClient;
-pub use crate::clock::Clock;
+pub use crate::clock::{Clock, ManualClock};
 pub use crate::error::{Error, Timeout, Unavailable};
 pub use crate::multi::direct::MultiDirect;
 pub use crate::multi::{MultiStats, MultiThriftClient};

@@ -7,10 +7,10 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use blocking_thrift::{
-    BreakerState, ClientConfig, Error, Protocol, ThriftClient, Timeout, Transport,
+    BreakerState, ClientConfig, Error, ManualClock, Protocol, ThriftClient, Timeout, Transport,
 };
 use support::calculator::{CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient};
-use support::{Calc, ManualClock, RefServer};
+use support::{Calc, RefServer};
 
 blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
 
@@ -682,4 +682,44 @@ fn a_response_container_over_the_element_limit_fails_the_call() {
         matches!(&err, Error::Protocol(_)) && err.to_string().contains("exceeds the limit of 5"),
         "{err}"
     );
+}
+
+#[test]
+fn an_operator_can_force_the_breaker_open_and_reset_it() {
+    let server = server();
+    let calc = client(&server.endpoint(), ClientConfig::default());
+    assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+    calc.force_open();
+    assert_eq!(calc.breaker_state(), BreakerState::Open);
+    let err = calc.call(|c| c.add(1, 1)).unwrap_err();
+    assert!(err.is_circuit_open() && !err.may_have_run(), "{err}");
+    let err = calc.direct().add(1, 1).unwrap_err();
+    assert!(
+        Error::in_direct(&err).is_some_and(Error::is_circuit_open),
+        "{err}"
+    );
+    assert_eq!(calc.stats().rejected, 2);
+    calc.reset_breaker();
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+    assert_eq!(calc.call(|c| c.add(2, 2)).unwrap(), 4);
+}
+
+#[test]
+fn timeouts_and_connect_failures_are_told_apart_by_predicates() {
+    let calc = client(&support::refused_endpoint(), ClientConfig::default());
+    let err = calc.call(|c| c.ping()).unwrap_err();
+    assert!(
+        err.is_connect() && err.is_unsent() && err.timeout().is_none(),
+        "{err}"
+    );
+    let server = server();
+    let calc = client(
+        &server.endpoint(),
+        ClientConfig::default().read_timeout(Duration::from_millis(50)),
+    );
+    let err = calc.call(|c| c.slow(1000)).unwrap_err();
+    assert_eq!(err.timeout(), Some(Timeout::Response), "{err}");
+    assert!(!err.is_connect() && err.may_have_run());
+    let err = calc.call(|c| c.retrieve(-1)).unwrap_err();
+    assert!(err.is_service_exception() && err.may_have_run(), "{err}");
 }

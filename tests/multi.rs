@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use blocking_thrift::{
-    BreakerState, ClientConfig, Error, MultiThriftClient, Protocol, Timeout, Transport,
+    BreakerState, ClientConfig, Error, ManualClock, MultiThriftClient, Protocol, Timeout, Transport,
 };
 use support::calculator::{
     CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient, TemporaryUnavailable,
 };
-use support::{Calc, CalculatorService, ManualClock, RefServer};
+use support::{Calc, CalculatorService, RefServer};
 
 blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
 
@@ -579,4 +579,41 @@ fn clients_are_send_sync_and_cheap_to_clone() {
     assert_send_sync::<MultiThriftClient<Calc>>();
     fn assert_send<T: Send + Clone>() {}
     assert_send::<blocking_thrift::MultiDirect<Calc>>();
+}
+
+#[test]
+fn an_operator_can_force_an_endpoint_open_and_reset_it() {
+    let (a, b) = (named("a"), named("b"));
+    let multi = fixed(&[a.endpoint(), b.endpoint()], patient());
+    assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "a");
+    assert_eq!(
+        multi.breaker_state(&a.endpoint()),
+        Some(BreakerState::Closed)
+    );
+    assert_eq!(multi.breaker_state(&b.endpoint()), None, "not used yet");
+    assert!(
+        !multi.force_open(&b.endpoint()),
+        "unknown endpoints are left alone"
+    );
+
+    assert!(multi.force_open(&a.endpoint()));
+    assert_eq!(multi.breaker_state(&a.endpoint()), Some(BreakerState::Open));
+    for _ in 0..5 {
+        assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
+    }
+    let endpoints = multi.endpoints();
+    assert_eq!(endpoints, {
+        let mut expected = vec![
+            (a.endpoint().into(), BreakerState::Open),
+            (b.endpoint().into(), BreakerState::Closed),
+        ];
+        expected.sort_by(|x: &(std::sync::Arc<str>, _), y| x.0.cmp(&y.0));
+        expected
+    });
+    assert!(multi.reset_breaker(&a.endpoint()));
+    assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "a");
+    assert_eq!(
+        multi.breaker_state(&a.endpoint()),
+        Some(BreakerState::Closed)
+    );
 }

@@ -1,5 +1,5 @@
 //! Pieces of the RPC benchmark that are not the measurement loop itself.
 
 pub(crate) mod peers;
-pub(crate) mod sys;
 pub(crate) mod servers;
+pub(crate) mod sys;

@@ -266,7 +266,10 @@ fn median(mut values: Vec<f64>) -> f64 {
 fn print_table(samples: &BTreeMap<(usize, Server), Vec<Sample>>, servers: &[Server]) {
     println!();
     println!("Server-only: the thrift crate's plain client doing `add`, one framed connection per");
-    println!("client thread, against each server in a process of its own ({}).", sys::machine());
+    println!(
+        "client thread, against each server in a process of its own ({}).",
+        sys::machine()
+    );
     println!("Medians over rounds; ratios are the median of same-round ratios to the C++ TThreadPoolServer.");
     println!();
     println!("| clients | server | calls/s | p50 µs | p99 µs | server CPU µs/call | load CPU µs/call | slowest client's share | calls/s vs C++ pool | server CPU vs C++ pool | p99 vs C++ pool |");

@@ -227,6 +227,33 @@ impl Breaker {
         }
     }
 
+    /// Opens the breaker until [`reset`](Self::reset), whatever happens meanwhile (Hystrix's
+    /// `forceOpen`): an operator taking the endpoint out of use.
+    pub(crate) fn force_open(&self) {
+        let mut state = self.state.lock();
+        let trips = match &*state {
+            State::Open { trips, .. } | State::HalfOpen { trips, .. } => *trips,
+            State::Closed { .. } => 0,
+        };
+        *state = State::Open {
+            // Never reached: only `reset` ends it.
+            until: self.clock.now() + Duration::from_secs(100 * 365 * 24 * 3600),
+            trips,
+        };
+        self.gate.store(GATE_SHUT, Ordering::Release);
+        drop(state);
+        log::warn!(target: "blocking_thrift::breaker", "{}: circuit forced open", self.endpoint);
+    }
+
+    /// Closes the breaker and forgets the failures counted so far.
+    pub(crate) fn reset(&self) {
+        *self.state.lock() = State::Closed {
+            failures: window(self.settings.maxfail),
+        };
+        self.gate.store(GATE_OPEN, Ordering::Release);
+        log::info!(target: "blocking_thrift::breaker", "{}: circuit reset to closed", self.endpoint);
+    }
+
     fn open_period(&self, trips: u32) -> Duration {
         let base = self.settings.reset_timeout;
         let period = match self.settings.backoff {
@@ -282,28 +309,41 @@ impl fmt::Debug for Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
 
-    struct Manual(Arc<Mutex<Instant>>);
-
-    impl Manual {
-        fn new() -> (Manual, Clock) {
-            let now = Arc::new(Mutex::new(Instant::now()));
-            let read = now.clone();
-            (Manual(now), Clock::from_fn(move || *read.lock()))
-        }
-        fn advance(&self, by: Duration) {
-            *self.0.lock() += by;
-        }
-    }
-
-    fn breaker(config: ClientConfig) -> (Breaker, Manual) {
-        let (manual, clock) = Manual::new();
-        (Breaker::new("test:1".into(), &config.clock(clock)), manual)
+    fn breaker(config: ClientConfig) -> (Breaker, ManualClock) {
+        let time = ManualClock::new();
+        (
+            Breaker::new("test:1".into(), &config.clock(time.clock())),
+            time,
+        )
     }
 
     fn fail(b: &Breaker) {
         let permit = b.acquire().expect("breaker should let the call through");
         b.record(permit, true);
+    }
+
+    #[test]
+    fn forced_open_it_rejects_everything_until_reset() {
+        let (b, clock) = breaker(ClientConfig::default());
+        b.force_open();
+        assert_eq!(b.state(), BreakerState::Open);
+        assert!(b.acquire().is_none());
+        // No probe, however long it stays open.
+        clock.advance(Duration::from_secs(24 * 3600));
+        assert!(b.acquire().is_none());
+        b.reset();
+        assert_eq!(b.state(), BreakerState::Closed);
+        // The failures before it are forgotten: three more are tolerated.
+        for _ in 0..3 {
+            fail(&b);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+        b.reset();
+        assert!(b.acquire().is_some());
     }
 
     #[test]

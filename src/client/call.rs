@@ -328,8 +328,8 @@ impl<C> Endpoint<C> {
         self.pool.close();
     }
 
-    pub(crate) fn breaker_state(&self) -> BreakerState {
-        self.breaker.state()
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     /// A snapshot of the counters.

@@ -110,7 +110,20 @@ impl<C> ThriftClient<C> {
 
     /// The breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
-        self.endpoint.breaker_state()
+        self.endpoint.breaker().state()
+    }
+
+    /// Opens the breaker until [`reset_breaker`](Self::reset_breaker), whatever the endpoint
+    /// does meanwhile (Hystrix's `forceOpen`): calls fail at once with
+    /// [`Error::CircuitOpen`](crate::Error::CircuitOpen) and no probe goes through. For an
+    /// operator taking an endpoint out of use.
+    pub fn force_open(&self) {
+        self.endpoint.breaker().force_open();
+    }
+
+    /// Closes the breaker, forced open or not, and forgets the failures it counted.
+    pub fn reset_breaker(&self) {
+        self.endpoint.breaker().reset();
     }
 
     /// A snapshot of the counters.
@@ -123,7 +136,7 @@ impl<C> fmt::Debug for ThriftClient<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ThriftClient")
             .field("endpoint", self.endpoint.name())
-            .field("breaker", &self.endpoint.breaker_state())
+            .field("breaker", &self.endpoint.breaker().state())
             .field("config", self.endpoint.config())
             .finish()
     }

@@ -11,6 +11,7 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use scheduled_thread_pool::ScheduledThreadPool;
 
+use crate::client::breaker::BreakerState;
 use crate::client::call::ClientStats;
 use crate::client::config::ClientConfig;
 use crate::client::pool::{self, MakeClient};
@@ -286,6 +287,47 @@ impl<C: Send + 'static> MultiThriftClient<C> {
         if helpers.is_some() {
             log::info!(target: TARGET, "multi-endpoint client closed ({} endpoint(s))", clients.len());
         }
+    }
+
+    /// The endpoint's client, if the endpoint is known now (used lately, not reaped).
+    fn known(&self, endpoint: &str) -> Option<ThriftClient<C>> {
+        let state = self.shared.state.read();
+        state
+            .clients
+            .get(endpoint)
+            .map(|known| known.client.clone())
+    }
+
+    /// The breaker state of `endpoint`, if it is known now (used lately, not reaped).
+    pub fn breaker_state(&self, endpoint: &str) -> Option<BreakerState> {
+        self.known(endpoint).map(|client| client.breaker_state())
+    }
+
+    /// Every endpoint known now with its breaker's state, sorted by endpoint.
+    pub fn endpoints(&self) -> Vec<(Arc<str>, BreakerState)> {
+        let clients: Vec<ThriftClient<C>> = {
+            let state = self.shared.state.read();
+            state.clients.values().map(|e| e.client.clone()).collect()
+        };
+        let mut endpoints: Vec<(Arc<str>, BreakerState)> = clients
+            .iter()
+            .map(|c| (c.calls().name().clone(), c.breaker_state()))
+            .collect();
+        endpoints.sort_by(|a, b| a.0.cmp(&b.0));
+        endpoints
+    }
+
+    /// Forces the breaker of `endpoint` open (see [`ThriftClient::force_open`]): calls skip it
+    /// as they skip any open breaker. Returns `false`, doing nothing, if the endpoint is not
+    /// known now. A forced endpoint that goes unused is reaped like any other.
+    pub fn force_open(&self, endpoint: &str) -> bool {
+        self.known(endpoint).map(|c| c.force_open()).is_some()
+    }
+
+    /// Closes the breaker of `endpoint`, forced open or not, forgetting its failures. Returns
+    /// `false`, doing nothing, if the endpoint is not known now.
+    pub fn reset_breaker(&self, endpoint: &str) -> bool {
+        self.known(endpoint).map(|c| c.reset_breaker()).is_some()
     }
 
     /// A snapshot of the counters, with those of every endpoint known now.

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use blocking_thrift::{Clock, InputProtocol, OutputProtocol, Protocol, Transport};
+use blocking_thrift::{InputProtocol, OutputProtocol, Protocol, Transport};
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
     TInputProtocol, TOutputProtocol,
@@ -186,25 +186,6 @@ fn serve_connection(
         };
     let processor = calculator::CalculatorSyncProcessor::new(service);
     while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
-}
-
-/// A clock that only moves when told to.
-#[derive(Clone)]
-pub struct ManualClock(Arc<Mutex<Instant>>);
-
-impl ManualClock {
-    pub fn new() -> ManualClock {
-        ManualClock(Arc::new(Mutex::new(Instant::now())))
-    }
-
-    pub fn clock(&self) -> Clock {
-        let now = self.0.clone();
-        Clock::from_fn(move || *now.lock().unwrap())
-    }
-
-    pub fn advance(&self, by: Duration) {
-        *self.0.lock().unwrap() += by;
-    }
 }
 
 /// An address on loopback where nothing listens.
