@@ -1,6 +1,8 @@
 //! The README's code is real: every Rust snippet in it stands, line for line, in one of the
 //! examples, which the test build compiles.
 
+mod support;
+
 use std::fs;
 
 fn normalized(text: &str) -> Vec<String> {
@@ -33,4 +35,13 @@ fn readme_snippets_are_taken_from_the_examples() {
             .any(|example| example.windows(lines.len()).any(|w| w == lines.as_slice()));
         assert!(found, "README snippet is not in any example:\n{snippet}");
     }
+}
+
+#[test]
+fn the_shared_handler_recipe_shares_state_with_the_program() {
+    let status = std::process::Command::new(support::example("shared_handler"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -88,7 +88,10 @@ pub struct ThriftServer {
 pub struct ServerStats {
     /// Worker threads the server runs.
     pub workers: usize,
-    /// Workers serving a request right now.
+    /// Workers handling a request right now: from the moment the request goes to the
+    /// processor until its response has been written to the socket. A worker whose handler
+    /// has returned but whose client is slow to take the response still counts; a worker
+    /// waiting for a connection's next request does not.
     pub busy_workers: usize,
     /// Client connections open, idle or not.
     pub open_connections: usize,
