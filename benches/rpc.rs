@@ -199,7 +199,7 @@ impl Options {
     fn selects(&self, cell: &Cell) -> bool {
         self.filter
             .as_ref()
-            .map_or(true, |labels| labels.contains(&cell.label()))
+            .is_none_or(|labels| labels.contains(&cell.label()))
     }
 }
 

@@ -313,7 +313,7 @@ fn classify(response: &[u8], message_type: TMessageType) -> thrift::Result<Reply
     input.read_message_begin()?;
     input.read_struct_begin()?;
     let field = input.read_field_begin()?;
-    if field.field_type == TType::Stop || !field.id.is_some_and(|id| id > 0) {
+    if field.field_type == TType::Stop || field.id.is_none_or(|id| id <= 0) {
         return Ok(Reply::Value);
     }
     let start = input.transport.position() as usize;
