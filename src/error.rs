@@ -65,6 +65,12 @@ pub enum Error {
     Protocol(ProtocolError),
     /// The server answered with a `TApplicationException` (unknown method, internal error ...).
     Application(ApplicationError),
+    /// The server was overloaded and shed the request: it answered at once, without running
+    /// it, because the request waited longer for a worker than the server allows
+    /// ([`ServerConfig::max_queue_wait`](crate::ServerConfig::max_queue_wait)). The request did
+    /// not run, so it can be retried elsewhere even if it must not run twice; the breaker does
+    /// not count it, since the server answered.
+    Overloaded(ApplicationError),
     /// The service raised one of its IDL exceptions; it is the generated type, boxed.
     User(Box<dyn StdError + Send + Sync>),
     /// The request was larger than `max_message_size`; nothing was sent.
@@ -153,7 +159,13 @@ impl Error {
                 | Error::CircuitOpen { .. }
                 | Error::RequestTooLarge { .. }
                 | Error::Closed
+                | Error::Overloaded(_)
         )
+    }
+
+    /// Whether the server shed the request for overload ([`Error::Overloaded`]).
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Error::Overloaded(_))
     }
 
     /// Whether the call may have run on a server: anything but [`is_unsent`](Self::is_unsent),
@@ -202,6 +214,7 @@ impl Error {
                     format!("response does not match the request: {}", e.message),
                 ))
             }
+            thrift::Error::Application(e) if is_shed(&e) => Error::Overloaded(e),
             thrift::Error::Application(e) => Error::Application(e),
             thrift::Error::User(e) => match e.downcast::<Error>() {
                 Ok(ours) => *ours,
@@ -225,6 +238,11 @@ impl Error {
     }
 }
 
+/// Whether a `TApplicationException` is this crate's server shedding a request.
+pub(crate) fn is_shed(e: &ApplicationError) -> bool {
+    e.kind == ApplicationErrorKind::Unknown && e.message.starts_with(crate::wire::SHED_PREFIX)
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -236,6 +254,7 @@ impl fmt::Display for Error {
             Error::Transport(e) => write!(f, "transport failed: {}", e.message),
             Error::Protocol(e) => write!(f, "protocol error: {}", e.message),
             Error::Application(e) => write!(f, "server raised {:?}: {}", e.kind, e.message),
+            Error::Overloaded(e) => f.write_str(&e.message),
             Error::User(e) => write!(f, "service exception: {e}"),
             Error::RequestTooLarge { bytes, limit } => write!(
                 f,

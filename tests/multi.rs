@@ -384,7 +384,9 @@ fn sixteen_threads_share_the_client() {
                 [list[first % 3].clone(), list[(first + 1) % 3].clone()]
             },
             CalculatorSyncClient::new,
-            patient(),
+            // A third of the calls meet the dead endpoint first: more retries than the
+            // default budget allows, which is not what this test is about.
+            patient().retry_budget(f64::INFINITY, 0),
         )
     };
     let threads: Vec<_> = (0..16)
@@ -616,4 +618,88 @@ fn an_operator_can_force_an_endpoint_open_and_reset_it() {
         multi.breaker_state(&a.endpoint()),
         Some(BreakerState::Closed)
     );
+}
+
+#[test]
+fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
+    // One worker, held by a slow call; a call queued behind it waits past the 50 ms bound.
+    let (overloaded, _) = support::start_server(
+        blocking_thrift::ServerConfig::default()
+            .workers(1)
+            .max_queue_wait(Duration::from_millis(50)),
+    );
+    let endpoint = overloaded.local_addr().to_string();
+    let single: blocking_thrift::ThriftClient<Calc> =
+        blocking_thrift::ThriftClient::new(&endpoint, CalculatorSyncClient::new, patient());
+    let hold_the_worker = || {
+        let single = single.clone();
+        let holder = std::thread::spawn(move || single.call(|c| c.slow(400)));
+        assert!(support::wait_until(Duration::from_secs(10), || {
+            overloaded.stats().busy_workers == 1
+        }));
+        holder
+    };
+    let spare = named("spare");
+    let config = patient().retry_unsent_only(true).maxfail(0);
+    let multi = fixed(&[endpoint.clone(), spare.endpoint()], config);
+
+    // Shed, not run, so retried on the spare endpoint.
+    let holder = hold_the_worker();
+    assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "spare");
+    assert_eq!(holder.join().unwrap().unwrap(), 400);
+    let stats = multi.stats();
+    let first = stats.endpoint(&endpoint).unwrap();
+    assert_eq!((first.overloaded, first.failures), (1, 0));
+    assert_eq!(
+        first.breaker,
+        BreakerState::Closed,
+        "a shed call is no failure"
+    );
+    assert_eq!(overloaded.stats().shed_requests, 1);
+
+    // Alone, the endpoint's own client reports it as its own kind of error.
+    let holder = hold_the_worker();
+    let err = single.call(|c| c.add(1, 1)).unwrap_err();
+    assert!(
+        err.is_overloaded() && err.is_unsent() && !err.may_have_run(),
+        "{err}"
+    );
+    assert!(err.to_string().contains("did not run"), "{err}");
+    holder.join().unwrap().unwrap();
+    let holder = hold_the_worker();
+    let err = single.direct().add(1, 1).unwrap_err();
+    assert!(Error::from(err).is_overloaded());
+    holder.join().unwrap().unwrap();
+}
+
+#[test]
+fn the_retry_budget_keeps_retries_to_a_share_of_calls() {
+    let b = named("b");
+    let time = ManualClock::new();
+    let config = patient()
+        .maxfail(u32::MAX - 1)
+        .retry_budget(0.2, 0)
+        .clock(time.clock());
+    let multi = fixed(&[support::refused_endpoint(), b.endpoint()], config);
+    let mut answered = 0;
+    for _ in 0..100 {
+        match multi.call(|c| c.whoami(false)) {
+            Ok(name) => {
+                assert_eq!(name, "b");
+                answered += 1;
+            }
+            // Refused a retry: the call fails with its last attempt's error, as itself.
+            Err(err) => assert!(err.is_connect(), "{err}"),
+        }
+    }
+    assert!(
+        (19..=21).contains(&answered),
+        "{answered} calls were retried"
+    );
+    let stats = multi.stats();
+    assert_eq!(stats.retries, answered);
+    assert_eq!(stats.retries_refused, 100 - answered);
+    // Ten seconds later the calls of the past no longer count either way.
+    time.advance(Duration::from_secs(10));
+    assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
 }

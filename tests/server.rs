@@ -16,6 +16,7 @@ use service::calculator::{
     TemporaryUnavailable, UserProfile,
 };
 use service::CalculatorService;
+use thrift::protocol::TSerializable;
 use thrift::protocol::{
     TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
     TFieldIdentifier, TInputProtocol, TMessageIdentifier, TMessageType, TMultiplexedOutputProtocol,
@@ -224,6 +225,7 @@ struct Reply {
     seq: i32,
     result: Option<i32>,
     error: Option<ApplicationErrorKind>,
+    message: String,
 }
 
 /// Reads one reply off `stream`.
@@ -257,10 +259,12 @@ fn read_reply(stream: &mut TcpStream, transport: Transport, protocol: Protocol) 
         seq: ident.sequence_number,
         result: None,
         error: None,
+        message: String::new(),
     };
     if reply.kind == TMessageType::Exception {
         let err = thrift::Error::read_application_error_from_in_protocol(&mut *i).unwrap();
         reply.error = Some(err.kind);
+        reply.message = err.message;
     } else {
         i.read_struct_begin().unwrap();
         loop {
@@ -1215,4 +1219,119 @@ fn the_backlog_setting_bounds_the_queue_of_connections_not_yet_accepted() {
         "{} connections got into a backlog of 8",
         burst.len()
     );
+}
+
+/// A framed, binary `store(profile)` request.
+fn store(seq: i32, uid: i32, name: &str) -> Vec<u8> {
+    let mut o = TBinaryOutputProtocol::new(Vec::new(), true);
+    o.write_message_begin(&TMessageIdentifier::new("store", TMessageType::Call, seq))
+        .unwrap();
+    o.write_struct_begin(&TStructIdentifier::new("store_args"))
+        .unwrap();
+    o.write_field_begin(&TFieldIdentifier::new("user", TType::Struct, 1))
+        .unwrap();
+    UserProfile::new(uid, name.to_owned(), String::new())
+        .write_to_out_protocol(&mut o)
+        .unwrap();
+    o.write_field_end().unwrap();
+    o.write_field_stop().unwrap();
+    o.write_struct_end().unwrap();
+    o.write_message_end().unwrap();
+    wire(Transport::Framed, o.transport)
+}
+
+#[test]
+fn a_request_that_waited_too_long_for_a_worker_is_answered_at_once_without_running() {
+    let _lock = shared_lock();
+    let (handler, release) = Special::gated();
+    let config = ServerConfig::default()
+        .workers(1)
+        .max_queue_wait(Duration::from_millis(50));
+    let server = serve(handler, config);
+    let addr = server.local_addr();
+    let busy = thread::spawn(move || framed_binary(addr).slow(1).map_err(|e| e.to_string()));
+    wait_for_stats(&server, "the slow call holds the only worker", |s| {
+        s.busy_workers == 1
+    });
+    let mut waiting = raw(addr);
+    waiting.write_all(&store(7, 5, "should not run")).unwrap();
+    // Four times the bound, in the queue behind the slow call.
+    thread::sleep(Duration::from_millis(200));
+    release.send(()).unwrap();
+    let reply = read_reply(&mut waiting, Transport::Framed, Protocol::Binary);
+    assert_eq!(
+        (reply.kind, reply.seq, reply.error),
+        (
+            TMessageType::Exception,
+            7,
+            Some(ApplicationErrorKind::Unknown)
+        )
+    );
+    assert!(
+        reply.message.starts_with("server overloaded: ") && reply.message.contains("did not run"),
+        "{}",
+        reply.message
+    );
+    assert_eq!(busy.join().unwrap(), Ok(1));
+    assert_eq!(server.stats().shed_requests, 1);
+    // The connection stays usable, and the shed request never ran.
+    let mut client = framed_binary(addr);
+    assert_eq!(
+        client.retrieve(5).unwrap().name.as_deref(),
+        Some("Test User")
+    );
+    waiting.write_all(&add(8, 2, 3)).unwrap();
+    let reply = read_reply(&mut waiting, Transport::Framed, Protocol::Binary);
+    assert_eq!((reply.seq, reply.result), (8, Some(5)));
+}
+
+#[test]
+fn a_request_whose_client_left_while_it_waited_is_not_run() {
+    let _lock = shared_lock();
+    let (handler, release) = Special::gated();
+    let server = serve(handler, ServerConfig::default().workers(1));
+    let addr = server.local_addr();
+    let busy = thread::spawn(move || framed_binary(addr).slow(1).map_err(|e| e.to_string()));
+    wait_for_stats(&server, "the slow call holds the only worker", |s| {
+        s.busy_workers == 1
+    });
+    let mut leaving = raw(addr);
+    leaving.write_all(&store(1, 6, "should not run")).unwrap();
+    wait_for_stats(&server, "the request is queued", |s| {
+        s.queued_connections == 1
+    });
+    // Gone before a worker is free, as a client that timed out is.
+    drop(leaving);
+    thread::sleep(Duration::from_millis(20));
+    release.send(()).unwrap();
+    assert_eq!(busy.join().unwrap(), Ok(1));
+    wait_for_stats(&server, "the request is shed", |s| s.shed_requests == 1);
+    let mut client = framed_binary(addr);
+    assert_eq!(
+        client.retrieve(6).unwrap().name.as_deref(),
+        Some("Test User")
+    );
+}
+
+#[test]
+fn below_capacity_nothing_is_shed() {
+    let _lock = shared_lock();
+    let (server, _) = calculator(ServerConfig::default().workers(4));
+    let addr = server.local_addr();
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            thread::spawn(move || {
+                let mut client = framed_binary(addr);
+                for i in 0..500 {
+                    assert_eq!(client.add(t, i).unwrap(), t + i);
+                }
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+    let stats = server.stats();
+    assert_eq!(stats.requests, 2000);
+    assert_eq!(stats.shed_requests, 0);
 }

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use blocking_thrift::{Protocol, ServerConfig, ThriftServer, Transport};
-use support::calculator::CalculatorSyncProcessor;
+use support::calculator::{CalculatorSyncProcessor, TCalculatorSyncClient};
 use support::{example, python_peer_available, wire_args, CalculatorService};
 
 /// Bound on one run of the Python client; it normally takes well under a second.
@@ -164,4 +164,65 @@ fn the_example_server_serves_the_python_client_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "the example exited with {status}");
+}
+
+#[test]
+fn a_shed_request_reaches_the_python_client_as_a_tapplicationexception() {
+    if !support::python_peer_available(
+        "a_shed_request_reaches_the_python_client_as_a_tapplicationexception",
+    ) {
+        return;
+    }
+    let (server, _) = support::start_server(
+        ServerConfig::default()
+            .workers(1)
+            .max_queue_wait(Duration::from_millis(50)),
+    );
+    let addr = server.local_addr();
+    // The only worker is busy for 600 ms; the Python call waits behind it, past the bound.
+    let holder = std::thread::spawn(move || {
+        let client: blocking_thrift::ThriftClient<support::Calc> =
+            blocking_thrift::ThriftClient::new(
+                &addr.to_string(),
+                support::calculator::CalculatorSyncClient::new,
+                blocking_thrift::ClientConfig::default().read_timeout(Duration::from_secs(5)),
+            );
+        client.call(|c| c.slow(600))
+    });
+    assert!(support::wait_until(Duration::from_secs(10), || {
+        server.stats().busy_workers == 1
+    }));
+    let script = format!(
+        r#"
+import sys
+sys.path.insert(0, {gen:?})
+from thrift.Thrift import TApplicationException
+from thrift.transport import TSocket, TTransport
+from thrift.protocol import TBinaryProtocol
+from calculator import Calculator
+transport = TTransport.TFramedTransport(TSocket.TSocket("127.0.0.1", {port}))
+client = Calculator.Client(TBinaryProtocol.TBinaryProtocol(transport))
+transport.open()
+try:
+    client.add(1, 2)
+    print("answered")
+except TApplicationException as e:
+    print("TApplicationException", e.type, e.message)
+"#,
+        gen = format!("{}/tests/peers/gen-py", env!("CARGO_MANIFEST_DIR")),
+        port = addr.port()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("TApplicationException 0 server overloaded:")
+            && stdout.contains("did not run"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    holder.join().unwrap().unwrap();
+    assert_eq!(server.stats().shed_requests, 1);
 }

@@ -95,6 +95,8 @@ pub struct ClientStats {
     pub protocol_errors: u64,
     /// Calls the server answered with a `TApplicationException`.
     pub application_errors: u64,
+    /// Calls the server shed for overload, without running them ([`Error::Overloaded`]).
+    pub overloaded: u64,
     /// Calls rejected at once by the open breaker.
     pub rejected: u64,
     /// Connections open now.
@@ -119,6 +121,7 @@ struct Counters {
     transport_errors: AtomicU64,
     protocol_errors: AtomicU64,
     application_errors: AtomicU64,
+    overloaded: AtomicU64,
     /// Bumped by every thread a rejection turns away, so striped.
     rejected: Striped,
 }
@@ -132,6 +135,8 @@ fn bump(counter: &AtomicU64) {
 pub(crate) enum Answered {
     /// A `TApplicationException`.
     ApplicationError,
+    /// This crate's server shedding the request for overload.
+    Overloaded,
     /// One of the service's exceptions; `declared_failure` when its type was declared with
     /// [`ClientConfig::failure_on`].
     Exception { declared_failure: bool },
@@ -258,6 +263,10 @@ impl<C> Endpoint<C> {
                 bump(&self.stats.application_errors);
                 false
             }
+            Answered::Overloaded => {
+                bump(&self.stats.overloaded);
+                false
+            }
             Answered::Exception { declared_failure } => {
                 bump(&self.stats.user_exceptions);
                 declared_failure
@@ -304,6 +313,8 @@ impl<C> Endpoint<C> {
             Error::Transport(_) => (&s.transport_errors, true),
             Error::Protocol(_) => (&s.protocol_errors, true),
             Error::Application(_) => (&s.application_errors, false),
+            // The server answered at once, without running it: busy, not broken.
+            Error::Overloaded(_) => (&s.overloaded, false),
             Error::User(e) => (&s.user_exceptions, self.config.is_declared_failure(&**e)),
             // Not outcomes of a call on this endpoint.
             Error::CircuitOpen { .. } | Error::Unavailable(_) => {
@@ -348,6 +359,7 @@ impl<C> Endpoint<C> {
             transport_errors: get(&s.transport_errors),
             protocol_errors: get(&s.protocol_errors),
             application_errors: get(&s.application_errors),
+            overloaded: get(&s.overloaded),
             rejected: s.rejected.get(),
             connections_open: self.pool.open_connections(),
             connections_idle: self.pool.idle_connections(),

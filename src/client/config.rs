@@ -93,6 +93,7 @@ pub struct ClientConfig {
     pub(crate) idle_timeout: Duration,
     pub(crate) deadline: Option<Duration>,
     pub(crate) retry_unsent_only: bool,
+    pub(crate) retry_budget: (f64, u32),
 }
 
 impl Default for ClientConfig {
@@ -120,6 +121,7 @@ impl Default for ClientConfig {
             idle_timeout: Duration::from_secs(60),
             deadline: None,
             retry_unsent_only: false,
+            retry_budget: (0.2, 10),
         }
     }
 }
@@ -339,6 +341,20 @@ impl ClientConfig {
         self
     }
 
+    /// How many retries a multi-endpoint client may make (Finagle's retry budget): over the
+    /// last ten seconds of [`clock`](Self::clock), at most `share` of its calls plus
+    /// `per_second` a second. Defaults to 20 % plus 10 a second.
+    ///
+    /// While an endpoint is down, every call that meets it would otherwise cost the others a
+    /// second request, and an outage of several would multiply the load on the rest. A call
+    /// whose retry the budget refuses fails with the error of its last attempt, and is counted
+    /// in [`MultiStats::retries_refused`](crate::MultiStats::retries_refused). A share of
+    /// `f64::INFINITY` lifts the budget.
+    pub fn retry_budget(mut self, share: f64, per_second: u32) -> Self {
+        self.retry_budget = (share, per_second);
+        self
+    }
+
     /// Retries only failures where the request was certainly never sent (connect failure,
     /// open breaker, pool wait), for calls that must not run twice. Defaults to `false`.
     ///
@@ -408,6 +424,7 @@ impl fmt::Debug for ClientConfig {
             .field("idle_timeout", &self.idle_timeout)
             .field("deadline", &self.deadline)
             .field("retry_unsent_only", &self.retry_unsent_only)
+            .field("retry_budget", &self.retry_budget)
             .finish()
     }
 }

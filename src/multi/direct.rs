@@ -259,10 +259,17 @@ fn attempt<C: TThriftClient>(
                 None => Ok(Reply::Exception(range)),
             }
         }
-        Ok(Reply::Application) => {
-            endpoint.end_answered(call, Answered::ApplicationError);
-            Ok(Reply::Application)
-        }
+        Ok(Reply::Application) => match shed_reply(copy) {
+            // Retried like any failure where the request did not run.
+            Some(shed) => {
+                endpoint.end_answered(call, Answered::Overloaded);
+                Err(Error::Overloaded(shed))
+            }
+            None => {
+                endpoint.end_answered(call, Answered::ApplicationError);
+                Ok(Reply::Application)
+            }
+        },
         result => {
             if result.is_err() {
                 // The message on the connection is cut short: it cannot serve another call.
@@ -301,6 +308,14 @@ fn talk<C: TThriftClient>(
     receive.skip(TType::Struct)?;
     receive.read_message_end()?;
     classify(&copy.transport, ident.message_type)
+}
+
+/// The `TApplicationException` of a response's copy, if it is a server shedding the request.
+fn shed_reply(response: &[u8]) -> Option<thrift::ApplicationError> {
+    let mut input = TBinaryInputProtocol::new(Cursor::new(response), true);
+    input.read_message_begin().ok()?;
+    let error = thrift::Error::read_application_error_from_in_protocol(&mut input).ok()?;
+    crate::error::is_shed(&error).then_some(error)
 }
 
 /// Tells a response's copy apart: in a result struct, field 0 is the return value and every

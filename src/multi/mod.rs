@@ -20,10 +20,12 @@ use crate::clock::{nanos, Epoch};
 use crate::error::{Error, Timeout, Unavailable};
 use crate::wire::{InputProtocol, OutputProtocol};
 
+mod budget;
 pub(crate) mod direct;
 mod reaper;
 mod retry;
 
+use self::budget::RetryBudget;
 use self::reaper::{reap_every, Reaper};
 use self::retry::{verdict, Verdict};
 
@@ -70,12 +72,16 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 /// These failures move on to the next endpoint:
 /// - the endpoint's breaker is open ([`Error::CircuitOpen`]), the connection could not be made
 ///   ([`Error::Connect`], [`Timeout::Connect`]) or no pooled connection came free
-///   ([`Timeout::PoolWait`]): the request was never sent;
+///   ([`Timeout::PoolWait`]): the request was never sent; or the server shed it for overload
+///   ([`Error::Overloaded`]): it did not run;
 /// - the response did not come within `read_timeout` ([`Timeout::Response`]), the connection
 ///   failed ([`Error::Transport`]) or the response did not decode or did not match the
 ///   request ([`Error::Protocol`]);
 /// - the service raised an exception whose type was declared with
 ///   [`ClientConfig::retry_on`] (the original's `handle_retryable_errors`).
+///
+/// Retries come out of a budget ([`ClientConfig::retry_budget`]: 20 % of the calls plus 10 a
+/// second, by default); a call refused a retry fails with its last attempt's error.
 ///
 /// Anything else comes back at once as itself, not wrapped in `Unavailable`: the service's
 /// other exceptions ([`Error::User`]), other `TApplicationException`s
@@ -134,6 +140,7 @@ struct Shared<C> {
     state: RwLock<State<C>>,
     /// The reaper thread, once an endpoint was added; `None` again once closed.
     reaper: Mutex<Option<Reaper>>,
+    budget: RetryBudget,
     counters: Counters,
 }
 
@@ -172,6 +179,7 @@ impl<C> Drop for Lease<'_, C> {
 struct Counters {
     calls: AtomicU64,
     retries: AtomicU64,
+    retries_refused: AtomicU64,
     unavailable: AtomicU64,
     reaped: AtomicU64,
 }
@@ -184,6 +192,9 @@ pub struct MultiStats {
     pub calls: u64,
     /// Attempts made on a further endpoint after one failed.
     pub retries: u64,
+    /// Retries the retry budget refused ([`ClientConfig::retry_budget`]); each such call
+    /// failed with the error of its last attempt.
+    pub retries_refused: u64,
     /// Calls that failed with [`Error::Unavailable`].
     pub unavailable: u64,
     /// Endpoints closed and forgotten because no call used them for `idle_timeout`.
@@ -224,6 +235,8 @@ impl<C: Send + 'static> MultiThriftClient<C> {
             }
         };
         let epoch = Epoch::new(config.clock.now());
+        let (share, per_second) = config.retry_budget;
+        let budget = RetryBudget::new(share, per_second, config.clock.clone());
         MultiThriftClient {
             shared: Arc::new(Shared {
                 endpoints: Box::new(walk),
@@ -235,6 +248,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
                     helpers: Some(pool::helpers()),
                 }),
                 reaper: Mutex::new(None),
+                budget,
                 counters: Counters::default(),
             }),
         }
@@ -346,6 +360,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
         MultiStats {
             calls: get(&c.calls),
             retries: get(&c.retries),
+            retries_refused: get(&c.retries_refused),
             unavailable: get(&c.unavailable),
             endpoints_reaped: get(&c.reaped),
             endpoints,
@@ -381,6 +396,7 @@ impl<C: Send + 'static> Shared<C> {
         mut attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.budget.deposit();
         // A deadline too far away to represent is no deadline.
         let deadline = self
             .config
@@ -402,6 +418,15 @@ impl<C: Send + 'static> Shared<C> {
                 }
             };
             if let Some((previous, err)) = attempts.last() {
+                if !self.budget.try_withdraw() {
+                    self.counters
+                        .retries_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    log::debug!(target: TARGET, "{name}: no retry after {previous} failed ({err}): the retry budget is spent");
+                    let (_, err) = attempts.pop().expect("looked at above");
+                    outcome = Some(Err(err));
+                    return ControlFlow::Break(());
+                }
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
                 log::debug!(target: TARGET, "{name}: retrying after {previous} failed: {err}");
             }

@@ -33,11 +33,12 @@ pub(crate) enum Verdict {
 pub(crate) fn verdict(config: &ClientConfig, err: &Error) -> Verdict {
     match err {
         Error::Timeout(Timeout::Deadline) => Verdict::Deadline,
-        Error::Connect { .. } | Error::CircuitOpen { .. } | Error::Timeout(_) => {
-            Verdict::EndpointFailed {
-                unsent: err.is_unsent(),
-            }
-        }
+        Error::Connect { .. }
+        | Error::CircuitOpen { .. }
+        | Error::Timeout(_)
+        | Error::Overloaded(_) => Verdict::EndpointFailed {
+            unsent: err.is_unsent(),
+        },
         // Including a response that did not match its request.
         Error::Transport(_) | Error::Protocol(_) => Verdict::EndpointFailed { unsent: false },
         Error::User(e) if e.is::<RetriedException>() || config.is_declared_retryable(&**e) => {

@@ -37,6 +37,7 @@ pub struct ServerConfig {
     pub(super) drain_timeout: Duration,
     pub(super) max_waiting_bytes: usize,
     pub(super) max_container_elements: usize,
+    pub(super) max_queue_wait: Duration,
 }
 
 /// The smallest timeout the server uses; sockets reject a zero timeout.
@@ -57,6 +58,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(30),
             max_waiting_bytes: 256 * 1024 * 1024,
             max_container_elements: crate::wire::decode::DEFAULT_MAX_ELEMENTS,
+            max_queue_wait: Duration::from_millis(100),
         }
     }
 }
@@ -163,6 +165,22 @@ impl ServerConfig {
     /// queue 128); the system caps it, on Linux at `net.core.somaxconn`. 0 is treated as 1.
     pub fn backlog(mut self, connections: u32) -> Self {
         self.backlog = connections.max(1);
+        self
+    }
+
+    /// The longest a request that has arrived may wait for a free worker before the server
+    /// sheds it: answers it at once with a `TApplicationException` saying it did not run,
+    /// instead of running it for a client that has likely given up. Defaults to 100 ms.
+    ///
+    /// Under a load the workers cannot keep up with, requests queue; served in arrival order,
+    /// each would wait longer than its client's timeout, and the workers would spend all their
+    /// time on answers nobody reads. With the bound, the requests that are run are run while
+    /// their clients still wait. 100 ms leaves clients with the seed's 250 ms response timeout
+    /// time for the call itself; below capacity no request waits nearly that long. A request
+    /// whose client closed its connection while it waited is never run, whatever this says.
+    /// `Duration::MAX` never sheds for waiting.
+    pub fn max_queue_wait(mut self, wait: Duration) -> Self {
+        self.max_queue_wait = wait;
         self
     }
 

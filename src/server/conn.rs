@@ -26,9 +26,10 @@ use super::config::ServerConfig;
 use super::framing::{Input, Refused, Request, FRAME_HEADER};
 use super::registered::Registered;
 use super::{Shared, TARGET};
+use crate::clock::monotonic_nanos;
 use crate::wire::decode::Source;
 use crate::wire::tracked::Tracked;
-use crate::wire::{with_reader, with_writer};
+use crate::wire::{with_reader, with_writer, SHED_PREFIX};
 use crate::Transport;
 
 /// Buffers larger than this are freed when their connection goes idle, so a client that once
@@ -50,6 +51,9 @@ const KEEP_BUFFER: usize = 256 * 1024;
 /// extra call; Linux rounds it up to whole timer ticks (1 to 4 ms, by the kernel's HZ).
 const LINGER: Duration = Duration::from_millis(1);
 
+/// The most reads [`Conn::shed_unwanted`] makes to take in what a queued connection brought.
+const MAX_SHED_READS: usize = 64;
+
 /// A client connection, owned by one thread at a time: the poller while it waits for bytes, a
 /// worker while it is served.
 pub(super) struct Conn {
@@ -61,6 +65,9 @@ pub(super) struct Conn {
     started: Option<Instant>,
     /// When the latest request began to arrive.
     last_request: Instant,
+    /// When the connection was queued for a worker, on the monotonic clock in nanoseconds,
+    /// while it is; 0 otherwise.
+    queued_at: u64,
     /// Whether the part of the request received so far was acknowledged at once.
     acked: bool,
     /// The response being built; framed responses start with room for their length.
@@ -103,8 +110,23 @@ impl Conn {
             started: None,
             last_request: Instant::now(),
             acked: false,
+            queued_at: 0,
             output: Vec::new(),
         })
+    }
+
+    /// Notes that the connection is queued for a worker now.
+    pub(super) fn queued(&mut self) {
+        self.queued_at = monotonic_nanos();
+    }
+
+    /// How long the connection waited in the queue, now that a worker has it.
+    pub(super) fn take_queue_wait(&mut self) -> Duration {
+        let queued_at = std::mem::take(&mut self.queued_at);
+        if queued_at == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_nanos(monotonic_nanos().saturating_sub(queued_at))
     }
 
     pub(super) fn key(&self) -> usize {
@@ -211,6 +233,81 @@ impl Conn {
                 },
             }
         }
+    }
+
+    /// Sheds what this connection has brought if nobody can use its answers any more: its
+    /// client closed the connection while the requests waited, or they waited `waited`, longer
+    /// than [`ServerConfig::max_queue_wait`]. Returns what to do with the connection then, and
+    /// how many requests were shed; `None` if the requests should run.
+    ///
+    /// Called only for a connection that waited in the queue, so that a server below capacity
+    /// pays nothing for it.
+    pub(super) fn shed_unwanted(
+        &mut self,
+        shared: &Shared,
+        waited: Duration,
+    ) -> Option<(Next, u64)> {
+        let config = &shared.config;
+        // Everything that has arrived, and whether the client has closed its end after it.
+        // Bounded, so that a client that keeps sending cannot keep the worker reading.
+        let mut gone = false;
+        for _ in 0..MAX_SHED_READS {
+            match self.receive(config, false) {
+                Ok(Received { got: 0, .. }) => break,
+                Ok(_) => {}
+                Err(Closed::ByPeer | Closed::MidRequest) => {
+                    gone = true;
+                    break;
+                }
+                Err(closed) => return Some((Next::Close(closed), 0)),
+            }
+        }
+        if !gone && waited <= config.max_queue_wait {
+            return None;
+        }
+        let mut shed = 0;
+        let reason = if gone {
+            None
+        } else {
+            Some(ApplicationError::new(
+                ApplicationErrorKind::Unknown,
+                format!(
+                    "{SHED_PREFIX}the request waited {waited:?} for a worker, more than the \
+                     server's max_queue_wait of {:?}, and did not run",
+                    config.max_queue_wait
+                ),
+            ))
+        };
+        loop {
+            let request = match self.input.next_request(config, false) {
+                Ok(Some(request)) => request,
+                Ok(None) => break,
+                Err(refused) => return Some((Next::Close(Closed::Refused(refused)), shed)),
+            };
+            if let Some(reason) = &reason {
+                self.output.clear();
+                if config.transport == Transport::Framed {
+                    self.output.extend_from_slice(&[0; FRAME_HEADER]);
+                }
+                let message = &self.input.available()[request.skip..request.skip + request.len];
+                let _ = error_reply(config, message, reason, &mut self.output);
+                if let Err(closed) = self.send(config.transport) {
+                    return Some((Next::Close(closed), shed + 1));
+                }
+            }
+            self.input.consume(request.skip + request.len);
+            shed += 1;
+            if request.malformed {
+                break;
+            }
+        }
+        self.started = (!self.input.available().is_empty()).then(Instant::now);
+        let next = if gone {
+            Next::Close(Closed::GoneWhileQueued)
+        } else {
+            Next::Park(self.park(config))
+        };
+        Some((next, shed))
     }
 
     /// Whether bytes wait on the connection: received and not yet used, or in the socket.
@@ -508,6 +605,17 @@ fn internal_error_reply(
     request: &[u8],
     out: &mut Vec<u8>,
 ) -> thrift::Result<()> {
+    let error = ApplicationError::new(ApplicationErrorKind::InternalError, "the handler panicked");
+    error_reply(config, request, &error, out)
+}
+
+/// Writes `error` as the reply to the call in `request`, if it expects a reply.
+fn error_reply(
+    config: &ServerConfig,
+    request: &[u8],
+    error: &ApplicationError,
+    out: &mut Vec<u8>,
+) -> thrift::Result<()> {
     let protocol = config.protocol;
     let call = with_reader!(protocol, request, config.limits(), |input| {
         input.read_message_begin()?
@@ -516,10 +624,9 @@ fn internal_error_reply(
         return Ok(());
     }
     let reply = TMessageIdentifier::new(call.name, TMessageType::Exception, call.sequence_number);
-    let error = ApplicationError::new(ApplicationErrorKind::InternalError, "the handler panicked");
     let write = |o: &mut dyn TOutputProtocol| {
         o.write_message_begin(&reply)?;
-        thrift::Error::write_application_error_to_out_protocol(&error, o)?;
+        thrift::Error::write_application_error_to_out_protocol(error, o)?;
         o.write_message_end()?;
         o.flush()
     };
@@ -531,6 +638,8 @@ fn internal_error_reply(
 pub(super) enum Closed {
     /// The client closed it between requests.
     ByPeer,
+    /// The client closed it while its requests waited for a worker; they were not run.
+    GoneWhileQueued,
     MidRequest,
     Timeout(Duration),
     Refused(Refused),
@@ -545,12 +654,12 @@ pub(super) enum Closed {
 impl Closed {
     /// Whether the close counts as an error in the server's statistics.
     pub(super) fn is_error(&self) -> bool {
-        !matches!(self, Closed::ByPeer)
+        !matches!(self, Closed::ByPeer | Closed::GoneWhileQueued)
     }
 
     pub(super) fn level(&self) -> Level {
         match self {
-            Closed::ByPeer => Level::Debug,
+            Closed::ByPeer | Closed::GoneWhileQueued => Level::Debug,
             // Already logged at error level with the panic message.
             Closed::Panicked => Level::Debug,
             _ => Level::Info,
@@ -562,6 +671,9 @@ impl fmt::Display for Closed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Closed::ByPeer => f.write_str("closed by the client"),
+            Closed::GoneWhileQueued => {
+                f.write_str("closed by the client while its requests waited for a worker")
+            }
             Closed::MidRequest => f.write_str("the client closed it in the middle of a request"),
             Closed::Timeout(timeout) => write!(f, "request not received within {timeout:?}"),
             Closed::Refused(refused) => refused.fmt(f),

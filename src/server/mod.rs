@@ -117,6 +117,10 @@ pub struct ServerStats {
     pub errors: u64,
     /// Requests whose handler panicked.
     pub panics: u64,
+    /// Requests not run because nobody could use their answers any more: their client closed
+    /// the connection while they waited for a worker, or they waited longer than
+    /// [`ServerConfig::max_queue_wait`] (those got a `TApplicationException` saying so).
+    pub shed_requests: u64,
 }
 
 /// How long after connections last had to wait for a busy worker workers stop lingering on
@@ -172,9 +176,17 @@ struct Shared {
     counters: Counters,
 }
 
+/// How often at most the server logs that it shed requests.
+const SHED_LOG_EVERY: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 struct Counters {
     accepted: AtomicU64,
+    /// Requests shed: not run, because their client had left or they waited too long.
+    shed: AtomicU64,
+    /// Shed requests not yet reported in the log, and when it last reported some.
+    shed_unlogged: AtomicU64,
+    shed_logged_at: AtomicU64,
     bad_requests: AtomicU64,
     rejected: AtomicU64,
     /// Bumped by every request: striped, so that workers on different CPUs do not pass one
@@ -215,7 +227,8 @@ enum Work {
 
 impl Shared {
     /// Queues a connection for the workers, behind the ones already waiting.
-    fn queue(&self, conn: Conn) {
+    fn queue(&self, mut conn: Conn) {
+        conn.queued();
         if let Err(returned) = self.work_tx.send(Work::Serve(conn)) {
             // Only when every worker is gone, which the server never lets happen while running.
             if let Work::Serve(conn) = returned.into_inner() {
@@ -267,6 +280,31 @@ impl Shared {
             }
         }
         self.discard(conn);
+    }
+
+    /// Counts requests shed, and says so in the log at most once a second, however many.
+    fn note_shed(&self, shed: u64, waited: Duration) {
+        if shed == 0 {
+            return;
+        }
+        let counters = &self.counters;
+        counters.shed.fetch_add(shed, Ordering::Relaxed);
+        counters.shed_unlogged.fetch_add(shed, Ordering::Relaxed);
+        let now = self.shortage.ticks(Instant::now());
+        let last = counters.shed_logged_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= nanos(SHED_LOG_EVERY)
+            && counters
+                .shed_logged_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let count = counters.shed_unlogged.swap(0, Ordering::Relaxed);
+            warn!(
+                target: TARGET,
+                "overloaded: shed {count} request(s) since the last report, whose clients had left or which waited longer than {:?} for a worker (the latest {waited:?})",
+                self.config.max_queue_wait
+            );
+        }
     }
 
     /// Closes a connection, freeing its slot.
@@ -579,6 +617,7 @@ impl ThriftServer {
             bad_requests: counters.bad_requests.load(Ordering::Relaxed),
             errors: counters.errors.load(Ordering::Relaxed),
             panics: counters.panics.load(Ordering::Relaxed),
+            shed_requests: counters.shed.load(Ordering::Relaxed),
         }
     }
 }
@@ -629,8 +668,26 @@ fn finish_queued(shared: &Shared, work: &Receiver<Work>) {
     }
 }
 
+/// A connection that waited in the queue longer than this is looked at before its requests
+/// run: whether its client is still there, and whether they waited too long to be worth
+/// running ([`ServerConfig::max_queue_wait`]). Below capacity connections wait less, and pay
+/// nothing for the look.
+const SHED_CHECK_AFTER: Duration = Duration::from_millis(1);
+
 fn serve(shared: &Shared, mut conn: Conn) {
-    let next = conn.serve(shared);
+    let waited = conn.take_queue_wait();
+    let shed = if waited > SHED_CHECK_AFTER {
+        conn.shed_unwanted(shared, waited)
+    } else {
+        None
+    };
+    let next = match shed {
+        Some((next, shed)) => {
+            shared.note_shed(shed, waited);
+            next
+        }
+        None => conn.serve(shared),
+    };
     match next {
         // While the server is stopping, a parked connection is answered and closed once the
         // listener has closed, by the poller or by `Shared::park`.

@@ -11,6 +11,11 @@ use thrift::protocol::{TInputProtocol, TOutputProtocol};
 
 use self::decode::Source;
 
+/// How the message of a server's reply to a request it shed (did not run, because it waited
+/// too long for a worker) begins; a `TApplicationException` of kind `Unknown`. Clients of this
+/// crate recognise it.
+pub(crate) const SHED_PREFIX: &str = "server overloaded: ";
+
 /// The input protocol handed to a generated client's constructor.
 ///
 /// A generated client over this crate's connections has the type
