@@ -7,6 +7,7 @@
 //! cargo bench --bench rpc -- --quick   # 3 rounds of 0.1 s per cell, well under a minute
 //! cargo bench --bench rpc -- --filter ours/add/4 --rounds 1 --duration-ms 5000 --no-extras
 //! cargo bench --bench rpc -- --servers [--quick]  # server-only, against Apache Thrift's C++ servers
+//! cargo bench --bench rpc -- --overload [--quick]  # deadline-bound clients offered 0.5x to 10x capacity
 //! ```
 //!
 //! Every cell (stack x payload x client threads) runs once per round, in a shuffled order
@@ -901,6 +902,14 @@ fn main() {
     if let Some(at) = args.iter().position(|a| a == "--serve-ours") {
         let workers = args.get(at + 1).map_or(SERVER_WORKERS, |w| parse(w));
         support::servers::serve_ours(workers);
+    }
+    if let Some(at) = args.iter().position(|a| a == "--serve-stock") {
+        let workers = args.get(at + 1).map_or(SERVER_WORKERS, |w| parse(w));
+        support::overload::serve_stock(workers);
+    }
+    if args.iter().any(|a| a == "--overload") {
+        support::overload::main(args.iter().any(|a| a == "--quick"));
+        return;
     }
     if args.iter().any(|a| a == "--servers") {
         sys::raise_fd_limit();
