@@ -1017,3 +1017,71 @@ fn connections_that_never_send_a_byte_are_closed_after_the_idle_timeout() {
     let fresh = good_client(&server, Transport::Framed, Protocol::Binary);
     assert_eq!(fresh.call(|c| c.add(40, 2)).unwrap(), 42);
 }
+
+/// Binary: `echo(data)`, whole and framed.
+fn bin_echo_framed(seq: i32, data: &[u8]) -> Vec<u8> {
+    let mut m = bin_call("echo", seq);
+    m.extend(bin_field(BIN_STRING, 1));
+    m.extend(bin_string(data));
+    m.push(0);
+    frame(&m)
+}
+
+#[test]
+fn clients_that_never_read_their_answers_hold_no_worker() {
+    let _lock = shared_lock();
+    let (server, _) = start_server(ServerConfig::default().workers(4));
+    let addr = server.local_addr();
+    // Sixteen clients each send eight 1 MiB echo calls and never read a byte of the answers:
+    // far more than the sockets' buffers hold.
+    let payload = vec![7u8; 1024 * 1024];
+    let sockets: Vec<TcpStream> = (0..16).map(|_| raw(addr)).collect();
+    let stubborn: Vec<_> = sockets
+        .iter()
+        .map(|socket| {
+            let (mut stream, payload) = (socket.try_clone().unwrap(), payload.clone());
+            thread::spawn(move || {
+                for seq in 0..8 {
+                    // Blocks once the server stops reading this connection; that is expected.
+                    if stream.write_all(&bin_echo_framed(seq, &payload)).is_err() {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Every connection has a response its client does not take, waiting in the poller: a
+    // worker blocked sending one would hold its connection instead.
+    wait_for_stats(
+        &server,
+        "every connection waits for its client to read",
+        |s| s.idle_connections == 16 && s.waiting_bytes >= 16 * 1024 * 1024,
+    );
+    // A fresh client is answered at once all the same.
+    let mut fresh = raw(addr);
+    let started = Instant::now();
+    fresh.write_all(&frame(&bin_add(1, 40, 2))).unwrap();
+    let mut header = [0u8; 4];
+    fresh.read_exact(&mut header).unwrap();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "a fresh call took {took:?}");
+    let stats = server.stats();
+    assert!(
+        stats.waiting_bytes <= 256 * 1024 * 1024,
+        "{} bytes wait",
+        stats.waiting_bytes
+    );
+    // The stubborn clients' threads are stuck in writes the server no longer reads; shutting
+    // their sockets down from here ends them.
+    for socket in &sockets {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    for client in stubborn {
+        client.join().unwrap();
+    }
+    // Closed with answers unread, the connections reset, and the server lets them go.
+    drop(sockets);
+    wait_for_stats(&server, "the stubborn connections are closed", |s| {
+        s.open_connections == 1
+    });
+}

@@ -139,8 +139,9 @@ impl ServerConfig {
     ///
     /// A request that does not arrive in time closes its connection. Meanwhile the part received
     /// waits in the poller, not in a worker, so a client that sends half a request and stalls
-    /// keeps no other client waiting. A response the client does not read in time closes the
-    /// connection too. Defaults to 10 seconds. Zero is treated as 1 ms.
+    /// keeps no other client waiting. A response the client does not take at once waits there
+    /// too, its worker moving on; one not taken in time closes the connection. Defaults to 10
+    /// seconds. Zero is treated as 1 ms.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout.max(MIN_TIMEOUT);
         self
@@ -207,8 +208,9 @@ impl ServerConfig {
         self
     }
 
-    /// The most memory, in bytes, that the buffers of connections waiting for bytes may hold
-    /// together: mostly requests that have started to arrive but are not complete yet.
+    /// The most memory, in bytes, that the buffers of connections waiting in the poller may
+    /// hold together: mostly requests that have started to arrive but are not complete yet,
+    /// and responses their clients have not taken yet (which wait there, not on a worker).
     ///
     /// A partial request waits without a worker, so without this bound clients that each send
     /// most of a large request and stall could make the server hold `max_connections` times

@@ -8,7 +8,7 @@
 
 use std::any::Any;
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use log::{error, Level};
 use polling::{Event, Poller};
-use rustix::net::RecvFlags;
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{RecvFlags, SendFlags};
 use thrift::protocol::{TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol};
 use thrift::server::TProcessor;
 use thrift::{ApplicationError, ApplicationErrorKind};
@@ -26,7 +27,7 @@ use super::config::ServerConfig;
 use super::framing::{Input, Refused, Request, FRAME_HEADER};
 use super::registered::Registered;
 use super::{Shared, TARGET};
-use crate::clock::monotonic_nanos;
+use crate::clock::{monotonic_nanos, nanos};
 use crate::wire::decode::Source;
 use crate::wire::tracked::Tracked;
 use crate::wire::{with_reader, with_writer, SHED_PREFIX};
@@ -72,6 +73,12 @@ pub(super) struct Conn {
     acked: bool,
     /// The response being built; framed responses start with room for their length.
     output: Vec<u8>,
+    /// How much of `output` the socket has taken; while less than all of it, the connection
+    /// waits for the client to read (in the poller, not on a worker).
+    sent: usize,
+    /// When the client must have taken the whole response, on the monotonic clock in
+    /// nanoseconds; 0 while nothing waits to be sent.
+    send_by: u64,
 }
 
 /// What the worker does with a connection once it lets it go.
@@ -112,6 +119,8 @@ impl Conn {
             acked: false,
             queued_at: 0,
             output: Vec::new(),
+            sent: 0,
+            send_by: 0,
         })
     }
 
@@ -142,9 +151,15 @@ impl Conn {
         self.started.is_some()
     }
 
-    /// Asks the poller to report the connection's next bytes.
+    /// Asks the poller to report the connection's next bytes, or, while a response waits for
+    /// the client to take it, room in the socket to send it.
     pub(super) fn rearm(&self) -> io::Result<()> {
-        self.socket.rearm(Event::readable(self.key))
+        let interest = if self.sending() {
+            Event::writable(self.key)
+        } else {
+            Event::readable(self.key)
+        };
+        self.socket.rearm(interest)
     }
 
     /// Serves the connection's requests for as long as it may keep its worker: while whole
@@ -154,6 +169,14 @@ impl Conn {
     /// The connection was queued because bytes arrived on it, or were left buffered.
     pub(super) fn serve(&mut self, shared: &Shared) -> Next {
         let config = &shared.config;
+        // The rest of a response the client was slow to take comes first.
+        if self.sending() {
+            match self.flush() {
+                Err(closed) => return Next::Close(closed),
+                Ok(false) => return Next::Park(self.send_deadline()),
+                Ok(true) => {}
+            }
+        }
         let mut readable = true;
         let mut served = false;
         loop {
@@ -168,8 +191,12 @@ impl Conn {
                     if served && worker_wanted(shared) {
                         return Next::Requeue;
                     }
-                    if let Err(closed) = self.answer(shared, &request) {
-                        return Next::Close(closed);
+                    match self.answer(shared, &request) {
+                        Err(closed) => return Next::Close(closed),
+                        // The client does not take its response: it waits in the poller for
+                        // the socket to take the rest, holding no worker.
+                        Ok(false) => return Next::Park(self.send_deadline()),
+                        Ok(true) => {}
                     }
                     served = true;
                     // The client has not seen the response yet; its next request, if it sent
@@ -218,6 +245,7 @@ impl Conn {
     /// so a client that keeps sending cannot keep the worker.
     pub(super) fn drain(&mut self, shared: &Shared) -> Result<(), Closed> {
         let config = &shared.config;
+        self.flush_within(config.request_timeout)?;
         let mut unread = rustix::io::ioctl_fionread(self.socket.get()).map_or(0, |n| n as usize);
         loop {
             match self
@@ -225,7 +253,11 @@ impl Conn {
                 .next_request(config, false)
                 .map_err(Closed::Refused)?
             {
-                Some(request) => self.answer(shared, &request)?,
+                Some(request) => {
+                    if !self.answer(shared, &request)? {
+                        self.flush_within(config.request_timeout)?;
+                    }
+                }
                 None if unread == 0 => return Ok(()),
                 None => match self.receive(config, false)? {
                     Received { got: 0, .. } => return Ok(()),
@@ -291,8 +323,14 @@ impl Conn {
                 }
                 let message = &self.input.available()[request.skip..request.skip + request.len];
                 let _ = error_reply(config, message, reason, &mut self.output);
-                if let Err(closed) = self.send(config.transport) {
-                    return Some((Next::Close(closed), shed + 1));
+                match self.send(config.transport, config.request_timeout) {
+                    Err(closed) => return Some((Next::Close(closed), shed + 1)),
+                    Ok(true) => {}
+                    // The rest waits for the client to read; later requests wait behind it.
+                    Ok(false) => {
+                        self.input.consume(request.skip + request.len);
+                        return Some((Next::Park(self.send_deadline()), shed + 1));
+                    }
                 }
             }
             self.input.consume(request.skip + request.len);
@@ -302,7 +340,10 @@ impl Conn {
             }
         }
         self.started = (!self.input.available().is_empty()).then(Instant::now);
-        let next = if gone {
+        let next = if gone && !self.input.available().is_empty() {
+            // What is left is part of a request the client never finished: as any such close.
+            Next::Close(Closed::MidRequest)
+        } else if gone {
             Next::Close(Closed::GoneWhileQueued)
         } else {
             Next::Park(self.park(config))
@@ -310,9 +351,10 @@ impl Conn {
         Some((next, shed))
     }
 
-    /// Whether bytes wait on the connection: received and not yet used, or in the socket.
+    /// Whether bytes wait on the connection: received and not yet used, in the socket, or a
+    /// response not yet taken by the client.
     pub(super) fn has_input(&self) -> bool {
-        if !self.input.available().is_empty() {
+        if !self.input.available().is_empty() || self.sending() {
             return true;
         }
         let mut byte = [0u8];
@@ -324,7 +366,8 @@ impl Conn {
     }
 
     /// Runs the processor on a whole buffered request and sends its response.
-    fn answer(&mut self, shared: &Shared, request: &Request) -> Result<(), Closed> {
+    /// Returns whether the socket took the whole response; if not, the rest waits in `output`.
+    fn answer(&mut self, shared: &Shared, request: &Request) -> Result<bool, Closed> {
         let config = &shared.config;
         let counters = &shared.counters;
         counters.busy.bump();
@@ -369,9 +412,15 @@ impl Conn {
         self.input.consume(request.skip + request.len);
         self.started = (!self.input.available().is_empty()).then(Instant::now);
         self.acked = false;
-        let sent = answered.and_then(|close_after| {
-            self.send(config.transport)?;
-            close_after.map_or(Ok(()), Err)
+        let sent = answered.and_then(|close_after| match close_after {
+            None => self.send(config.transport, config.request_timeout),
+            // Sent before the connection closes, within the request timeout.
+            Some(closed) => {
+                if !self.send(config.transport, config.request_timeout)? {
+                    self.flush_within(config.request_timeout)?;
+                }
+                Err(closed)
+            }
         });
         counters.busy.unbump();
         sent
@@ -437,19 +486,76 @@ impl Conn {
     }
 
     /// Writes the response in one call, unless there is none (a oneway call).
-    fn send(&mut self, transport: Transport) -> Result<(), Closed> {
+    ///
+    /// Returns whether the socket took all of it: what it does not take at once waits in
+    /// `output` for [`flush`](Self::flush), at most `timeout`, and the worker moves on.
+    fn send(&mut self, transport: Transport, timeout: Duration) -> Result<bool, Closed> {
         if transport == Transport::Framed {
             let payload = self.output.len() - FRAME_HEADER;
             if payload == 0 {
-                return Ok(());
+                self.output.clear();
+                return Ok(true);
             }
             let len = i32::try_from(payload).map_err(|_| Closed::ResponseTooLarge(payload))?;
             self.output[..FRAME_HEADER].copy_from_slice(&len.to_be_bytes());
-        } else if self.output.is_empty() {
-            return Ok(());
         }
-        let mut socket = self.socket.get();
-        socket.write_all(&self.output).map_err(Closed::Write)
+        self.sent = 0;
+        let all = self.flush()?;
+        if !all {
+            self.send_by = monotonic_nanos().saturating_add(nanos(timeout));
+        }
+        Ok(all)
+    }
+
+    /// Writes what the socket takes of the response now, without waiting; returns whether it
+    /// took all of it.
+    fn flush(&mut self) -> Result<bool, Closed> {
+        let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+        while self.sent < self.output.len() {
+            match rustix::net::send(self.socket.get(), &self.output[self.sent..], flags) {
+                Ok(n) => self.sent += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => return Ok(false),
+                Err(err) => return Err(Closed::Write(err.into())),
+            }
+        }
+        self.output.clear();
+        self.sent = 0;
+        self.send_by = 0;
+        Ok(true)
+    }
+
+    /// Writes the rest of the response, waiting up to `limit` for the client to take it: for
+    /// a connection that closes after it, or a server that is stopping.
+    fn flush_within(&mut self, limit: Duration) -> Result<(), Closed> {
+        let until = Instant::now() + limit;
+        while !self.flush()? {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Closed::SendTimeout(limit));
+            }
+            let mut fds = [PollFd::new(self.socket.get(), PollFlags::OUT)];
+            let wait = Timespec::try_from(left).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            });
+            match rustix::event::poll(&mut fds, Some(&wait)) {
+                Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                Err(err) => return Err(Closed::Write(err.into())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether part of a response waits for the client to take it.
+    pub(super) fn sending(&self) -> bool {
+        self.sent < self.output.len()
+    }
+
+    /// When a response waiting to be taken is given up on.
+    fn send_deadline(&self) -> Instant {
+        let left = self.send_by.saturating_sub(monotonic_nanos());
+        Instant::now() + Duration::from_nanos(left)
     }
 
     /// The memory the connection's buffers hold while it waits in the poller.
@@ -457,9 +563,9 @@ impl Conn {
         self.input.held() + self.output.capacity()
     }
 
-    /// Frees the buffers if no request has started in them.
+    /// Frees the buffers if no request has started in them and no response waits in them.
     pub(super) fn release_buffers(&mut self) {
-        if self.input.available().is_empty() {
+        if self.input.available().is_empty() && !self.sending() {
             self.input = Input::default();
             self.output = Vec::new();
         }
@@ -469,7 +575,7 @@ impl Conn {
         if self.input.available().is_empty() && self.input.held() > KEEP_BUFFER {
             self.input = Input::default();
         }
-        if self.output.capacity() > KEEP_BUFFER {
+        if self.output.capacity() > KEEP_BUFFER && !self.sending() {
             self.output = Vec::new();
         }
     }
@@ -648,6 +754,8 @@ pub(super) enum Closed {
     Panicked,
     Read(io::Error),
     Write(io::Error),
+    /// The client did not take its response within the request timeout.
+    SendTimeout(Duration),
     ResponseTooLarge(usize),
 }
 
@@ -684,6 +792,9 @@ impl fmt::Display for Closed {
             Closed::Panicked => f.write_str("the handler panicked on a buffered request"),
             Closed::Read(err) => write!(f, "reading failed: {err}"),
             Closed::Write(err) => write!(f, "sending the response failed: {err}"),
+            Closed::SendTimeout(timeout) => {
+                write!(f, "the client did not take its response within {timeout:?}")
+            }
             Closed::ResponseTooLarge(len) => write!(f, "response of {len} bytes cannot be framed"),
         }
     }

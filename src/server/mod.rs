@@ -676,7 +676,8 @@ const SHED_CHECK_AFTER: Duration = Duration::from_millis(1);
 
 fn serve(shared: &Shared, mut conn: Conn) {
     let waited = conn.take_queue_wait();
-    let shed = if waited > SHED_CHECK_AFTER {
+    // A response the client was slow to take goes out before anything else is looked at.
+    let shed = if waited > SHED_CHECK_AFTER && !conn.sending() {
         conn.shed_unwanted(shared, waited)
     } else {
         None

@@ -35,12 +35,15 @@ pub(super) struct Table {
     closed: bool,
 }
 
+// Parked connections are kept in their slots, not boxed: parking one allocates nothing. A
+// free slot costs the size of a connection, about as much as the kernel's own socket state.
+#[allow(clippy::large_enum_variant)]
 enum Slot {
     Free,
     /// With a worker or in the workers' queue.
     Busy,
-    /// Waiting for bytes, watched by the poller; closed at `expires` if none come. `held` is
-    /// what its buffers held when it was parked.
+    /// Waiting for bytes (or for room to send the rest of a response), watched by the poller;
+    /// closed at `expires` if none come. `held` is what its buffers held when it was parked.
     Parked {
         conn: Conn,
         expires: Instant,
@@ -232,7 +235,15 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
             next_sweep = now + sweep_every;
             let expired = shared.table.lock().take_expired(now);
             for conn in expired {
-                if conn.mid_request() {
+                if conn.sending() {
+                    shared.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    info!(
+                        target: TARGET,
+                        "closing connection from {}: {}",
+                        conn.peer(),
+                        Closed::SendTimeout(config.request_timeout)
+                    );
+                } else if conn.mid_request() {
                     shared.counters.errors.fetch_add(1, Ordering::Relaxed);
                     info!(
                         target: TARGET,
