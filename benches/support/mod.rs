@@ -1,5 +1,7 @@
 //! Pieces of the RPC benchmark that are not the measurement loop itself.
 
+pub(crate) mod child;
+
 pub(crate) mod overload;
 pub(crate) mod peers;
 pub(crate) mod servers;

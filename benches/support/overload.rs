@@ -12,24 +12,18 @@
 //! off would make. Offered load is the number of clients over the number of workers.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::io::Write;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use blocking_thrift::{ClientConfig, ThriftClient};
 use hdrhistogram::Histogram;
-use thrift::protocol::{TBinaryInputProtocolFactory, TBinaryOutputProtocolFactory};
-use thrift::server::TServer;
-use thrift::transport::{TFramedReadTransportFactory, TFramedWriteTransportFactory};
 
-use super::peers::OurCalc;
-use crate::service::calculator::{
-    CalculatorSyncClient, CalculatorSyncProcessor, TCalculatorSyncClient,
-};
-use crate::service::CalculatorService;
+use super::child::Process;
+use super::peers::{self, OurCalc};
+use crate::service::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
 
 const WORKERS: usize = 4;
 const CALL_MILLIS: i32 = 20;
@@ -84,69 +78,22 @@ pub(crate) fn main(quick: bool) {
 /// Child mode (`--serve-stock WORKERS`): the `thrift` crate's `TServer` with `WORKERS`
 /// workers on a free loopback port; prints it and serves until killed.
 pub(crate) fn serve_stock(workers: usize) -> ! {
-    let addr = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-        probe.local_addr().unwrap()
-    };
-    let serving = std::thread::spawn(move || {
-        let mut server = TServer::new(
-            TFramedReadTransportFactory::new(),
-            TBinaryInputProtocolFactory::new(),
-            TFramedWriteTransportFactory::new(),
-            TBinaryOutputProtocolFactory::new(),
-            CalculatorSyncProcessor::new(CalculatorService::new("stock")),
-            workers,
-        );
-        server.listen(addr)
-    });
-    while std::net::TcpStream::connect(addr).is_err() {
-        if serving.is_finished() {
-            panic!("the stock server did not start: {:?}", serving.join());
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    println!("listening on {addr}");
+    println!("listening on {}", peers::start_stock_with(workers));
     let _ = std::io::stdout().flush();
-    let _ = serving.join();
-    std::process::exit(1);
-}
-
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Process {
-    fn start(server: Server) -> Process {
-        let flag = match server {
-            Server::Ours => "--serve-ours",
-            Server::Stock => "--serve-stock",
-        };
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([flag, &WORKERS.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a server process");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("{server:?} said {line:?}"));
-        Process { child, addr }
+    loop {
+        std::thread::park();
     }
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Starts `server` in a process of its own.
+fn start(server: Server) -> Process {
+    let flag = match server {
+        Server::Ours => "--serve-ours",
+        Server::Stock => "--serve-stock",
+    };
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command.args([flag, &WORKERS.to_string()]);
+    Process::start(command)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -169,7 +116,7 @@ struct Seen {
 }
 
 fn measure(server: Server, load: f64, warmup: Duration, window: Duration) -> Sample {
-    let process = Process::start(server);
+    let process = start(server);
     let clients = (load * WORKERS as f64).round() as usize;
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));

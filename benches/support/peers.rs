@@ -190,6 +190,11 @@ pub(crate) fn start_floor(response: Vec<u8>) -> SocketAddr {
 /// that is left behind (the benchmark ends with `process::exit`) on a port found free just
 /// before; a lost race for that port is retried on another.
 pub(crate) fn start_stock() -> SocketAddr {
+    start_stock_with(SERVER_WORKERS)
+}
+
+/// [`start_stock`] with `workers` workers.
+pub(crate) fn start_stock_with(workers: usize) -> SocketAddr {
     for _ in 0..20 {
         let addr = {
             let probe = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
@@ -205,7 +210,7 @@ pub(crate) fn start_stock() -> SocketAddr {
                     TFramedWriteTransportFactory::new(),
                     TBinaryOutputProtocolFactory::new(),
                     CalculatorSyncProcessor::new(CalculatorService::new("stock")),
-                    SERVER_WORKERS,
+                    workers,
                 );
                 let err = server.listen(addr);
                 let _ = failed_tx.send(err);

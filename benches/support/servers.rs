@@ -8,16 +8,16 @@
 //! the load's CPU per call, so the CPU columns say where the time goes.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
+use super::child::Process;
 use super::peers::{self, Payload};
 use super::sys;
 
@@ -112,72 +112,26 @@ fn build_cpp() -> Option<PathBuf> {
     }
 }
 
-/// A server process, stopped when dropped.
-struct Process {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Process {
-    fn start(server: Server, clients: usize, cpp: Option<&Path>) -> Process {
-        let mut command = match server {
-            Server::Ours(workers) => {
-                let mut c = Command::new(std::env::current_exe().unwrap());
-                c.args(["--serve-ours", &workers.to_string()]);
-                c
-            }
-            Server::CppThreadPool => {
-                let mut c = Command::new(cpp.unwrap());
-                c.args(["threadpool", &(clients * 2).to_string()]);
-                c
-            }
-            Server::CppNonblocking => {
-                let mut c = Command::new(cpp.unwrap());
-                c.args(["nonblocking", "4"]);
-                c
-            }
-        };
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start a server process");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("{server:?} said {line:?}"));
-        Process { child, addr }
-    }
-
-    /// The process's user plus system CPU time so far.
-    fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
-        // Fields after the command name, which ends with the last ')'.
-        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64)
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        drop(self.child.stdin.take());
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn clock_ticks() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    #[allow(unsafe_code)]
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(ticks).unwrap_or(100)
+/// Starts `server` in a process of its own.
+fn start(server: Server, clients: usize, cpp: Option<&Path>) -> Process {
+    let command = match server {
+        Server::Ours(workers) => {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.args(["--serve-ours", &workers.to_string()]);
+            c
+        }
+        Server::CppThreadPool => {
+            let mut c = Command::new(cpp.unwrap());
+            c.args(["threadpool", &(clients * 2).to_string()]);
+            c
+        }
+        Server::CppNonblocking => {
+            let mut c = Command::new(cpp.unwrap());
+            c.args(["nonblocking", "4"]);
+            c
+        }
+    };
+    Process::start(command)
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -198,7 +152,7 @@ fn measure(
     warmup: Duration,
     window: Duration,
 ) -> Sample {
-    let process = Process::start(server, clients, cpp);
+    let process = start(server, clients, cpp);
     let measuring = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let ready = Arc::new(Barrier::new(clients + 1));
