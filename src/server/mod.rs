@@ -89,9 +89,9 @@ pub struct ServerStats {
     /// Worker threads the server runs.
     pub workers: usize,
     /// Workers handling a request right now: from the moment the request goes to the
-    /// processor until its response has been written to the socket. A worker whose handler
-    /// has returned but whose client is slow to take the response still counts; a worker
-    /// waiting for a connection's next request does not.
+    /// processor until the socket has taken its response, or what the socket did not take at
+    /// once has been left to wait for the client in the poller. A worker waiting for a
+    /// connection's next request does not count.
     pub busy_workers: usize,
     /// Client connections open, idle or not.
     pub open_connections: usize,
