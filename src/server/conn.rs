@@ -193,10 +193,15 @@ impl Conn {
                     }
                     match self.answer(shared, &request) {
                         Err(closed) => return Next::Close(closed),
-                        // The client does not take its response: it waits in the poller for
-                        // the socket to take the rest, holding no worker.
-                        Ok(false) => return Next::Park(self.send_deadline()),
                         Ok(true) => {}
+                        // A client reading as it should takes the rest within moments (a large
+                        // response outgrows the socket's buffer); one that does not read waits
+                        // in the poller for room to send it, holding no worker.
+                        Ok(false) => match self.flush_lingering(shared) {
+                            Err(closed) => return Next::Close(closed),
+                            Ok(true) => {}
+                            Ok(false) => return Next::Park(self.send_deadline()),
+                        },
                     }
                     served = true;
                     // The client has not seen the response yet; its next request, if it sent
@@ -525,6 +530,35 @@ impl Conn {
         Ok(true)
     }
 
+    /// Writes the rest of the response, waiting up to [`LINGER`] for the client to take it
+    /// while no other connection waits for a worker; returns whether it all went.
+    fn flush_lingering(&mut self, shared: &Shared) -> Result<bool, Closed> {
+        let until = Instant::now() + LINGER;
+        loop {
+            if self.flush()? {
+                return Ok(true);
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || worker_wanted(shared) {
+                return Ok(false);
+            }
+            self.wait_writable(left)?;
+        }
+    }
+
+    /// Waits up to `limit` for room in the socket.
+    fn wait_writable(&self, limit: Duration) -> Result<(), Closed> {
+        let mut fds = [PollFd::new(self.socket.get(), PollFlags::OUT)];
+        let wait = Timespec::try_from(limit).unwrap_or(Timespec {
+            tv_sec: i64::MAX,
+            tv_nsec: 0,
+        });
+        match rustix::event::poll(&mut fds, Some(&wait)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
+            Err(err) => Err(Closed::Write(err.into())),
+        }
+    }
+
     /// Writes the rest of the response, waiting up to `limit` for the client to take it: for
     /// a connection that closes after it, or a server that is stopping.
     fn flush_within(&mut self, limit: Duration) -> Result<(), Closed> {
@@ -534,15 +568,7 @@ impl Conn {
             if left.is_zero() {
                 return Err(Closed::SendTimeout(limit));
             }
-            let mut fds = [PollFd::new(self.socket.get(), PollFlags::OUT)];
-            let wait = Timespec::try_from(left).unwrap_or(Timespec {
-                tv_sec: i64::MAX,
-                tv_nsec: 0,
-            });
-            match rustix::event::poll(&mut fds, Some(&wait)) {
-                Ok(_) | Err(rustix::io::Errno::INTR) => {}
-                Err(err) => return Err(Closed::Write(err.into())),
-            }
+            self.wait_writable(left)?;
         }
         Ok(())
     }
