@@ -178,7 +178,8 @@ impl ServerConfig {
     /// time on answers nobody reads. With the bound, the requests that are run are run while
     /// their clients still wait. 100 ms leaves clients with the seed's 250 ms response timeout
     /// time for the call itself; below capacity no request waits nearly that long. A request
-    /// whose client closed its connection while it waited is never run, whatever this says.
+    /// whose client closed its connection while it waited (even only its sending side, which
+    /// Thrift's clients never do alone) is never run, whatever this says.
     /// `Duration::MAX` never sheds for waiting.
     pub fn max_queue_wait(mut self, wait: Duration) -> Self {
         self.max_queue_wait = wait;
