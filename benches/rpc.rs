@@ -38,7 +38,7 @@ use hdrhistogram::Histogram;
 
 use service::calculator::CalculatorSyncClient;
 use support::peers::{self, OurCalc, Payload, StockCalc, FRAME_BUFFER, SERVER_WORKERS};
-use support::sys;
+use support::{median, sys};
 
 const CLIENT_COUNTS: [usize; 4] = [1, 4, 16, 64];
 const IDLE_CONNECTIONS: usize = 1_000;
@@ -744,16 +744,6 @@ fn rejection_cost(calls: u32, threads: usize) -> f64 {
         "every call after the first was rejected"
     );
     elapsed.as_nanos() as f64 / f64::from(calls)
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// Median, min and max over rounds of one metric.

@@ -49,6 +49,7 @@ mod counter;
 pub mod discovery;
 mod error;
 mod multi;
+mod poll;
 mod server;
 mod wire;
 

@@ -22,6 +22,7 @@ use blocking_thrift::{ClientConfig, ThriftClient};
 use hdrhistogram::Histogram;
 
 use super::child::Process;
+use super::median;
 use super::peers::{self, OurCalc};
 use crate::service::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
 
@@ -190,16 +191,6 @@ fn measure(server: Server, load: f64, warmup: Duration, window: Duration) -> Sam
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 fn print_table(samples: &BTreeMap<(u32, Server), Vec<Sample>>) {
     println!();
     println!(
@@ -211,7 +202,7 @@ fn print_table(samples: &BTreeMap<(u32, Server), Vec<Sample>>) {
     println!("| offered load | server | clients | goodput (share of capacity) | clients answered | p50 ms | p99 ms | shed calls/s |");
     println!("|---:|---|---:|---:|---:|---:|---:|---:|");
     for (&(load, server), mine) in samples {
-        let med = |f: fn(&Sample) -> f64| median(mine.iter().map(f).collect());
+        let med = |f: fn(&Sample) -> f64| median(&mut mine.iter().map(f).collect::<Vec<_>>());
         let load = f64::from(load) / 10.0;
         println!(
             "| {load}x | {} | {} | {:.2} | {:.0} % | {:.1} | {:.1} | {:.0} |",

@@ -19,7 +19,7 @@ use hdrhistogram::Histogram;
 
 use super::child::Process;
 use super::peers::{self, Payload};
-use super::sys;
+use super::{median, sys};
 
 /// The servers compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -207,16 +207,6 @@ fn measure(
     }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = values.len();
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 fn print_table(samples: &BTreeMap<(usize, Server), Vec<Sample>>, servers: &[Server]) {
     println!();
     println!("Server-only: the thrift crate's plain client doing `add`, one framed connection per");
@@ -234,11 +224,17 @@ fn print_table(samples: &BTreeMap<(usize, Server), Vec<Sample>>, servers: &[Serv
             let Some(mine) = samples.get(&(clients, server)) else {
                 continue;
             };
-            let med = |f: fn(&Sample) -> f64| median(mine.iter().map(f).collect());
+            let med = |f: fn(&Sample) -> f64| median(&mut mine.iter().map(f).collect::<Vec<_>>());
             let ratio = |f: fn(&Sample) -> f64| match reference {
                 Some(theirs) if server != Server::CppThreadPool => format!(
                     "{:.2}",
-                    median(mine.iter().zip(theirs).map(|(a, b)| f(a) / f(b)).collect())
+                    median(
+                        &mut mine
+                            .iter()
+                            .zip(theirs)
+                            .map(|(a, b)| f(a) / f(b))
+                            .collect::<Vec<_>>()
+                    )
                 ),
                 _ => String::new(),
             };

@@ -12,6 +12,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::clock::{monotonic_nanos, nanos};
 use crate::error::{Error, Timeout};
+use crate::poll::{wait_ready, Ready};
 use crate::wire::decode::{self, Source};
 use crate::wire::Transport;
 
@@ -259,7 +260,11 @@ fn bounded<T>(
         }
         let coarse = coarse_part(left);
         let done = if coarse == 0 {
-            match wait_ready(&state.stream, direction, Duration::from_nanos(left)) {
+            let ready = match direction {
+                Direction::Read => Ready::Read,
+                Direction::Write => Ready::Write,
+            };
+            match wait_ready(&state.stream, ready, Duration::from_nanos(left)) {
                 Ok(true) => op(&state.stream, false),
                 Ok(false) => continue,
                 Err(e) => Err(e),
@@ -295,27 +300,6 @@ fn bounded<T>(
                 return Err(e);
             }
         }
-    }
-}
-
-/// Waits up to `timeout` for the stream to be ready in `direction`, on a high-resolution
-/// timer; `false` if it was not. An error or hang-up on the socket counts as ready, so that
-/// the operation that follows reports it.
-fn wait_ready(stream: &TcpStream, direction: Direction, timeout: Duration) -> io::Result<bool> {
-    use rustix::event::{poll, PollFd, PollFlags, Timespec};
-    let flags = match direction {
-        Direction::Read => PollFlags::IN,
-        Direction::Write => PollFlags::OUT,
-    };
-    let mut fds = [PollFd::new(stream, flags)];
-    let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
-        tv_sec: i64::MAX,
-        tv_nsec: 0,
-    });
-    match poll(&mut fds, Some(&timeout)) {
-        Ok(ready) => Ok(ready > 0),
-        Err(rustix::io::Errno::INTR) => Ok(false),
-        Err(e) => Err(e.into()),
     }
 }
 

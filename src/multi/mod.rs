@@ -319,16 +319,21 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 
     /// Every endpoint known now with its breaker's state, sorted by endpoint.
     pub fn endpoints(&self) -> Vec<(Arc<str>, BreakerState)> {
+        self.known_sorted(ThriftClient::breaker_state)
+    }
+
+    /// What `of` says of each endpoint known now, sorted by endpoint; read with no lock held.
+    fn known_sorted<T>(&self, of: impl Fn(&ThriftClient<C>) -> T) -> Vec<(Arc<str>, T)> {
         let clients: Vec<ThriftClient<C>> = {
             let state = self.shared.state.read();
             state.clients.values().map(|e| e.client.clone()).collect()
         };
-        let mut endpoints: Vec<(Arc<str>, BreakerState)> = clients
+        let mut known: Vec<(Arc<str>, T)> = clients
             .iter()
-            .map(|c| (c.calls().name().clone(), c.breaker_state()))
+            .map(|c| (c.calls().name().clone(), of(c)))
             .collect();
-        endpoints.sort_by(|a, b| a.0.cmp(&b.0));
-        endpoints
+        known.sort_by(|a, b| a.0.cmp(&b.0));
+        known
     }
 
     /// Forces the breaker of `endpoint` open (see [`ThriftClient::force_open`]): calls skip it
@@ -346,15 +351,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 
     /// A snapshot of the counters, with those of every endpoint known now.
     pub fn stats(&self) -> MultiStats {
-        let clients: Vec<ThriftClient<C>> = {
-            let state = self.shared.state.read();
-            state.clients.values().map(|e| e.client.clone()).collect()
-        };
-        let mut endpoints: Vec<(Arc<str>, ClientStats)> = clients
-            .iter()
-            .map(|c| (c.calls().name().clone(), c.stats()))
-            .collect();
-        endpoints.sort_by(|a, b| a.0.cmp(&b.0));
+        let endpoints = self.known_sorted(ThriftClient::stats);
         let c = &self.shared.counters;
         let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
         MultiStats {
@@ -681,8 +678,6 @@ mod tests {
     #[test]
     fn close_stops_and_joins_the_reaper() {
         let (client, running) = with_reaper();
-        // Looks a few times meanwhile.
-        std::thread::sleep(Duration::from_millis(50));
         assert!(running.upgrade().is_some());
         client.close();
         assert!(

@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use log::{error, Level};
 use polling::{Event, Poller};
-use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{RecvFlags, SendFlags};
 use thrift::protocol::{TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol};
 use thrift::server::TProcessor;
@@ -28,6 +27,7 @@ use super::framing::{Input, Refused, Request, FRAME_HEADER};
 use super::registered::Registered;
 use super::{Shared, TARGET};
 use crate::clock::{monotonic_nanos, nanos};
+use crate::poll::{wait_ready, Ready};
 use crate::wire::decode::Source;
 use crate::wire::tracked::Tracked;
 use crate::wire::{with_reader, with_writer, SHED_PREFIX};
@@ -548,15 +548,9 @@ impl Conn {
 
     /// Waits up to `limit` for room in the socket.
     fn wait_writable(&self, limit: Duration) -> Result<(), Closed> {
-        let mut fds = [PollFd::new(self.socket.get(), PollFlags::OUT)];
-        let wait = Timespec::try_from(limit).unwrap_or(Timespec {
-            tv_sec: i64::MAX,
-            tv_nsec: 0,
-        });
-        match rustix::event::poll(&mut fds, Some(&wait)) {
-            Ok(_) | Err(rustix::io::Errno::INTR) => Ok(()),
-            Err(err) => Err(Closed::Write(err.into())),
-        }
+        wait_ready(self.socket.get(), Ready::Write, limit)
+            .map(drop)
+            .map_err(Closed::Write)
     }
 
     /// Writes the rest of the response, waiting up to `limit` for the client to take it: for

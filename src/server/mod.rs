@@ -290,7 +290,7 @@ impl Shared {
         let counters = &self.counters;
         counters.shed.fetch_add(shed, Ordering::Relaxed);
         counters.shed_unlogged.fetch_add(shed, Ordering::Relaxed);
-        let now = self.shortage.ticks(Instant::now());
+        let now = crate::clock::monotonic_nanos();
         let last = counters.shed_logged_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= nanos(SHED_LOG_EVERY)
             && counters
