@@ -1,7 +1,9 @@
 //! A Thrift server: a fixed pool of worker threads fed by one poller thread.
 //!
 //! The poller watches the listening socket and every connection waiting for bytes. When a
-//! connection becomes readable it goes, in arrival order, onto a channel the workers take from; a
+//! connection becomes readable it goes, in arrival order, onto a channel the workers take from
+//! (while they have a backlog there, the poller waits until they take the last of it, at most
+//! `BACKLOG_LOOK_EVERY`, and then queues what became ready meanwhile in one batch); a
 //! worker reads what has arrived, and for each whole request runs the processor and writes the
 //! response. While no other connection waits for a worker (and none had to lately), it waits a
 //! moment (`conn::LINGER`) for the client's next request or the rest of one; then it hands the
@@ -18,8 +20,8 @@ mod registered;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::sync::{Arc, OnceLock};
+use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -172,9 +174,22 @@ struct Shared {
     free_workers: AtomicUsize,
     /// When a connection was last queued with no free worker to take it.
     shortage: Shortage,
+    /// Lets the poller sit out a backlog (see [`Shared::wait_out_backlog`]).
+    backlog: Backlog,
     stopping: AtomicBool,
     counters: Counters,
 }
+
+/// The poller thread, and whether it waits for the workers to work off their backlog.
+#[derive(Default)]
+struct Backlog {
+    poller: OnceLock<Thread>,
+    poller_waits: AtomicBool,
+}
+
+/// How long the poller sits out a backlog at most before it looks for ready connections again:
+/// what it would find waits at most this long unseen.
+const BACKLOG_LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// How often at most the server logs that it shed requests.
 const SHED_LOG_EVERY: Duration = Duration::from_secs(1);
@@ -238,6 +253,35 @@ impl Shared {
         }
         if self.short_of_workers() {
             self.shortage.note(Instant::now());
+        }
+    }
+
+    /// While the workers have a backlog, waits until they take the last of it (or at most
+    /// [`BACKLOG_LOOK_EVERY`]): a connection that becomes ready meanwhile would only queue
+    /// behind it, so the poller collects those in one batch when the workers are about to need
+    /// them, rather than waking, and waking a worker, for each.
+    fn wait_out_backlog(&self) {
+        if self.work_tx.is_empty() {
+            return;
+        }
+        self.backlog.poller_waits.store(true, Ordering::SeqCst);
+        if !self.work_tx.is_empty() && !self.stopping.load(Ordering::SeqCst) {
+            thread::park_timeout(BACKLOG_LOOK_EVERY);
+        }
+        self.backlog.poller_waits.store(false, Ordering::SeqCst);
+    }
+
+    /// Wakes the poller if it waits for the backlog a worker has just taken the last of. (A
+    /// wake-up lost to a race costs the poller's next look [`BACKLOG_LOOK_EVERY`] at most.)
+    fn took_work(&self, work: &Receiver<Work>) {
+        let backlog = &self.backlog;
+        if backlog.poller_waits.load(Ordering::SeqCst)
+            && work.is_empty()
+            && backlog.poller_waits.swap(false, Ordering::SeqCst)
+        {
+            if let Some(poller) = backlog.poller.get() {
+                poller.unpark();
+            }
         }
     }
 
@@ -386,6 +430,7 @@ impl ThriftServer {
             work_tx,
             free_workers: AtomicUsize::new(0),
             shortage: Shortage::new(Instant::now()),
+            backlog: Backlog::default(),
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
         });
@@ -556,6 +601,9 @@ impl ThriftServer {
         if let Err(err) = self.shared.poller.notify() {
             error!(target: TARGET, "cannot wake the poller thread: {err}");
         }
+        if let Some(poller) = self.shared.backlog.poller.get() {
+            poller.unpark();
+        }
         if threads.poller.join().is_err() {
             error!(target: TARGET, "the poller thread panicked");
         }
@@ -645,6 +693,7 @@ fn run_worker(shared: &Shared, work: &Receiver<Work>, _done: Sender<()>) {
         shared.free_workers.fetch_add(1, Ordering::Relaxed);
         let next = work.recv();
         shared.free_workers.fetch_sub(1, Ordering::Relaxed);
+        shared.took_work(work);
         let Ok(Work::Serve(conn)) = next else {
             finish_queued(shared, work);
             return;

@@ -198,6 +198,7 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
     let mut next_sweep = Instant::now() + sweep_every;
     let mut accept_paused_until: Option<Instant> = None;
     let mut events = Events::new();
+    let _ = shared.backlog.poller.set(std::thread::current());
 
     while !shared.stopping.load(Ordering::SeqCst) {
         let now = Instant::now();
@@ -223,6 +224,8 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
                 dispatch(&shared, event.key);
             }
         }
+
+        shared.wait_out_backlog();
 
         let now = Instant::now();
         if accept_paused_until.is_some_and(|until| until <= now) {
