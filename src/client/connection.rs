@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::buffer::spare_capacity;
 use rustix::net::RecvFlags;
 use socket2::{Domain, Socket, Type};
 
@@ -534,7 +535,63 @@ impl Source for Reader {
             self.account(len);
             return Ok(out);
         }
-        decode::read_vec_stepwise(self, len)
+        self.read_vec_direct(len)
+    }
+}
+
+impl Reader {
+    /// Reads a string or binary that has not all arrived yet straight into its vector, so its
+    /// bytes are copied once, with no zero-filling first. The vector starts with room for what
+    /// the socket holds already (and at most [`decode::READ_STEP`] more) and doubles only when
+    /// full, so a declared length alone never allocates much.
+    fn read_vec_direct(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        let buffered = self.end - self.pos;
+        let arrived = rustix::io::ioctl_fionread(&self.state.stream).map_or(0, |n| n as usize);
+        let mut out =
+            Vec::with_capacity(len.min(buffered.saturating_add(arrived.max(decode::READ_STEP))));
+        out.extend_from_slice(&self.buf[self.pos..self.end]);
+        self.pos = self.end;
+        while out.len() < len {
+            if out.len() == out.capacity() {
+                out.reserve_exact((len - out.len()).min(out.len().max(decode::READ_STEP)));
+            }
+            let got = bounded(
+                &self.state,
+                &mut self.socket_timeout,
+                Direction::Read,
+                |s, block| {
+                    let flags = if block {
+                        RecvFlags::empty()
+                    } else {
+                        RecvFlags::DONTWAIT
+                    };
+                    rustix::net::recv(s, spare_capacity(&mut out), flags)
+                        .map(|(got, _)| got)
+                        .map_err(Into::into)
+                },
+            )?;
+            if got == 0 {
+                self.state.mark_broken();
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "server closed the connection",
+                ));
+            }
+        }
+        // The vector may have had room past the string: what was read there is the message's
+        // next bytes, buffered for the reads that follow.
+        if out.len() > len {
+            let extra = out.len() - len;
+            if self.buf.len() < extra {
+                self.buf.resize(extra, 0);
+            }
+            self.buf[..extra].copy_from_slice(&out[len..]);
+            self.pos = 0;
+            self.end = extra;
+            out.truncate(len);
+        }
+        self.account(len);
+        Ok(out)
     }
 }
 
@@ -738,6 +795,41 @@ mod tests {
         let mut input = input(reader);
         assert_eq!(input.read_message_begin().unwrap().sequence_number, 1);
         assert_eq!(input.read_message_begin().unwrap().sequence_number, 2);
+        assert!(state.is_clean());
+    }
+
+    #[test]
+    fn a_long_string_trickling_in_is_read_whole_and_what_follows_it_too() {
+        // The string is read straight into its vector as it arrives, in pieces smaller and
+        // larger than a read step; the rest of its message and the next frame follow intact.
+        let name = "x".repeat(100_000);
+        let mut bytes = framed(&reply(&name, 7));
+        bytes.extend(framed(&reply("add", 8)));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let (state, reader, _writer) =
+            split(client, Transport::Framed, Duration::from_secs(30), 1 << 20).unwrap();
+        state.arm(Duration::from_secs(30));
+        let sender = std::thread::spawn(move || {
+            for piece in [
+                &bytes[..20],
+                &bytes[20..5_000],
+                &bytes[5_000..60_000],
+                &bytes[60_000..],
+            ] {
+                peer.write_all(piece).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peer
+        });
+        let mut input = input(reader);
+        let first = input.read_message_begin().unwrap();
+        assert_eq!(first.name, name);
+        assert_eq!(first.sequence_number, 7);
+        let second = input.read_message_begin().unwrap();
+        assert_eq!((second.name.as_str(), second.sequence_number), ("add", 8));
+        drop(sender.join().unwrap());
         assert!(state.is_clean());
     }
 

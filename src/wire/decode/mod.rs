@@ -40,7 +40,7 @@ pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
 
 /// Strings and binaries that may not be backed by bytes yet are read in steps of at most this
 /// much more than what already arrived, so a declared length alone never allocates much.
-const READ_STEP: usize = 16 * 1024;
+pub(crate) const READ_STEP: usize = 16 * 1024;
 
 /// The bytes a decoder reads one message from.
 ///
