@@ -1,7 +1,7 @@
 //! Client connections: connecting with a timeout, and the buffered, framed, deadline-bound
 //! reader and writer that the protocols sit on.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -304,18 +304,29 @@ fn bounded<T>(
     }
 }
 
-/// One read from the socket, bounded by the call's deadline; the peer closing the connection
-/// is an error, since a response is expected.
+/// One read from the socket into `out`, bounded by the call's deadline; the peer closing the
+/// connection is an error, since a response is expected.
 fn receive(state: &ConnState, socket_timeout: &mut u64, out: &mut [u8]) -> io::Result<usize> {
-    let n = bounded(state, socket_timeout, Direction::Read, |mut s, block| {
-        if block {
-            s.read(out)
+    receive_with(state, socket_timeout, |s, flags| {
+        rustix::net::recv(s, &mut *out, flags).map(|(n, _)| n)
+    })
+}
+
+/// One read from the socket by `recv` (given the flags to use), bounded by the call's deadline;
+/// the peer closing the connection is an error, since a response is expected.
+fn receive_with(
+    state: &ConnState,
+    socket_timeout: &mut u64,
+    mut recv: impl FnMut(&TcpStream, RecvFlags) -> rustix::io::Result<usize>,
+) -> io::Result<usize> {
+    let n = bounded(state, socket_timeout, Direction::Read, |s, block| {
+        // Blocking reads wait on the socket's own timeout, kept short of the deadline.
+        let flags = if block {
+            RecvFlags::empty()
         } else {
-            match rustix::net::recv(s, &mut *out, RecvFlags::DONTWAIT) {
-                Ok((n, _)) => Ok(n),
-                Err(e) => Err(e.into()),
-            }
-        }
+            RecvFlags::DONTWAIT
+        };
+        recv(s, flags).map_err(Into::into)
     })?;
     if n == 0 {
         state.mark_broken();
@@ -553,30 +564,11 @@ impl Reader {
         self.pos = self.end;
         while out.len() < len {
             if out.len() == out.capacity() {
-                out.reserve_exact((len - out.len()).min(out.len().max(decode::READ_STEP)));
+                out.reserve_exact(decode::next_step(out.len(), len));
             }
-            let got = bounded(
-                &self.state,
-                &mut self.socket_timeout,
-                Direction::Read,
-                |s, block| {
-                    let flags = if block {
-                        RecvFlags::empty()
-                    } else {
-                        RecvFlags::DONTWAIT
-                    };
-                    rustix::net::recv(s, spare_capacity(&mut out), flags)
-                        .map(|(got, _)| got)
-                        .map_err(Into::into)
-                },
-            )?;
-            if got == 0 {
-                self.state.mark_broken();
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "server closed the connection",
-                ));
-            }
+            receive_with(&self.state, &mut self.socket_timeout, |s, flags| {
+                rustix::net::recv(s, spare_capacity(&mut out), flags).map(|(got, _)| got)
+            })?;
         }
         // The vector may have had room past the string: what was read there is the message's
         // next bytes, buffered for the reads that follow.

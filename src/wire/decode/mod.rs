@@ -142,6 +142,12 @@ impl<S: Source + ?Sized> Source for &mut S {
     }
 }
 
+/// How much more room a vector holding `have` of `len` bytes gets next: at most [`READ_STEP`]
+/// or the size already read, so the allocation stays within about twice the bytes received.
+pub(crate) fn next_step(have: usize, len: usize) -> usize {
+    (len - have).min(have.max(READ_STEP))
+}
+
 /// Reads `len` bytes into a vector that grows as they arrive: at most [`READ_STEP`] or the size
 /// already read more at a time, so the allocation stays within about twice the bytes received.
 pub(crate) fn read_vec_stepwise<S: Source + ?Sized>(
@@ -151,8 +157,7 @@ pub(crate) fn read_vec_stepwise<S: Source + ?Sized>(
     let mut out = Vec::new();
     while out.len() < len {
         let start = out.len();
-        let step = (len - start).min(start.max(READ_STEP));
-        out.resize(start + step, 0);
+        out.resize(start + next_step(start, len), 0);
         src.read_exact(&mut out[start..])?;
     }
     Ok(out)
