@@ -37,10 +37,12 @@
 //!
 //! `examples/calculator.rs` walks through the whole crate against a real server:
 //! `cargo run --example calculator`.
-#![deny(unsafe_code)]
-// One audited exception: registering sockets with `polling` (src/server/registered.rs).
+#![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![warn(missing_debug_implementations, unreachable_pub, rust_2018_idioms)]
+
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+compile_error!("blocking-thrift needs Linux (or Android): its server waits on epoll");
 
 mod client;
 mod clock;

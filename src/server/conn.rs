@@ -12,11 +12,9 @@ use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{error, Level};
-use polling::{Event, Poller};
 use rustix::net::{RecvFlags, SendFlags};
 use thrift::protocol::{TInputProtocol, TMessageIdentifier, TMessageType, TOutputProtocol};
 use thrift::server::TProcessor;
@@ -24,7 +22,7 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::config::ServerConfig;
 use super::framing::{Input, Refused, Request, FRAME_HEADER};
-use super::registered::Registered;
+use super::ready::{Interest, ReadySet};
 use super::{Shared, TARGET};
 use crate::clock::{monotonic_nanos, nanos};
 use crate::poll::{wait_ready, Ready};
@@ -60,7 +58,7 @@ const MAX_SHED_READS: usize = 64;
 pub(super) struct Conn {
     key: usize,
     peer: SocketAddr,
-    socket: Registered<TcpStream>,
+    socket: TcpStream,
     input: Input,
     /// When the first byte of the request being received arrived, while one is partly here.
     started: Option<Instant>,
@@ -102,17 +100,19 @@ impl Conn {
         stream.set_write_timeout(Some(config.request_timeout))
     }
 
-    /// Wraps an accepted socket, registered with `poller` to report its first request.
+    /// Wraps an accepted socket, added to the server's ready set to report its first request.
     pub(super) fn new(
         key: usize,
         peer: SocketAddr,
         stream: TcpStream,
-        poller: Arc<Poller>,
+        set: &ReadySet,
     ) -> io::Result<Conn> {
+        // Closing the socket takes it out of the set.
+        set.add(&stream, key, Interest::Read)?;
         Ok(Conn {
             key,
             peer,
-            socket: Registered::new(poller, stream, Event::readable(key))?,
+            socket: stream,
             input: Input::default(),
             started: None,
             last_request: Instant::now(),
@@ -151,15 +151,15 @@ impl Conn {
         self.started.is_some()
     }
 
-    /// Asks the poller to report the connection's next bytes, or, while a response waits for
-    /// the client to take it, room in the socket to send it.
-    pub(super) fn rearm(&self) -> io::Result<()> {
+    /// Arms the connection in the server's ready set to report its next bytes, or, while a
+    /// response waits for the client to take it, room in the socket to send it.
+    pub(super) fn arm(&self, set: &ReadySet) -> io::Result<()> {
         let interest = if self.sending() {
-            Event::writable(self.key)
+            Interest::Write
         } else {
-            Event::readable(self.key)
+            Interest::Read
         };
-        self.socket.rearm(interest)
+        set.arm(&self.socket, self.key, interest)
     }
 
     /// Serves the connection's requests for as long as it may keep its worker: while whole
@@ -251,7 +251,7 @@ impl Conn {
     pub(super) fn drain(&mut self, shared: &Shared) -> Result<(), Closed> {
         let config = &shared.config;
         self.flush_within(config.request_timeout)?;
-        let mut unread = rustix::io::ioctl_fionread(self.socket.get()).map_or(0, |n| n as usize);
+        let mut unread = rustix::io::ioctl_fionread(&self.socket).map_or(0, |n| n as usize);
         loop {
             match self
                 .input
@@ -365,7 +365,7 @@ impl Conn {
         let mut byte = [0u8];
         let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
         matches!(
-            rustix::net::recv(self.socket.get(), &mut byte[..], peek),
+            rustix::net::recv(&self.socket, &mut byte[..], peek),
             Ok((1, _))
         )
     }
@@ -437,7 +437,7 @@ impl Conn {
         let wanted = self.input.wanted(config);
         let flags = if linger {
             if self.started.is_some() && !self.acked {
-                acknowledge_now(self.socket.get());
+                acknowledge_now(&self.socket);
                 self.acked = true;
             }
             // Blocks until the socket's read timeout, which is `LINGER`.
@@ -448,7 +448,7 @@ impl Conn {
         let spare = self.input.spare(wanted);
         let room = spare.len();
         let got = loop {
-            match rustix::net::recv(self.socket.get(), &mut *spare, flags) {
+            match rustix::net::recv(&self.socket, &mut *spare, flags) {
                 Ok((got, _)) => break got,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(rustix::io::Errno::AGAIN) => {
@@ -517,7 +517,7 @@ impl Conn {
     fn flush(&mut self) -> Result<bool, Closed> {
         let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
         while self.sent < self.output.len() {
-            match rustix::net::send(self.socket.get(), &self.output[self.sent..], flags) {
+            match rustix::net::send(&self.socket, &self.output[self.sent..], flags) {
                 Ok(n) => self.sent += n,
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => return Ok(false),
@@ -548,7 +548,7 @@ impl Conn {
 
     /// Waits up to `limit` for room in the socket.
     fn wait_writable(&self, limit: Duration) -> Result<(), Closed> {
-        wait_ready(self.socket.get(), Ready::Write, limit)
+        wait_ready(&self.socket, Ready::Write, limit)
             .map(drop)
             .map_err(Closed::Write)
     }

@@ -1,5 +1,6 @@
 //! The poller thread: accepts connections and watches idle ones, handing each connection that
-//! becomes readable to the workers.
+//! becomes readable to the workers (unless a worker free for more takes it from the ready set
+//! first).
 
 use std::io;
 use std::net::TcpListener;
@@ -8,14 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use polling::{Event, Events};
 
 use super::conn::{Closed, Conn};
-use super::registered::Registered;
+use super::ready::{Interest, ReadySet};
 use super::{Shared, TARGET};
 
-/// The poller key of the listening socket; connections use their slot index.
-pub(super) const LISTENER: usize = usize::MAX - 1;
+/// The poller's keys in [`Shared::events`]: the listening socket, and the set of connections.
+pub(super) const LISTENER: usize = 0;
+pub(super) const CONNECTIONS: usize = 1;
+
+/// How often the poller looks at the parked connections while it is not watching them (every
+/// worker is busy): a connection that became ready meanwhile, and that no worker took from the
+/// set, is queued after at most this long, which bounds how long a ready request goes unseen.
+const LOOK_EVERY: Duration = Duration::from_millis(1);
 
 /// How long accepting pauses after the system ran out of a resource (file descriptors, memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -88,7 +94,7 @@ impl Table {
         }
     }
 
-    fn take_parked(&mut self, key: usize) -> Option<Conn> {
+    pub(super) fn take_parked(&mut self, key: usize) -> Option<Conn> {
         let slot = self.slots.get_mut(key)?;
         if !matches!(slot, Slot::Parked { .. }) {
             return None;
@@ -103,9 +109,8 @@ impl Table {
         }
     }
 
-    /// Parks `conn` until `expires` and asks the poller to watch it. Gives the connection back,
-    /// to be closed, when the server is stopping or the poller refused it (with the poller's
-    /// error).
+    /// Parks `conn` until `expires` and arms it in the ready set. Gives the connection back, to
+    /// be closed, when the server is stopping or the set refused it (with the error).
     ///
     /// A connection whose buffers would take what parked connections hold past `max_held` is
     /// refused too, after an idle one has given its buffers back.
@@ -114,6 +119,7 @@ impl Table {
         mut conn: Conn,
         expires: Instant,
         max_held: usize,
+        set: &ReadySet,
     ) -> Option<(Conn, Option<io::Error>)> {
         if self.closed {
             return Some((conn, None));
@@ -129,10 +135,10 @@ impl Table {
             }
         }
         let held = conn.held_bytes();
-        // Re-armed under the table's lock (a quick, non-blocking epoll_ctl): the poller thread
-        // takes a connection out of its slot only under this lock, so the event cannot be handled
-        // before the connection is back in its slot.
-        if let Err(err) = conn.rearm() {
+        // Armed under the table's lock (a quick, non-blocking epoll_ctl): a connection is taken
+        // out of its slot only under this lock, so the event cannot be handled before the
+        // connection is back in its slot.
+        if let Err(err) = conn.arm(set) {
             return Some((conn, Some(err)));
         }
         let key = conn.key();
@@ -189,7 +195,7 @@ impl Table {
 
 /// The poller thread's loop; returns once the server is stopping, after closing the listener and
 /// every idle connection.
-pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
+pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
     let config = &shared.config;
     // Connections are closed at most a quarter of their timeout late (and at most a second),
     // without a timer per connection.
@@ -197,40 +203,60 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
         .clamp(Duration::from_millis(1), Duration::from_secs(1));
     let mut next_sweep = Instant::now() + sweep_every;
     let mut accept_paused_until: Option<Instant> = None;
-    let mut events = Events::new();
-    let _ = shared.backlog.poller.set(std::thread::current());
+    let (mut events, mut ready) = (Vec::new(), Vec::new());
+    let mut watching = true;
 
     while !shared.stopping.load(Ordering::SeqCst) {
+        // The parked connections are watched only while a worker waits for work; a worker that
+        // starts to wait while they are not wakes this thread (see `Shared::next_work`).
+        let mut wanted = shared.watch_wanted();
+        if !wanted {
+            shared.watching.store(false, Ordering::SeqCst);
+            wanted = shared.watch_wanted();
+        }
+        if wanted != watching {
+            match shared
+                .events
+                .rewatch(&shared.connections, CONNECTIONS, wanted)
+            {
+                Ok(()) => watching = wanted,
+                Err(err) => error!(target: TARGET, "cannot watch the connections: {err}"),
+            }
+        }
+        shared.watching.store(watching, Ordering::SeqCst);
         let now = Instant::now();
-        let wake_at = accept_paused_until.map_or(next_sweep, |until| until.min(next_sweep));
+        let mut wake_at = accept_paused_until.map_or(next_sweep, |until| until.min(next_sweep));
+        if !watching {
+            wake_at = wake_at.min(now + LOOK_EVERY);
+        }
         events.clear();
         if let Err(err) = shared
-            .poller
-            .wait(&mut events, Some(wake_at.saturating_duration_since(now)))
+            .events
+            .wait(Some(wake_at.saturating_duration_since(now)), &mut events)
         {
-            if err.kind() != io::ErrorKind::Interrupted {
-                error!(target: TARGET, "waiting for socket events failed: {err}");
-                std::thread::sleep(ACCEPT_BACKOFF);
-            }
+            error!(target: TARGET, "waiting for socket events failed: {err}");
+            std::thread::sleep(ACCEPT_BACKOFF);
             continue;
         }
         if shared.stopping.load(Ordering::SeqCst) {
             break;
         }
-        for event in events.iter() {
-            if event.key == LISTENER {
-                accept_paused_until = accept(&shared, &listener);
-            } else {
-                dispatch(&shared, event.key);
+        for &key in &events {
+            match key {
+                LISTENER => accept_paused_until = accept(&shared, &listener),
+                _ => dispatch(&shared, &mut ready),
             }
         }
-
-        shared.wait_out_backlog();
+        if !watching {
+            // Queues what became ready while every worker was busy, so that it is counted,
+            // its wait measured, and lingering workers let go of their connections for it.
+            dispatch(&shared, &mut ready);
+        }
 
         let now = Instant::now();
         if accept_paused_until.is_some_and(|until| until <= now) {
             accept_paused_until = None;
-            if let Err(err) = listener.rearm(Event::readable(LISTENER)) {
+            if let Err(err) = rearm(&shared, &listener) {
                 error!(target: TARGET, "cannot watch the listening socket: {err}");
             }
         }
@@ -270,7 +296,7 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
     // connections the system has completed but the server not yet accepted too. Whatever
     // arrives later finds the listener or its connection closed.
     let _ = accept(&shared, &listener);
-    let addr = listener.get().local_addr();
+    let addr = listener.local_addr();
     drop(listener);
     // From here, a worker done with its connection cannot park it; it answers what has arrived
     // on it and closes it (see `Shared::park`).
@@ -293,18 +319,29 @@ pub(super) fn run(shared: Arc<Shared>, listener: Registered<TcpListener>) {
     }
 }
 
-/// Hands a connection that became readable to the workers.
-fn dispatch(shared: &Shared, key: usize) {
-    let taken = shared.table.lock().take_parked(key);
-    if let Some(conn) = taken {
-        shared.queue(conn);
+/// Hands the connections that became ready to the workers, in the order they did.
+fn dispatch(shared: &Shared, ready: &mut Vec<usize>) {
+    ready.clear();
+    if let Err(err) = shared.connections.wait(Some(Duration::ZERO), ready) {
+        error!(target: TARGET, "taking ready connections failed: {err}");
+        return;
+    }
+    for &key in ready.iter() {
+        let taken = shared.table.lock().take_parked(key);
+        if let Some(conn) = taken {
+            shared.queue(conn);
+        }
     }
 }
 
+fn rearm(shared: &Shared, listener: &TcpListener) -> io::Result<()> {
+    shared.events.arm(listener, LISTENER, Interest::Read)
+}
+
 /// Accepts waiting connections; returns when to try again if accepting had to pause.
-fn accept(shared: &Shared, listener: &Registered<TcpListener>) -> Option<Instant> {
+fn accept(shared: &Shared, listener: &TcpListener) -> Option<Instant> {
     for _ in 0..ACCEPT_BATCH {
-        let (stream, peer) = match listener.get().accept() {
+        let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
             Err(err)
@@ -333,7 +370,7 @@ fn accept(shared: &Shared, listener: &Registered<TcpListener>) -> Option<Instant
                 Some(stream)
             } else {
                 let key = table.reserve();
-                match Conn::new(key, peer, stream, Arc::clone(&shared.poller)) {
+                match Conn::new(key, peer, stream, &shared.connections) {
                     Ok(conn) => {
                         // A new connection's buffers are empty: it holds nothing yet.
                         table.slots[key] = Slot::Parked {
@@ -364,7 +401,7 @@ fn accept(shared: &Shared, listener: &Registered<TcpListener>) -> Option<Instant
             None => debug!(target: TARGET, "accepted connection from {peer}"),
         }
     }
-    if let Err(err) = listener.rearm(Event::readable(LISTENER)) {
+    if let Err(err) = rearm(shared, listener) {
         error!(target: TARGET, "cannot watch the listening socket, pausing: {err}");
         return Some(Instant::now() + ACCEPT_BACKOFF);
     }

@@ -1,0 +1,242 @@
+//! Sets of sockets to wait on (epoll), each socket reporting one event per arming.
+//!
+//! Each socket reports one event, then stays quiet until it is armed again (epoll's oneshot
+//! mode): whoever took it owns it until it hands it back, so several threads can take from one
+//! set. A set can also watch another set, and another thread can wake its waiter.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Duration;
+
+use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
+use rustix::event::{eventfd, EventfdFlags, Timespec};
+
+/// What a socket is waiting for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Interest {
+    Read,
+    Write,
+}
+
+/// The most sockets one wait takes.
+const BATCH: usize = 64;
+
+/// The key of the set's own wake-up counter.
+const WAKE: u64 = u64::MAX;
+
+pub(super) struct ReadySet {
+    epoll: OwnedFd,
+    /// Readable from a wake-up until the waiter takes it.
+    wake: OwnedFd,
+}
+
+impl ReadySet {
+    pub(super) fn new() -> io::Result<ReadySet> {
+        let epoll = epoll::create(CreateFlags::CLOEXEC)?;
+        let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        epoll::add(&epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
+        Ok(ReadySet { epoll, wake })
+    }
+
+    /// Adds `socket` under `key`, waiting for `interest`.
+    ///
+    /// A socket leaves the set when it is closed (every descriptor of it): the server never
+    /// duplicates one, so closing a connection is enough.
+    pub(super) fn add(&self, socket: impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
+        epoll::add(&self.epoll, socket, data(key), flags(interest)).map_err(Into::into)
+    }
+
+    /// Watches `other`: this set reports `key` for as long as `other` has ready sockets
+    /// nobody has taken.
+    pub(super) fn watch(&self, other: &ReadySet, key: usize) -> io::Result<()> {
+        epoll::add(&self.epoll, &other.epoll, data(key), EventFlags::IN).map_err(Into::into)
+    }
+
+    /// Starts or stops reporting `other` (added with [`watch`](Self::watch)).
+    pub(super) fn rewatch(&self, other: &ReadySet, key: usize, on: bool) -> io::Result<()> {
+        let flags = if on {
+            EventFlags::IN
+        } else {
+            EventFlags::empty()
+        };
+        epoll::modify(&self.epoll, &other.epoll, data(key), flags).map_err(Into::into)
+    }
+
+    /// Takes one ready socket, if one is ready now, without waiting.
+    pub(super) fn take_one(&self) -> io::Result<Option<usize>> {
+        let mut events = [MaybeUninit::<Event>::uninit(); 1];
+        let (ready, _) = match epoll::wait(&self.epoll, &mut events, Some(&Timespec::default())) {
+            Ok(ready) => ready,
+            Err(rustix::io::Errno::INTR) => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        Ok(ready
+            .first()
+            .map(|event| event.data.u64())
+            .filter(|&key| key != WAKE)
+            .map(|key| key as usize))
+    }
+
+    /// Asks for the socket's next event `interest`; a socket reports one event per arming.
+    pub(super) fn arm(&self, socket: impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
+        epoll::modify(&self.epoll, socket, data(key), flags(interest)).map_err(Into::into)
+    }
+
+    /// Waits up to `timeout` (`None`: for ever, zero: not at all) for ready sockets or a
+    /// wake-up, and puts the keys of the ready ones, in the order they became ready, into `keys`
+    /// (up to [`BATCH`] of them); returns whether it was woken. Returns with `keys` empty when
+    /// woken, interrupted or out of time.
+    pub(super) fn wait(
+        &self,
+        timeout: Option<Duration>,
+        keys: &mut Vec<usize>,
+    ) -> io::Result<bool> {
+        let timeout = timeout.map(|timeout| {
+            Timespec::try_from(timeout).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            })
+        });
+        let mut events = [MaybeUninit::<Event>::uninit(); BATCH];
+        let (ready, _) = match epoll::wait(&self.epoll, &mut events, timeout.as_ref()) {
+            Ok(ready) => ready,
+            Err(rustix::io::Errno::INTR) => return Ok(false),
+            Err(err) => return Err(err.into()),
+        };
+        let mut woken = false;
+        for event in ready.iter() {
+            match event.data.u64() {
+                WAKE => {
+                    // Takes every wake-up so far (it is a counter); failing means there was none.
+                    let mut count = [0u8; 8];
+                    woken = rustix::io::read(&self.wake, &mut count).is_ok();
+                }
+                key => keys.push(key as usize),
+            }
+        }
+        Ok(woken)
+    }
+
+    /// Wakes the waiter, now or, if none waits, the next to wait.
+    pub(super) fn wake(&self) -> io::Result<()> {
+        match rustix::io::write(&self.wake, &1u64.to_ne_bytes()) {
+            // The counter is full: a wake-up is waiting already.
+            Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+}
+
+fn data(key: usize) -> EventData {
+    EventData::new_u64(key as u64)
+}
+
+fn flags(interest: Interest) -> EventFlags {
+    let wanted = match interest {
+        Interest::Read => EventFlags::IN | EventFlags::RDHUP,
+        Interest::Write => EventFlags::OUT,
+    };
+    wanted | EventFlags::ONESHOT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::{TcpListener, TcpStream};
+
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (client, server)
+    }
+
+    fn ready_now(set: &ReadySet) -> Vec<usize> {
+        let mut keys = Vec::new();
+        set.wait(Some(Duration::ZERO), &mut keys).unwrap();
+        keys
+    }
+
+    #[test]
+    fn a_ready_socket_is_reported_once_per_arming() {
+        let set = ReadySet::new().unwrap();
+        let (mut client, server) = pair();
+        set.add(&server, 7, Interest::Read).unwrap();
+        assert_eq!(ready_now(&set), Vec::<usize>::new());
+        client.write_all(b"x").unwrap();
+        let mut keys = Vec::new();
+        set.wait(None, &mut keys).unwrap();
+        assert_eq!(keys, [7]);
+        // Still readable, but not armed again.
+        assert_eq!(ready_now(&set), Vec::<usize>::new());
+        set.arm(&server, 7, Interest::Read).unwrap();
+        assert_eq!(ready_now(&set), [7]);
+        set.arm(&server, 7, Interest::Write).unwrap();
+        assert_eq!(ready_now(&set), [7]);
+        set.arm(&server, 7, Interest::Read).unwrap();
+        drop(server);
+        assert_eq!(ready_now(&set), Vec::<usize>::new(), "closed, so gone");
+    }
+
+    #[test]
+    fn a_set_watching_another_reports_it_while_it_has_ready_sockets() {
+        let (outer, inner) = (ReadySet::new().unwrap(), ReadySet::new().unwrap());
+        outer.watch(&inner, 3).unwrap();
+        let (mut client, server) = pair();
+        inner.add(&server, 7, Interest::Read).unwrap();
+        assert_eq!(ready_now(&outer), Vec::<usize>::new());
+        client.write_all(b"x").unwrap();
+        assert_eq!(ready_now(&outer), [3]);
+        assert_eq!(ready_now(&outer), [3], "until someone takes the socket");
+        assert_eq!(inner.take_one().unwrap(), Some(7));
+        assert_eq!(ready_now(&outer), Vec::<usize>::new());
+        outer.rewatch(&inner, 3, false).unwrap();
+        inner.arm(&server, 7, Interest::Read).unwrap();
+        assert_eq!(ready_now(&outer), Vec::<usize>::new(), "not watched");
+        outer.rewatch(&inner, 3, true).unwrap();
+        assert_eq!(ready_now(&outer), [3], "watched again");
+        assert_eq!(inner.take_one().unwrap(), Some(7));
+        assert_eq!(inner.take_one().unwrap(), None);
+    }
+
+    #[test]
+    fn sockets_are_reported_in_the_order_they_became_ready() {
+        let set = ReadySet::new().unwrap();
+        let pairs: Vec<_> = (0..10).map(|_| pair()).collect();
+        for (key, (_, server)) in pairs.iter().enumerate() {
+            set.add(server, key, Interest::Read).unwrap();
+        }
+        let order = [3, 9, 0, 4, 1];
+        for key in order {
+            (&pairs[key].0).write_all(b"x").unwrap();
+        }
+        // Loopback delivers each write before it returns.
+        assert_eq!(ready_now(&set), order);
+    }
+
+    #[test]
+    fn a_wake_up_ends_a_wait_and_is_taken_by_it() {
+        let set = std::sync::Arc::new(ReadySet::new().unwrap());
+        set.wake().unwrap();
+        set.wake().unwrap();
+        let mut keys = Vec::new();
+        assert!(set.wait(None, &mut keys).unwrap());
+        assert!(keys.is_empty());
+        assert!(
+            !set.wait(Some(Duration::ZERO), &mut keys).unwrap(),
+            "both wake-ups were taken together"
+        );
+        let waker = {
+            let set = std::sync::Arc::clone(&set);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                set.wake().unwrap();
+            })
+        };
+        assert!(set.wait(Some(Duration::from_secs(60)), &mut keys).unwrap());
+        waker.join().unwrap();
+        assert!(keys.is_empty());
+    }
+}
