@@ -554,17 +554,19 @@ impl Reader {
     /// Reads a string or binary that has not all arrived yet straight into its vector, so its
     /// bytes are copied once, with no zero-filling first. The vector starts with room for what
     /// the socket holds already (and at most [`decode::READ_STEP`] more) and doubles only when
-    /// full, so a declared length alone never allocates much.
+    /// full, so a declared length alone never allocates much. It has [`DIRECT_TAIL`] bytes of
+    /// room past the string, so the read that ends it usually takes the end of the message too.
     fn read_vec_direct(&mut self, len: usize) -> io::Result<Vec<u8>> {
         let buffered = self.end - self.pos;
         let arrived = rustix::io::ioctl_fionread(&self.state.stream).map_or(0, |n| n as usize);
+        let room = len.saturating_add(DIRECT_TAIL);
         let mut out =
-            Vec::with_capacity(len.min(buffered.saturating_add(arrived.max(decode::READ_STEP))));
+            Vec::with_capacity(room.min(buffered.saturating_add(arrived.max(decode::READ_STEP))));
         out.extend_from_slice(&self.buf[self.pos..self.end]);
         self.pos = self.end;
         while out.len() < len {
             if out.len() == out.capacity() {
-                out.reserve_exact(decode::next_step(out.len(), len));
+                out.reserve_exact(decode::next_step(out.len(), room));
             }
             receive_with(&self.state, &mut self.socket_timeout, |s, flags| {
                 rustix::net::recv(s, spare_capacity(&mut out), flags).map(|(got, _)| got)
@@ -586,6 +588,10 @@ impl Reader {
         Ok(out)
     }
 }
+
+/// Room a string read straight into its vector has past its end: what follows a large string
+/// in a response is usually only the stops of the structs around it.
+const DIRECT_TAIL: usize = 64;
 
 /// The writing side of a client connection: collects a message and sends it, frame header
 /// included, with one `write`.
