@@ -105,7 +105,8 @@ pub struct ServerStats {
     /// Bytes the buffers of those waiting connections hold, bounded by
     /// [`ServerConfig::max_waiting_bytes`].
     pub waiting_bytes: usize,
-    /// Connections with a request waiting for a free worker.
+    /// Connections with a request waiting for a free worker (one whose request arrives while
+    /// every worker is busy is counted within a millisecond, unless a worker takes it first).
     pub queued_connections: usize,
     /// Connections accepted, including those closed at once for being over the limit.
     pub accepted_connections: u64,
