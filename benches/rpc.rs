@@ -6,7 +6,7 @@
 //! cargo bench --bench rpc              # full: 7 rounds of 0.5 s per cell, about 6 minutes
 //! cargo bench --bench rpc -- --quick   # 3 rounds of 0.1 s per cell, well under a minute
 //! cargo bench --bench rpc -- --filter ours/add/4 --rounds 1 --duration-ms 5000 --no-extras
-//! cargo bench --bench rpc -- --servers [--quick]  # server-only, against Apache Thrift's C++ servers
+//! cargo bench --bench rpc -- --servers [--quick] [--one-core]  # server-only, against Apache Thrift's C++ servers
 //! cargo bench --bench rpc -- --overload [--quick]  # deadline-bound clients offered 0.5x to 10x capacity
 //! ```
 //!
@@ -903,7 +903,10 @@ fn main() {
     }
     if args.iter().any(|a| a == "--servers") {
         sys::raise_fd_limit();
-        support::servers::main(args.iter().any(|a| a == "--quick"));
+        support::servers::main(
+            args.iter().any(|a| a == "--quick"),
+            args.iter().any(|a| a == "--one-core"),
+        );
         return;
     }
     let options = Options::parse();

@@ -45,9 +45,14 @@ impl Server {
 
 const CLIENTS: [usize; 2] = [16, 64];
 
-/// Runs the server-only comparison and prints its table.
-pub(crate) fn main(quick: bool) {
+/// Runs the server-only comparison and prints its table; with `one_core`, the load and every
+/// server run on the first CPU this process may use, so that no thread is ever woken on another.
+pub(crate) fn main(quick: bool, one_core: bool) {
     let cpp = build_cpp();
+    if one_core {
+        // Inherited by the load's threads and by the server processes, all started later.
+        sys::Affinity::current().first().apply_to_all_threads();
+    }
     let mut servers = vec![Server::Ours(4), Server::Ours(16)];
     if cpp.is_some() {
         servers.extend([Server::CppThreadPool, Server::CppNonblocking]);
@@ -71,7 +76,7 @@ pub(crate) fn main(quick: bool) {
         }
         eprintln!("round {}/{rounds} done", round + 1);
     }
-    print_table(&samples, &servers);
+    print_table(&samples, &servers, one_core);
 }
 
 /// Child mode (`--serve-ours WORKERS`): serves the reference service with this crate's server
@@ -207,13 +212,20 @@ fn measure(
     }
 }
 
-fn print_table(samples: &BTreeMap<(usize, Server), Vec<Sample>>, servers: &[Server]) {
+fn print_table(
+    samples: &BTreeMap<(usize, Server), Vec<Sample>>,
+    servers: &[Server],
+    one_core: bool,
+) {
     println!();
     println!("Server-only: the thrift crate's plain client doing `add`, one framed connection per");
     println!(
         "client thread, against each server in a process of its own ({}).",
         sys::machine()
     );
+    if one_core {
+        println!("The load and every server ran on one CPU (`--one-core`).");
+    }
     println!("Medians over rounds; ratios are the median of same-round ratios to the C++ TThreadPoolServer.");
     println!();
     println!("| clients | server | calls/s | p50 µs | p99 µs | server CPU µs/call | load CPU µs/call | slowest client's share | calls/s vs C++ pool | server CPU vs C++ pool | p99 vs C++ pool |");
