@@ -624,14 +624,10 @@ struct Received {
 /// A client that writes a request in two pieces with Nagle's algorithm on, as the thrift crate's
 /// framed transport does (length, then payload), holds the second piece back until the first is
 /// acknowledged; without this every such call would wait for the timer.
-#[cfg(any(target_os = "linux", target_os = "android"))]
 fn acknowledge_now(socket: &TcpStream) {
     // Only a latency hint: the request completes either way.
     let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
 }
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn acknowledge_now(_socket: &TcpStream) {}
 
 enum Processed {
     /// The processor returned. `undecodable` when some read of the request failed; the
