@@ -50,6 +50,14 @@ const KEEP_BUFFER: usize = 256 * 1024;
 /// extra call; Linux rounds it up to whole timer ticks (1 to 4 ms, by the kernel's HZ).
 const LINGER: Duration = Duration::from_millis(1);
 
+/// The CPU the system took the socket's latest incoming bytes in on (`SO_INCOMING_CPU`), or
+/// `otherwise` if it cannot tell. Over loopback that is the CPU the client sent them from; from
+/// a network card, the CPU that handles its queue. Answering there wakes the client's thread,
+/// or hands the answer to the network, without reaching across to another core.
+fn arrived_on(socket: &TcpStream, otherwise: usize) -> usize {
+    rustix::net::sockopt::socket_incoming_cpu(socket).map_or(otherwise, |cpu| cpu as usize)
+}
+
 /// The most reads [`Conn::shed_unwanted`] makes to take in what a queued connection brought.
 const MAX_SHED_READS: usize = 64;
 
@@ -57,6 +65,8 @@ const MAX_SHED_READS: usize = 64;
 /// worker while it is served.
 pub(super) struct Conn {
     key: usize,
+    /// The ready set it is in (see [`arrived_on`]).
+    set: usize,
     peer: SocketAddr,
     socket: TcpStream,
     input: Input,
@@ -105,12 +115,14 @@ impl Conn {
         key: usize,
         peer: SocketAddr,
         stream: TcpStream,
-        set: &ReadySet,
+        sets: &[ReadySet],
     ) -> io::Result<Conn> {
+        let set = arrived_on(&stream, 0) % sets.len();
         // Closing the socket takes it out of the set.
-        set.add(&stream, key, Interest::Read)?;
+        sets[set].add(&stream, key, Interest::Read)?;
         Ok(Conn {
             key,
+            set,
             peer,
             socket: stream,
             input: Input::default(),
@@ -151,15 +163,22 @@ impl Conn {
         self.started.is_some()
     }
 
-    /// Arms the connection in the server's ready set to report its next bytes, or, while a
-    /// response waits for the client to take it, room in the socket to send it.
-    pub(super) fn arm(&self, set: &ReadySet) -> io::Result<()> {
+    /// Arms the connection in the server's ready sets to report its next bytes, or, while a
+    /// response waits for the client to take it, room in the socket to send it: in the set of
+    /// the CPU its latest bytes arrived on, moving it there if it was in another.
+    pub(super) fn arm(&mut self, sets: &[ReadySet]) -> io::Result<()> {
         let interest = if self.sending() {
             Interest::Write
         } else {
             Interest::Read
         };
-        set.arm(&self.socket, self.key, interest)
+        let set = arrived_on(&self.socket, self.set) % sets.len();
+        if set == self.set {
+            return sets[set].arm(&self.socket, self.key, interest);
+        }
+        sets[self.set].remove(&self.socket)?;
+        self.set = set;
+        sets[set].add(&self.socket, self.key, interest)
     }
 
     /// Serves the connection's requests for as long as it may keep its worker: while whole

@@ -109,8 +109,8 @@ impl Table {
         }
     }
 
-    /// Parks `conn` until `expires` and arms it in the ready set. Gives the connection back, to
-    /// be closed, when the server is stopping or the set refused it (with the error).
+    /// Parks `conn` until `expires` and arms it in one of the ready `sets`. Gives the connection
+    /// back, to be closed, when the server is stopping or the set refused it (with the error).
     ///
     /// A connection whose buffers would take what parked connections hold past `max_held` is
     /// refused too, after an idle one has given its buffers back.
@@ -119,7 +119,7 @@ impl Table {
         mut conn: Conn,
         expires: Instant,
         max_held: usize,
-        set: &ReadySet,
+        sets: &[ReadySet],
     ) -> Option<(Conn, Option<io::Error>)> {
         if self.closed {
             return Some((conn, None));
@@ -138,7 +138,7 @@ impl Table {
         // Armed under the table's lock (a quick, non-blocking epoll_ctl): a connection is taken
         // out of its slot only under this lock, so the event cannot be handled before the
         // connection is back in its slot.
-        if let Err(err) = conn.arm(set) {
+        if let Err(err) = conn.arm(sets) {
             return Some((conn, Some(err)));
         }
         let key = conn.key();
@@ -217,7 +217,7 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
         if wanted != watching {
             match shared
                 .events
-                .rewatch(&shared.connections, CONNECTIONS, wanted)
+                .rewatch_all(&shared.connections, CONNECTIONS, wanted)
             {
                 Ok(()) => watching = wanted,
                 Err(err) => error!(target: TARGET, "cannot watch the connections: {err}"),
@@ -244,13 +244,15 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
         for &key in &events {
             match key {
                 LISTENER => accept_paused_until = accept(&shared, &listener),
-                _ => dispatch(&shared, &mut ready),
+                key => dispatch(&shared, key - CONNECTIONS, &mut ready),
             }
         }
         if !watching {
             // Queues what became ready while every worker was busy, so that it is counted,
             // its wait measured, and lingering workers let go of their connections for it.
-            dispatch(&shared, &mut ready);
+            for set in 0..shared.connections.len() {
+                dispatch(&shared, set, &mut ready);
+            }
         }
 
         let now = Instant::now();
@@ -320,9 +322,12 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
 }
 
 /// Hands the connections that became ready to the workers, in the order they did.
-fn dispatch(shared: &Shared, ready: &mut Vec<usize>) {
+fn dispatch(shared: &Shared, set: usize, ready: &mut Vec<usize>) {
     ready.clear();
-    if let Err(err) = shared.connections.wait(Some(Duration::ZERO), ready) {
+    let Some(set) = shared.connections.get(set) else {
+        return;
+    };
+    if let Err(err) = set.wait(Some(Duration::ZERO), ready) {
         error!(target: TARGET, "taking ready connections failed: {err}");
         return;
     }

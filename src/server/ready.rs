@@ -63,6 +63,24 @@ impl ReadySet {
         epoll::modify(&self.epoll, &other.epoll, data(key), flags).map_err(Into::into)
     }
 
+    /// [`rewatch`](Self::rewatch) for each of `others`, under consecutive keys from `first`.
+    pub(super) fn rewatch_all(
+        &self,
+        others: &[ReadySet],
+        first: usize,
+        on: bool,
+    ) -> io::Result<()> {
+        for (i, other) in others.iter().enumerate() {
+            self.rewatch(other, first + i, on)?;
+        }
+        Ok(())
+    }
+
+    /// Takes `socket` out of the set.
+    pub(super) fn remove(&self, socket: impl AsFd) -> io::Result<()> {
+        epoll::delete(&self.epoll, socket).map_err(Into::into)
+    }
+
     /// Takes one ready socket, if one is ready now, without waiting.
     pub(super) fn take_one(&self) -> io::Result<Option<usize>> {
         let mut events = [MaybeUninit::<Event>::uninit(); 1];
@@ -199,6 +217,18 @@ mod tests {
         assert_eq!(ready_now(&outer), [3], "watched again");
         assert_eq!(inner.take_one().unwrap(), Some(7));
         assert_eq!(inner.take_one().unwrap(), None);
+    }
+
+    #[test]
+    fn a_socket_moved_to_another_set_is_reported_there_only() {
+        let (first, second) = (ReadySet::new().unwrap(), ReadySet::new().unwrap());
+        let (mut client, server) = pair();
+        first.add(&server, 7, Interest::Read).unwrap();
+        first.remove(&server).unwrap();
+        second.add(&server, 7, Interest::Read).unwrap();
+        client.write_all(b"x").unwrap();
+        assert_eq!(first.take_one().unwrap(), None);
+        assert_eq!(second.take_one().unwrap(), Some(7));
     }
 
     #[test]
