@@ -278,7 +278,7 @@ impl Shared {
     /// set of this worker's CPU first), else waits on the channel, with the poller watching.
     /// `None` once the channel is closed.
     ///
-    /// `taken` counts the connections this worker took from the set, for [`YIELD_EVERY`].
+    /// `taken` counts this worker's looks at the sets, for [`YIELD_EVERY`].
     fn next_work(&self, work: &Receiver<Work>, taken: &mut u32) -> Option<Work> {
         match work.try_recv() {
             Ok(next) => return Some(next),
@@ -458,7 +458,7 @@ impl ThriftServer {
         listener.set_nonblocking(true)?;
         let local_addr = listener.local_addr()?;
         let (work_tx, work_rx) = crossbeam_channel::unbounded();
-        let events = ReadySet::new()?;
+        let events = ReadySet::wakeable()?;
         let cpus = thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_SETS);

@@ -14,7 +14,8 @@ use super::conn::{Closed, Conn};
 use super::ready::{Interest, ReadySet};
 use super::{Shared, TARGET};
 
-/// The poller's keys in [`Shared::events`]: the listening socket, and the set of connections.
+/// The poller's keys in [`Shared::events`]: the listening socket, and the sets of connections,
+/// one key each from `CONNECTIONS` on.
 pub(super) const LISTENER: usize = 0;
 pub(super) const CONNECTIONS: usize = 1;
 
@@ -339,6 +340,7 @@ fn dispatch(shared: &Shared, set: usize, ready: &mut Vec<usize>) {
     }
 }
 
+/// Asks for the listening socket's next waiting connection.
 fn rearm(shared: &Shared, listener: &TcpListener) -> io::Result<()> {
     shared.events.arm(listener, LISTENER, Interest::Read)
 }

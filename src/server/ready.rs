@@ -2,7 +2,8 @@
 //!
 //! Each socket reports one event, then stays quiet until it is armed again (epoll's oneshot
 //! mode): whoever took it owns it until it hands it back, so several threads can take from one
-//! set. A set can also watch another set, and another thread can wake its waiter.
+//! set. A set can also watch another set, and another thread can wake the waiter of a set made
+//! to be woken.
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -27,16 +28,24 @@ const WAKE: u64 = u64::MAX;
 
 pub(super) struct ReadySet {
     epoll: OwnedFd,
-    /// Readable from a wake-up until the waiter takes it.
-    wake: OwnedFd,
+    /// In a set made by [`wakeable`](Self::wakeable): readable from a wake-up until the waiter
+    /// takes it.
+    wake: Option<OwnedFd>,
 }
 
 impl ReadySet {
     pub(super) fn new() -> io::Result<ReadySet> {
         let epoll = epoll::create(CreateFlags::CLOEXEC)?;
+        Ok(ReadySet { epoll, wake: None })
+    }
+
+    /// A set whose waiter another thread can [`wake`](Self::wake).
+    pub(super) fn wakeable() -> io::Result<ReadySet> {
+        let mut set = ReadySet::new()?;
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        epoll::add(&epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
-        Ok(ReadySet { epoll, wake })
+        epoll::add(&set.epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
+        set.wake = Some(wake);
+        Ok(set)
     }
 
     /// Adds `socket` under `key`, waiting for `interest`.
@@ -128,7 +137,10 @@ impl ReadySet {
                 WAKE => {
                     // Takes every wake-up so far (it is a counter); failing means there was none.
                     let mut count = [0u8; 8];
-                    woken = rustix::io::read(&self.wake, &mut count).is_ok();
+                    woken = self
+                        .wake
+                        .as_ref()
+                        .is_some_and(|wake| rustix::io::read(wake, &mut count).is_ok());
                 }
                 key => keys.push(key as usize),
             }
@@ -136,9 +148,16 @@ impl ReadySet {
         Ok(woken)
     }
 
-    /// Wakes the waiter, now or, if none waits, the next to wait.
+    /// Wakes the waiter, now or, if none waits, the next to wait; only a
+    /// [`wakeable`](Self::wakeable) set can be woken.
     pub(super) fn wake(&self) -> io::Result<()> {
-        match rustix::io::write(&self.wake, &1u64.to_ne_bytes()) {
+        let Some(wake) = &self.wake else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this ready set cannot be woken",
+            ));
+        };
+        match rustix::io::write(wake, &1u64.to_ne_bytes()) {
             // The counter is full: a wake-up is waiting already.
             Ok(_) | Err(rustix::io::Errno::AGAIN) => Ok(()),
             Err(err) => Err(err.into()),
@@ -248,7 +267,7 @@ mod tests {
 
     #[test]
     fn a_wake_up_ends_a_wait_and_is_taken_by_it() {
-        let set = std::sync::Arc::new(ReadySet::new().unwrap());
+        let set = std::sync::Arc::new(ReadySet::wakeable().unwrap());
         set.wake().unwrap();
         set.wake().unwrap();
         let mut keys = Vec::new();
