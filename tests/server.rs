@@ -497,6 +497,52 @@ fn many_concurrent_clients_get_their_own_answers() {
 }
 
 #[test]
+fn handlers_that_block_occupy_every_worker_of_a_pool_larger_than_the_cpus() {
+    let _lock = shared_lock();
+    // Handlers that wait (on a database, another service) are why a pool has more workers
+    // than the CPUs can run: every one of them takes a request, round after round.
+    let cpus = thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = 2 * cpus + 6;
+    let (handler, release) = Special::gated();
+    let server = serve(handler, ServerConfig::default().workers(workers));
+    let addr = server.local_addr();
+    let (calls_tx, calls_rx) = crossbeam_channel::unbounded::<()>();
+    let (done_tx, done_rx) = crossbeam_channel::unbounded();
+    let callers: Vec<_> = (0..workers)
+        .map(|_| {
+            let (calls_rx, done_tx) = (calls_rx.clone(), done_tx.clone());
+            thread::spawn(move || {
+                let mut c = framed_binary(addr);
+                while calls_rx.recv().is_ok() {
+                    done_tx.send(c.slow(7).map_err(|e| e.to_string())).unwrap();
+                }
+            })
+        })
+        .collect();
+    // Rounds, so that every worker comes back from a request before all are needed again.
+    for round in 0..3 {
+        for _ in 0..workers {
+            calls_tx.send(()).unwrap();
+        }
+        wait_for_stats(
+            &server,
+            &format!("round {round}: every worker in a handler"),
+            |s| s.busy_workers == workers,
+        );
+        for _ in 0..workers {
+            release.send(()).unwrap();
+        }
+        for _ in 0..workers {
+            assert_eq!(done_rx.recv_timeout(PATIENCE).unwrap(), Ok(7));
+        }
+    }
+    drop(calls_tx);
+    for caller in callers {
+        caller.join().unwrap();
+    }
+}
+
+#[test]
 fn stop_lets_running_requests_finish_and_deliver_their_responses() {
     let _lock = shared_lock();
     let (handler, release) = Special::gated();
