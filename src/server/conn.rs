@@ -58,6 +58,12 @@ fn arrived_on(socket: &TcpStream, otherwise: usize) -> usize {
     rustix::net::sockopt::socket_incoming_cpu(socket).map_or(otherwise, |cpu| cpu as usize)
 }
 
+/// A parked connection asks which CPU its bytes arrive on ([`arrived_on`], a system call) at
+/// every this many parks, and stays in the set it is in between: a client's thread changes CPUs
+/// far less often than it calls, and a connection in the other CPU's set is still served, only
+/// from further away.
+const LOCATE_EVERY: u8 = 4;
+
 /// The most reads [`Conn::shed_unwanted`] makes to take in what a queued connection brought.
 const MAX_SHED_READS: usize = 64;
 
@@ -67,6 +73,10 @@ pub(super) struct Conn {
     key: usize,
     /// The ready set it is in (see [`arrived_on`]).
     set: usize,
+    /// The ready set it goes in when parked next, and how many times it was parked (see
+    /// [`LOCATE_EVERY`]).
+    home: usize,
+    parks: u8,
     peer: SocketAddr,
     socket: TcpStream,
     input: Input,
@@ -123,6 +133,8 @@ impl Conn {
         Ok(Conn {
             key,
             set,
+            home: set,
+            parks: 0,
             peer,
             socket: stream,
             input: Input::default(),
@@ -163,16 +175,25 @@ impl Conn {
         self.started.is_some()
     }
 
+    /// Looks which ready set the connection should be parked in next, from time to time (see
+    /// [`LOCATE_EVERY`]): the set of the CPU its latest bytes arrived on, out of `sets`.
+    pub(super) fn locate(&mut self, sets: usize) {
+        self.parks = self.parks.wrapping_add(1);
+        if self.parks.is_multiple_of(LOCATE_EVERY) {
+            self.home = arrived_on(&self.socket, self.home) % sets;
+        }
+    }
+
     /// Arms the connection in the server's ready sets to report its next bytes, or, while a
-    /// response waits for the client to take it, room in the socket to send it: in the set of
-    /// the CPU its latest bytes arrived on, moving it there if it was in another.
+    /// response waits for the client to take it, room in the socket to send it: in the set
+    /// [`locate`](Self::locate) chose, moving it there if it was in another.
     pub(super) fn arm(&mut self, sets: &[ReadySet]) -> io::Result<()> {
         let interest = if self.sending() {
             Interest::Write
         } else {
             Interest::Read
         };
-        let set = arrived_on(&self.socket, self.set) % sets.len();
+        let set = self.home;
         if set == self.set {
             return sets[set].arm(&self.socket, self.key, interest);
         }

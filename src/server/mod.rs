@@ -324,8 +324,10 @@ impl Shared {
     }
 
     /// Hands a connection back to the poller to wait for bytes until `expires`.
-    fn park(&self, conn: Conn, expires: Instant) {
+    fn park(&self, mut conn: Conn, expires: Instant) {
         let max_held = self.config.max_waiting_bytes;
+        // Before taking the lock: it may ask the system.
+        conn.locate(self.connections.len());
         let refused = self
             .table
             .lock()
