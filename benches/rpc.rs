@@ -53,6 +53,7 @@ enum Stack {
     OursToStock,
     StockToOurs,
     OursIdle,
+    FloorCopies,
 }
 
 impl Stack {
@@ -72,6 +73,7 @@ impl Stack {
             Stack::OursToStock => "ours-x-stock",
             Stack::StockToOurs => "stock-x-ours",
             Stack::OursIdle => "ours+1k-idle",
+            Stack::FloorCopies => "floor+copies",
         }
     }
 
@@ -83,12 +85,13 @@ impl Stack {
             Stack::OursToStock => "our ThriftClient against the stock TServer",
             Stack::StockToOurs => "the stock client against our ThriftServer",
             Stack::OursIdle => "ours, while 1,000 idle connections (raw sockets that send nothing) are held open to the server",
+            Stack::FloorCopies => "the floor, plus the copies of the payload that any library serving generated code makes, as ours does: the caller's owned argument and its encoding into the request on the client, its decoding into a new vector and the response's encoding on the server (echo-64k only)",
         }
     }
 
     fn client(self) -> Side {
         match self {
-            Stack::Floor => Side::Raw,
+            Stack::Floor | Stack::FloorCopies => Side::Raw,
             Stack::Stock | Stack::StockToOurs => Side::Stock,
             Stack::Ours | Stack::OursToStock | Stack::OursIdle => Side::Ours,
         }
@@ -215,14 +218,15 @@ fn usage(problem: &str) -> ! {
          [--warmup-ms N] [--filter stack/payload/clients,...] [--no-extras] [--no-pin]\n\
          or, to run one cell once in this process and print its figures on one line:\n\
          cargo bench --bench rpc -- --cell stack/payload/clients [--duration-ms N] [--warmup-ms N]\n\
-         stacks: floor stock ours ours-x-stock stock-x-ours ours+1k-idle; payloads: add echo-1k echo-64k"
+         stacks: floor stock ours ours-x-stock stock-x-ours ours+1k-idle floor+copies; payloads: add echo-1k echo-64k"
     );
     std::process::exit(2);
 }
 
 /// Everything a cell talks to, started in the cell's own process.
 struct Servers {
-    floor: BTreeMap<Payload, (SocketAddr, Arc<Vec<u8>>, usize)>,
+    /// Floor servers by payload and whether they copy as a library would (`floor+copies`).
+    floor: BTreeMap<(Payload, bool), Floor>,
     stock: Option<SocketAddr>,
     ours: Option<ThriftServer>,
     idle: Option<ThriftServer>,
@@ -235,10 +239,12 @@ impl Servers {
         let needs = |f: &dyn Fn(&Cell) -> bool| cells.iter().any(f);
         let mut floor = BTreeMap::new();
         for payload in Payload::ALL {
-            if needs(&|c| c.stack == Stack::Floor && c.payload == payload) {
-                let (request, response) = peers::wire_bytes(payload);
-                let addr = peers::start_floor(response.clone());
-                floor.insert(payload, (addr, Arc::new(request), response.len()));
+            for (stack, copies) in [(Stack::Floor, false), (Stack::FloorCopies, true)] {
+                if needs(&|c| c.stack == stack && c.payload == payload) {
+                    let (request, response) = peers::wire_bytes(payload);
+                    let addr = peers::start_floor(response.clone(), copies);
+                    floor.insert((payload, copies), (addr, Arc::new(request), response.len()));
+                }
             }
         }
         let stock = needs(&|c| matches!(c.stack, Stack::Stock | Stack::OursToStock))
@@ -256,7 +262,8 @@ impl Servers {
 
     fn server_addr(&self, cell: &Cell) -> SocketAddr {
         match cell.stack {
-            Stack::Floor => self.floor[&cell.payload].0,
+            Stack::Floor => self.floor[&(cell.payload, false)].0,
+            Stack::FloorCopies => self.floor[&(cell.payload, true)].0,
             Stack::Stock | Stack::OursToStock => self.stock.unwrap(),
             Stack::Ours | Stack::StockToOurs => self.ours.as_ref().unwrap().local_addr(),
             Stack::OursIdle => self.idle.as_ref().unwrap().local_addr(),
@@ -335,6 +342,9 @@ fn idle_memory() -> Memory {
     }
 }
 
+/// A floor server's address, the request its clients send and the length of its response.
+type Floor = (SocketAddr, Arc<Vec<u8>>, usize);
+
 /// What a client thread calls through.
 enum Caller {
     Raw {
@@ -342,6 +352,8 @@ enum Caller {
         request: Arc<Vec<u8>>,
         response_len: usize,
         buf: Vec<u8>,
+        /// For `floor+copies`: where the request is encoded, after an owned copy is made.
+        copies: Option<Vec<u8>>,
     },
     Stock(Box<StockCalc>),
     Ours(ThriftClient<OurCalc>),
@@ -355,8 +367,19 @@ impl Caller {
                 request,
                 response_len,
                 buf,
+                copies,
             } => {
-                stream.write_all(request).map_err(|e| e.to_string())?;
+                let sent = match copies {
+                    // A generated client takes its argument by value, and encodes it.
+                    Some(encoded) => {
+                        let owned = std::hint::black_box(request.to_vec());
+                        encoded.clear();
+                        encoded.extend_from_slice(&owned);
+                        stream.write_all(encoded)
+                    }
+                    None => stream.write_all(request),
+                };
+                sent.map_err(|e| e.to_string())?;
                 let n = peers::read_frame(stream, buf).map_err(|e| e.to_string())?;
                 if n == *response_len {
                     Ok(())
@@ -587,7 +610,8 @@ fn run_cell(cell: Cell, servers: &Servers, options: &Options) -> Outcome {
     let handles: Vec<_> = (0..cell.clients)
         .map(|index| {
             let (run, data, ours) = (run.clone(), data.clone(), ours.clone());
-            let floor = servers.floor.get(&cell.payload).cloned();
+            let copies = cell.stack == Stack::FloorCopies;
+            let floor = servers.floor.get(&(cell.payload, copies)).cloned();
             let side = cell.stack.client();
             std::thread::Builder::new()
                 .name(format!("rpc-client-{index}"))
@@ -606,6 +630,7 @@ fn run_cell(cell: Cell, servers: &Servers, options: &Options) -> Outcome {
                                     request,
                                     response_len,
                                     buf: vec![0; FRAME_BUFFER],
+                                    copies: copies.then(Vec::new),
                                 })
                             }
                             Side::Stock => {
@@ -833,8 +858,8 @@ fn table(results: &Results, cells: &[Cell]) -> String {
             spread(samples, |s| s.cpu_per_call).0,
             spread(samples, |s| s.client_cpu_per_call).0,
         );
+        let other = |stack| results.paired_ratio(cell, &Cell { stack, ..*cell });
         let (vs_stock, vs_floor) = if cell.stack == Stack::Ours {
-            let other = |stack| results.paired_ratio(cell, &Cell { stack, ..*cell });
             (
                 show_ratio(other(Stack::Stock)),
                 show_ratio(other(Stack::Floor)),
@@ -930,6 +955,12 @@ fn main() {
         clients: IDLE_CELL_CLIENTS,
         stack: Stack::OursIdle,
     });
+    cells.extend(CLIENT_COUNTS.into_iter().map(|clients| Cell {
+        payload: Payload::Echo64K,
+        clients,
+        stack: Stack::FloorCopies,
+    }));
+    cells.sort();
     if let Some(label) = &options.cell {
         match cells.iter().find(|c| c.label() == *label) {
             Some(&cell) => run_alone(cell, &options),
@@ -1018,7 +1049,10 @@ fn main() {
             "Single-client cells are not pinned (`--no-pin`)."
         },
     );
-    for stack in Stack::SWEPT.into_iter().chain([Stack::OursIdle]) {
+    for stack in Stack::SWEPT
+        .into_iter()
+        .chain([Stack::OursIdle, Stack::FloorCopies])
+    {
         let _ = writeln!(report, "- `{}`: {}", stack.name(), stack.legend());
     }
     report.push('\n');
@@ -1073,6 +1107,31 @@ fn main() {
              1 h): {one:.0} ns per call on 1 thread; {many:.0} ns per call per thread with \
              {threads} threads calling at once ({} rejected calls per thread).",
             options.rejections
+        );
+    }
+    let copies: Vec<String> = CLIENT_COUNTS
+        .into_iter()
+        .filter_map(|clients| {
+            let cell = |stack| Cell {
+                payload: Payload::Echo64K,
+                clients,
+                stack,
+            };
+            let copies = results.paired_ratio(&cell(Stack::FloorCopies), &cell(Stack::Floor))?;
+            let ours = results.paired_ratio(&cell(Stack::Ours), &cell(Stack::FloorCopies));
+            Some(format!(
+                "{clients} clients {copies:.2} (ours {})",
+                show_ratio(ours)
+            ))
+        })
+        .collect();
+    if !copies.is_empty() {
+        let _ = writeln!(
+            report,
+            "- echo-64k, what the copies of the payload that generated code needs cost alone: \
+             `floor+copies` calls/s over the floor's, and in brackets ours over `floor+copies`'s: \
+             {}.",
+            copies.join(", ")
         );
     }
     let mut overhead = String::new();

@@ -156,7 +156,10 @@ pub(crate) const FRAME_BUFFER: usize = 128 * 1024;
 
 /// The floor: a thread per connection that reads a frame and writes back the prepared
 /// response, no Thrift at all. Runs until the process ends.
-pub(crate) fn start_floor(response: Vec<u8>) -> SocketAddr {
+///
+/// With `copies`, it copies as a server running generated code must: the request's payload
+/// into a new vector (the handler's owned argument), the response into the frame it sends.
+pub(crate) fn start_floor(response: Vec<u8>, copies: bool) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let addr = listener.local_addr().unwrap();
     let response = Arc::new(response);
@@ -171,8 +174,18 @@ pub(crate) fn start_floor(response: Vec<u8>) -> SocketAddr {
                     .name("floor-server".into())
                     .spawn(move || {
                         let mut buf = vec![0; FRAME_BUFFER];
-                        while read_frame(&mut stream, &mut buf).is_ok() {
-                            if stream.write_all(&response).is_err() {
+                        let mut encoded = Vec::new();
+                        while let Ok(len) = read_frame(&mut stream, &mut buf) {
+                            let sent = if copies {
+                                let decoded = std::hint::black_box(buf[..len].to_vec());
+                                encoded.clear();
+                                encoded.extend_from_slice(&response);
+                                drop(decoded);
+                                stream.write_all(&encoded)
+                            } else {
+                                stream.write_all(&response)
+                            };
+                            if sent.is_err() {
                                 break;
                             }
                         }
