@@ -1119,8 +1119,9 @@ fn main() {
             };
             let copies = results.paired_ratio(&cell(Stack::FloorCopies), &cell(Stack::Floor))?;
             let ours = results.paired_ratio(&cell(Stack::Ours), &cell(Stack::FloorCopies));
+            let plural = if clients == 1 { "" } else { "s" };
             Some(format!(
-                "{clients} clients {copies:.2} (ours {})",
+                "{clients} client{plural} {copies:.2} (ours {})",
                 show_ratio(ours)
             ))
         })
