@@ -80,7 +80,7 @@ impl ServerConfig {
     /// usually wait on I/O of their own, so a few more threads than a small machine has cores keep
     /// it busy without much memory. Handlers that only compute are served best by about two
     /// workers per core: with more, a worker on a saturated machine is often taken off its CPU
-    /// while it holds a connection (64 busy clients on 2 cores: p99 1.3x to 1.4x higher with 16
+    /// while it holds a connection (64 busy clients on 2 cores: p99 1.3x to 1.6x higher with 16
     /// workers than with 4, for the same calls/s). 0 is treated as 1.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
