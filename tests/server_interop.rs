@@ -179,6 +179,42 @@ fn a_shed_request_reaches_the_python_client_as_a_tapplicationexception() {
             .max_queue_wait(Duration::from_millis(50)),
     );
     let addr = server.local_addr();
+    // Python starts (which can take longer than the worker is held on a loaded machine) and
+    // connects first, and calls only once told to.
+    let script = format!(
+        r#"
+import sys
+sys.path.insert(0, {gen:?})
+from thrift.Thrift import TApplicationException
+from thrift.transport import TSocket, TTransport
+from thrift.protocol import TBinaryProtocol
+from calculator import Calculator
+transport = TTransport.TFramedTransport(TSocket.TSocket("127.0.0.1", {port}))
+client = Calculator.Client(TBinaryProtocol.TBinaryProtocol(transport))
+transport.open()
+print("ready", flush=True)
+sys.stdin.readline()
+try:
+    client.add(1, 2)
+    print("answered")
+except TApplicationException as e:
+    print("TApplicationException", e.type, e.message)
+"#,
+        gen = format!("{}/tests/peers/gen-py", env!("CARGO_MANIFEST_DIR")),
+        port = addr.port()
+    );
+    let mut python = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(python.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready", "the Python client did not start");
+
     // The only worker is busy for 600 ms; the Python call waits behind it, past the bound.
     let holder = std::thread::spawn(move || {
         let client: blocking_thrift::ThriftClient<support::Calc> =
@@ -192,35 +228,14 @@ fn a_shed_request_reaches_the_python_client_as_a_tapplicationexception() {
     assert!(support::wait_until(Duration::from_secs(10), || {
         server.stats().busy_workers == 1
     }));
-    let script = format!(
-        r#"
-import sys
-sys.path.insert(0, {gen:?})
-from thrift.Thrift import TApplicationException
-from thrift.transport import TSocket, TTransport
-from thrift.protocol import TBinaryProtocol
-from calculator import Calculator
-transport = TTransport.TFramedTransport(TSocket.TSocket("127.0.0.1", {port}))
-client = Calculator.Client(TBinaryProtocol.TBinaryProtocol(transport))
-transport.open()
-try:
-    client.add(1, 2)
-    print("answered")
-except TApplicationException as e:
-    print("TApplicationException", e.type, e.message)
-"#,
-        gen = format!("{}/tests/peers/gen-py", env!("CARGO_MANIFEST_DIR")),
-        port = addr.port()
-    );
-    let out = std::process::Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    std::io::Write::write_all(python.stdin.as_mut().unwrap(), b"go\n").unwrap();
+    let out = python.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     assert!(
-        stdout.starts_with("TApplicationException 0 server overloaded:")
-            && stdout.contains("did not run"),
-        "{stdout}{}",
+        rest.starts_with("TApplicationException 0 server overloaded:")
+            && rest.contains("did not run"),
+        "{rest}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     holder.join().unwrap().unwrap();
