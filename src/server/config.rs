@@ -78,10 +78,11 @@ impl ServerConfig {
     /// Idle connections never hold a worker, so this bounds how many requests run at the same
     /// time, not how many clients can stay connected. Defaults to 8: handlers of a blocking server
     /// usually wait on I/O of their own, so a few more threads than a small machine has cores keep
-    /// it busy without much memory. Handlers that only compute are served best by about two
-    /// workers per core: with more, a worker on a saturated machine is often taken off its CPU
-    /// while it holds a connection (64 busy clients on 2 cores: p99 1.3x to 1.6x higher with 16
-    /// workers than with 4, for the same calls/s). 0 is treated as 1.
+    /// it busy without much memory. At most two workers per core take ready connections
+    /// themselves; the others are reserves, handed work by the poller when those two are not
+    /// enough, and at once while handlers hold them: on a saturated machine, more workers
+    /// taking than the cores can run are taken off their CPU while they hold a connection.
+    /// 0 is treated as 1.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = workers.max(1);
         self

@@ -64,6 +64,17 @@ fn arrived_on(socket: &TcpStream, otherwise: usize) -> usize {
 /// from further away.
 const LOCATE_EVERY: u8 = 4;
 
+thread_local! {
+    /// Whether this worker thread counts its time in handlers (see [`count_handlers`]).
+    static COUNTS_HANDLERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes this worker thread, a taker in a pool with reserves, count when it runs the processor,
+/// so that the reserves are handed work while handlers hold too many takers.
+pub(super) fn count_handlers() {
+    COUNTS_HANDLERS.with(|counts| counts.set(true));
+}
+
 /// The most reads [`Conn::shed_unwanted`] makes to take in what a queued connection brought.
 const MAX_SHED_READS: usize = 64;
 
@@ -419,6 +430,10 @@ impl Conn {
         counters.requests.bump();
         let message = &self.input.available()[request.skip..request.skip + request.len];
         self.output.clear();
+        let counted = COUNTS_HANDLERS.with(|counts| counts.get());
+        if counted {
+            shared.taker_enters_handler();
+        }
         // The response is sent before closing for what comes after.
         let answered: Result<Option<Closed>, Closed> = match config.transport {
             Transport::Framed => {
@@ -453,6 +468,9 @@ impl Conn {
                 }
             }
         };
+        if counted {
+            shared.taker_leaves_handler();
+        }
         // Whatever the processor left unread of the message is skipped with it.
         self.input.consume(request.skip + request.len);
         self.started = (!self.input.available().is_empty()).then(Instant::now);
