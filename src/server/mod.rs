@@ -187,8 +187,9 @@ struct Shared {
     /// How many workers take ready connections from the sets themselves (see
     /// [`TAKERS_PER_CPU`]); the others are reserves, which serve what the poller queues.
     takers: usize,
-    /// The CPUs this process may run on.
-    cpus: usize,
+    /// How many takers should be free of the processor, ready to run: one per CPU, at most
+    /// all of them.
+    free_takers_wanted: usize,
     /// Reserves waiting on the channel.
     idle_reserves: AtomicUsize,
     /// When a connection was last queued with no free worker to take it.
@@ -301,7 +302,7 @@ impl Shared {
     /// are running, and may be blocked.
     fn takers_held(&self) -> bool {
         let in_handlers = self.counters.takers_in_handlers.get() as usize;
-        self.takers.saturating_sub(in_handlers) < self.cpus.min(self.takers)
+        self.takers.saturating_sub(in_handlers) < self.free_takers_wanted
     }
 
     /// Whether some workers are reserves.
@@ -318,9 +319,14 @@ impl Shared {
             && !self.watching.load(Ordering::SeqCst)
             && self.takers_held()
         {
-            if let Err(err) = self.events.wake() {
-                error!(target: TARGET, "cannot wake the poller thread: {err}");
-            }
+            self.wake_poller();
+        }
+    }
+
+    /// Wakes the poller thread to look at what it should watch, or to stop.
+    fn wake_poller(&self) {
+        if let Err(err) = self.events.wake() {
+            error!(target: TARGET, "cannot wake the poller thread: {err}");
         }
     }
 
@@ -371,9 +377,7 @@ impl Shared {
         // Either the poller sees this worker waiting before it stops watching, or this sees it
         // stopped and wakes it (both sides are sequentially consistent).
         if !self.watching.load(Ordering::SeqCst) {
-            if let Err(err) = self.events.wake() {
-                error!(target: TARGET, "cannot wake the poller thread: {err}");
-            }
+            self.wake_poller();
         }
         let next = work.recv().ok();
         self.idle_workers.fetch_sub(1, Ordering::SeqCst);
@@ -541,7 +545,7 @@ impl ThriftServer {
             free_workers: AtomicUsize::new(0),
             idle_workers: AtomicUsize::new(0),
             takers,
-            cpus,
+            free_takers_wanted: cpus.min(takers),
             idle_reserves: AtomicUsize::new(0),
             shortage: Shortage::new(Instant::now()),
             watching: AtomicBool::new(true),
@@ -711,9 +715,7 @@ impl ThriftServer {
         let deadline = Instant::now() + self.shared.config.drain_timeout;
         info!(target: TARGET, "stopping the server on {}", self.local_addr);
         self.shared.stopping.store(true, Ordering::SeqCst);
-        if let Err(err) = self.shared.events.wake() {
-            error!(target: TARGET, "cannot wake the poller thread: {err}");
-        }
+        self.shared.wake_poller();
         if threads.poller.join().is_err() {
             error!(target: TARGET, "the poller thread panicked");
         }
