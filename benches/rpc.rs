@@ -858,8 +858,8 @@ fn table(results: &Results, cells: &[Cell]) -> String {
             spread(samples, |s| s.cpu_per_call).0,
             spread(samples, |s| s.client_cpu_per_call).0,
         );
-        let other = |stack| results.paired_ratio(cell, &Cell { stack, ..*cell });
         let (vs_stock, vs_floor) = if cell.stack == Stack::Ours {
+            let other = |stack| results.paired_ratio(cell, &Cell { stack, ..*cell });
             (
                 show_ratio(other(Stack::Stock)),
                 show_ratio(other(Stack::Floor)),
