@@ -23,6 +23,9 @@ const READ_BUFFER: usize = 16 * 1024;
 /// A read buffer grown larger than this is given back once its message is read.
 const KEEP_READ_BUFFER: usize = 64 * 1024;
 
+/// The capacity a write buffer starts with: room for any ordinary request.
+const WRITE_BUFFER: usize = 4 * 1024;
+
 /// A write buffer larger than this is given back after its message is sent.
 const KEEP_WRITE_BUFFER: usize = 64 * 1024;
 
@@ -221,13 +224,14 @@ pub(crate) fn split(
         max_message_size,
         socket_timeout,
     };
-    let writer = Writer {
+    let mut writer = Writer {
         state: state.clone(),
-        buf: if framed { vec![0; 4] } else { Vec::new() },
+        buf: Vec::with_capacity(WRITE_BUFFER),
         framed,
         max_message_size,
         socket_timeout,
     };
+    writer.reset();
     Ok((state, reader, writer))
 }
 
@@ -593,6 +597,10 @@ impl Reader {
 /// in a response is usually only the stops of the structs around it.
 const DIRECT_TAIL: usize = 64;
 
+/// Room a write that grows the request buffer leaves past itself, for the bytes that end the
+/// message (the stops of the structs around a large string).
+const WRITE_TAIL: usize = 64;
+
 /// The writing side of a client connection: collects a message and sends it, frame header
 /// included, with one `write`.
 #[derive(Debug)]
@@ -620,9 +628,17 @@ impl Writer {
         )
     }
 
+    /// Makes room for `more` bytes, and [`WRITE_TAIL`] past them: a large string or binary is
+    /// usually followed by a few bytes only, which should not double the buffer (and copy it).
+    /// Growth stays amortized: `reserve` at least doubles the capacity.
+    #[cold]
+    fn grow(&mut self, more: usize) {
+        self.buf.reserve(more.saturating_add(WRITE_TAIL));
+    }
+
     fn reset(&mut self) {
         if self.buf.capacity() > KEEP_WRITE_BUFFER {
-            self.buf = Vec::new();
+            self.buf = Vec::with_capacity(WRITE_BUFFER);
         }
         self.buf.clear();
         if self.framed {
@@ -647,6 +663,9 @@ impl Write for Writer {
         // Refused as soon as it is too large, so a huge request is never held in memory.
         if len > self.max_message_size {
             return Err(self.refuse(len));
+        }
+        if data.len() > self.buf.capacity() - self.buf.len() {
+            self.grow(data.len());
         }
         self.buf.extend_from_slice(data);
         Ok(())
@@ -697,6 +716,7 @@ impl Write for Writer {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
     use std::net::TcpListener;
 
     use thrift::protocol::{TInputProtocol, TMessageType};
@@ -838,5 +858,36 @@ mod tests {
         let message = input(reader).read_message_begin().unwrap();
         assert_eq!(message.name, name);
         assert_eq!(message.sequence_number, 9);
+    }
+
+    #[test]
+    fn a_large_request_is_sent_whole_from_a_buffer_not_much_larger_than_itself() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let (state, _reader, mut writer) =
+            split(client, Transport::Framed, Duration::from_secs(5), 1 << 20).unwrap();
+        state.arm(Duration::from_secs(5));
+        let payload = vec![7u8; 64 * 1024];
+        for round in 0..3u8 {
+            // As a protocol writes a binary field: small pieces, the bytes, then the stops.
+            writer.write_all(&[0x80, 0x01, 0x00, round]).unwrap();
+            writer
+                .write_all(&(payload.len() as u32).to_be_bytes())
+                .unwrap();
+            writer.write_all(&payload).unwrap();
+            writer.write_all(&[0]).unwrap();
+            writer.write_all(&[0]).unwrap();
+            let held = writer.buf.capacity();
+            assert!(held < payload.len() + 1024, "buffer of {held} bytes");
+            writer.flush().unwrap();
+
+            let mut frame = vec![0; 4 + 4 + 4 + payload.len() + 2];
+            peer.read_exact(&mut frame).unwrap();
+            assert_eq!(frame[..4], ((frame.len() - 4) as u32).to_be_bytes());
+            assert_eq!(frame[4..8], [0x80, 0x01, 0x00, round]);
+            assert!(frame[12..12 + payload.len()] == payload[..]);
+            assert_eq!(frame[frame.len() - 2..], [0, 0]);
+        }
     }
 }
