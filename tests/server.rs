@@ -6,6 +6,7 @@ mod service;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -1329,6 +1330,80 @@ fn a_request_that_waited_too_long_for_a_worker_is_answered_at_once_without_runni
     waiting.write_all(&add(8, 2, 3)).unwrap();
     let reply = read_reply(&mut waiting, Transport::Framed, Protocol::Binary);
     assert_eq!((reply.seq, reply.result), (8, Some(5)));
+}
+
+/// Runs this thread, and the threads it starts from now on, on the CPU it is on.
+fn pin_this_thread_to_one_cpu() {
+    // SAFETY: the set is initialized before use and only read by the call, for the size given.
+    #[allow(unsafe_code)]
+    unsafe {
+        let cpu = libc::sched_getcpu().max(0) as usize;
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[test]
+fn a_shed_request_is_counted_by_the_time_its_client_has_the_reply() {
+    let _lock = shared_lock();
+    // On one CPU with the server's threads (which inherit it), the reply's wake-up puts this
+    // thread in place of the worker that sent it, and it reads the stats before the worker
+    // has gone on: the race at its most likely.
+    pin_this_thread_to_one_cpu();
+    let (handler, release) = Special::gated();
+    let config = ServerConfig::default()
+        .workers(1)
+        .max_queue_wait(Duration::from_millis(5));
+    let server = serve(handler, config);
+    let addr = server.local_addr();
+    let (go, went) = crossbeam_channel::unbounded::<()>();
+    let busy = thread::spawn(move || {
+        let mut client = framed_binary(addr);
+        while went.recv().is_ok() {
+            // On a loaded machine the slow call itself may wait too long and be shed: again.
+            let mut answer = client.slow(1);
+            while let Err(thrift::Error::Application(e)) = &answer {
+                assert!(e.message.starts_with("server overloaded: "), "{e}");
+                answer = client.slow(1);
+            }
+            assert_eq!(answer.unwrap(), 1);
+        }
+    });
+    // A thread that keeps the CPU busy, as a loaded machine does: the worker then runs in
+    // slices, and is often taken off the CPU as it sends.
+    let spinning = Arc::new(AtomicBool::new(true));
+    let spinner = thread::spawn({
+        let spinning = spinning.clone();
+        move || {
+            while spinning.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        }
+    });
+    let mut waiting = raw(addr);
+    // The window is the time between the reply leaving and the count: many tries to hit it.
+    for trial in 1..=60 {
+        go.send(()).unwrap();
+        wait_for_stats(&server, "the slow call holds the only worker", |s| {
+            s.busy_workers == 1
+        });
+        let shed_before = server.stats().shed_requests;
+        waiting.write_all(&add(trial, 1, 2)).unwrap();
+        thread::sleep(Duration::from_millis(20));
+        release.send(()).unwrap();
+        let reply = read_reply(&mut waiting, Transport::Framed, Protocol::Binary);
+        assert_eq!((reply.kind, reply.seq), (TMessageType::Exception, trial));
+        assert_eq!(
+            server.stats().shed_requests,
+            shed_before + 1,
+            "trial {trial}"
+        );
+    }
+    spinning.store(false, Ordering::Relaxed);
+    spinner.join().unwrap();
+    drop(go);
+    busy.join().unwrap();
 }
 
 #[test]

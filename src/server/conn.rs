@@ -372,6 +372,8 @@ impl Conn {
                 Ok(None) => break,
                 Err(refused) => return Some((Next::Close(Closed::Refused(refused)), shed)),
             };
+            // Counted before its reply goes out: a client holding the reply finds it counted.
+            shared.count_shed();
             if let Some(reason) = &reason {
                 self.output.clear();
                 if config.transport == Transport::Framed {

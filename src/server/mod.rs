@@ -430,14 +430,19 @@ impl Shared {
         self.discard(conn);
     }
 
-    /// Counts requests shed, and says so in the log at most once a second, however many.
+    /// Counts a request shed.
+    pub(super) fn count_shed(&self) {
+        self.counters.shed.fetch_add(1, Ordering::Relaxed);
+        self.counters.shed_unlogged.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Says in the log that requests were shed (`shed` of them just now, already counted), at
+    /// most once a second, however many.
     fn note_shed(&self, shed: u64, waited: Duration) {
         if shed == 0 {
             return;
         }
         let counters = &self.counters;
-        counters.shed.fetch_add(shed, Ordering::Relaxed);
-        counters.shed_unlogged.fetch_add(shed, Ordering::Relaxed);
         let now = crate::clock::monotonic_nanos();
         let last = counters.shed_logged_at.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= nanos(SHED_LOG_EVERY)
