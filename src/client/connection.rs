@@ -20,6 +20,10 @@ use crate::wire::Transport;
 /// Size of the read buffer, which also decides the largest read that is copied.
 const READ_BUFFER: usize = 16 * 1024;
 
+/// What the first read of a response asks for when the response before it was larger than
+/// [`READ_BUFFER`]: its headers and the start of its payload.
+const SMALL_FIRST_READ: usize = 512;
+
 /// A read buffer grown larger than this is given back once its message is read.
 const KEEP_READ_BUFFER: usize = 64 * 1024;
 
@@ -227,6 +231,8 @@ pub(crate) fn split(
         consumed: 0,
         max_message_size,
         socket_timeout,
+        last_was_large: false,
+        small_first_read: false,
     };
     let mut writer = Writer {
         state: state.clone(),
@@ -385,11 +391,20 @@ pub(crate) struct Reader {
     max_message_size: usize,
     /// The socket's timeout in this direction, in nanoseconds.
     socket_timeout: u64,
+    /// The latest response was larger than [`READ_BUFFER`].
+    last_was_large: bool,
+    /// The next read asks for [`SMALL_FIRST_READ`] bytes only.
+    small_first_read: bool,
 }
 
 impl Reader {
     fn fill(&mut self) -> io::Result<usize> {
-        let n = receive(&self.state, &mut self.socket_timeout, &mut self.buf[..])?;
+        let want = if std::mem::take(&mut self.small_first_read) {
+            SMALL_FIRST_READ.min(self.buf.len())
+        } else {
+            self.buf.len()
+        };
+        let n = receive(&self.state, &mut self.socket_timeout, &mut self.buf[..want])?;
         self.pos = 0;
         self.end = n;
         Ok(n)
@@ -498,12 +513,20 @@ impl Source for Reader {
     }
 
     fn begin_message(&mut self) -> io::Result<()> {
+        if self.frame.is_none() {
+            self.last_was_large = self.consumed > READ_BUFFER;
+        }
+        // A response that follows a large one is likely large too: its first read takes only
+        // its first bytes, so that a long string in it goes straight into its own vector
+        // instead of filling the buffer to be copied out of it.
+        self.small_first_read = self.last_was_large && self.pos == self.end;
         match self.frame {
             // Empty frames carry no message: skip them.
             Some(0) => loop {
                 let len = self.read_frame_header()?;
                 if len > 0 {
                     self.frame = Some(len);
+                    self.last_was_large = len > READ_BUFFER;
                     break;
                 }
             },
@@ -862,6 +885,52 @@ mod tests {
         let message = input(reader).read_message_begin().unwrap();
         assert_eq!(message.name, name);
         assert_eq!(message.sequence_number, 9);
+    }
+
+    #[test]
+    fn responses_of_every_size_after_large_ones_are_read_whole() {
+        // A response after a large one is read first in a small piece: whatever its size, and
+        // with or without frames, it must come out whole.
+        let names: Vec<String> = [40_000, 1_000, 40_000, 3, 600, 20_000, 17_000, 1]
+            .iter()
+            .map(|&len| "n".repeat(len))
+            .collect();
+        for transport in [Transport::Framed, Transport::Buffered] {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (mut peer, _) = listener.accept().unwrap();
+            let (state, reader, _writer) =
+                split(client, transport, Duration::from_secs(30), 1 << 20).unwrap();
+            state.arm(Duration::from_secs(30));
+            let (asked, asks) = std::sync::mpsc::channel::<()>();
+            let sent = names.clone();
+            let server = std::thread::spawn(move || {
+                // As a server answers: each response once the one before it has been read.
+                for (seq, name) in sent.iter().enumerate() {
+                    asks.recv().unwrap();
+                    let message = reply(name, seq as i32);
+                    let bytes = match transport {
+                        Transport::Framed => framed(&message),
+                        Transport::Buffered => message,
+                    };
+                    peer.write_all(&bytes).unwrap();
+                }
+                peer
+            });
+            let mut input = input(reader);
+            for (seq, name) in names.iter().enumerate() {
+                asked.send(()).unwrap();
+                let message = input.read_message_begin().unwrap();
+                assert_eq!(
+                    message.name.len(),
+                    name.len(),
+                    "{transport:?}, response {seq}"
+                );
+                assert_eq!(message.sequence_number, seq as i32);
+                assert!(state.is_clean());
+            }
+            drop(server.join().unwrap());
+        }
     }
 
     #[test]
