@@ -1390,6 +1390,10 @@ fn a_shed_request_is_counted_by_the_time_its_client_has_the_reply() {
         });
         let shed_before = server.stats().shed_requests;
         waiting.write_all(&add(trial, 1, 2)).unwrap();
+        wait_for_stats(&server, "the request is queued", |s| {
+            s.queued_connections == 1
+        });
+        // Its wait in the queue, past `max_queue_wait`: the server's own clock, not injectable.
         thread::sleep(Duration::from_millis(20));
         release.send(()).unwrap();
         let reply = read_reply(&mut waiting, Transport::Framed, Protocol::Binary);
