@@ -138,6 +138,8 @@ struct Options {
     pin_single: bool,
     /// Run only this cell, once, in this process, and print its outcome (see [`Outcome::line`]).
     cell: Option<String>,
+    /// Worker threads of every server but the floor's.
+    workers: usize,
 }
 
 impl Options {
@@ -156,6 +158,7 @@ impl Options {
                 extras: true,
                 pin_single: true,
                 cell: None,
+                workers: SERVER_WORKERS,
             }
         } else {
             Options {
@@ -172,6 +175,7 @@ impl Options {
                 extras: true,
                 pin_single: true,
                 cell: None,
+                workers: SERVER_WORKERS,
             }
         };
         let mut args = args.into_iter();
@@ -194,6 +198,7 @@ impl Options {
                 "--no-extras" => o.extras = false,
                 "--no-pin" => o.pin_single = false,
                 "--cell" => o.cell = Some(value("--cell")),
+                "--workers" => o.workers = parse::<usize>(&value("--workers")).max(1),
                 other => usage(&format!("unknown argument {other:?}")),
             }
         }
@@ -215,9 +220,9 @@ fn parse<T: std::str::FromStr>(s: &str) -> T {
 fn usage(problem: &str) -> ! {
     eprintln!(
         "{problem}\nusage: cargo bench --bench rpc -- [--quick] [--rounds N] [--duration-ms N] \
-         [--warmup-ms N] [--filter stack/payload/clients,...] [--no-extras] [--no-pin]\n\
+         [--warmup-ms N] [--filter stack/payload/clients,...] [--no-extras] [--no-pin] [--workers N]\n\
          or, to run one cell once in this process and print its figures on one line:\n\
-         cargo bench --bench rpc -- --cell stack/payload/clients [--duration-ms N] [--warmup-ms N]\n\
+         cargo bench --bench rpc -- --cell stack/payload/clients [--duration-ms N] [--warmup-ms N] [--workers N]\n\
          stacks: floor stock ours ours-x-stock stock-x-ours ours+1k-idle floor+copies; payloads: add echo-1k echo-64k"
     );
     std::process::exit(2);
@@ -235,7 +240,8 @@ struct Servers {
 }
 
 impl Servers {
-    fn start(cells: &[Cell]) -> Servers {
+    /// The servers `cells` need, ours and the stock one with `workers` workers.
+    fn start(cells: &[Cell], workers: usize) -> Servers {
         let needs = |f: &dyn Fn(&Cell) -> bool| cells.iter().any(f);
         let mut floor = BTreeMap::new();
         for payload in Payload::ALL {
@@ -248,9 +254,9 @@ impl Servers {
             }
         }
         let stock = needs(&|c| matches!(c.stack, Stack::Stock | Stack::OursToStock))
-            .then(peers::start_stock);
+            .then(|| peers::start_stock_with(workers));
         let ours = needs(&|c| matches!(c.stack, Stack::Ours | Stack::StockToOurs))
-            .then(|| peers::start_ours("ours"));
+            .then(|| peers::start_ours_with("ours", workers));
         Servers {
             floor,
             stock,
@@ -290,8 +296,8 @@ struct Memory {
 
 /// Starts the server of the `ours+1k-idle` cell and opens its idle connections; returns once
 /// the server has accepted them all (or 10 s have passed).
-fn start_idle(servers: &mut Servers) {
-    let server = peers::start_ours("idle");
+fn start_idle(servers: &mut Servers, workers: usize) {
+    let server = peers::start_ours_with("idle", workers);
     servers.held = open_idle(server.local_addr(), IDLE_CONNECTIONS);
     await_open(&server, IDLE_CONNECTIONS);
     servers.idle = Some(server);
@@ -493,6 +499,7 @@ fn run_in_own_process(cell: Cell, options: &Options) -> Outcome {
         .args(["--cell", &cell.label()])
         .args(["--warmup-ms", &options.warmup.as_millis().to_string()])
         .args(["--duration-ms", &options.duration.as_millis().to_string()])
+        .args(["--workers", &options.workers.to_string()])
         .stderr(std::process::Stdio::inherit());
     if options.quick {
         command.arg("--quick");
@@ -514,9 +521,9 @@ fn run_in_own_process(cell: Cell, options: &Options) -> Outcome {
 
 /// The body of a cell's process: its servers, the cell once, the outcome on stdout.
 fn run_alone(cell: Cell, options: &Options) -> ! {
-    let mut servers = Servers::start(&[cell]);
+    let mut servers = Servers::start(&[cell], options.workers);
     if cell.stack == Stack::OursIdle {
-        start_idle(&mut servers);
+        start_idle(&mut servers, options.workers);
     }
     let outcome = run_cell(cell, &servers, options);
     println!("{}", outcome.line());
@@ -1030,7 +1037,7 @@ fn main() {
          own with fresh servers, so none inherits threads, connections or their placement on the \
          CPUs from the cells before it. Per cell {} ms warm-up, then {} ms measured. Figures are medians over rounds (calls/s also min–max); \
          a ratio is the median over rounds of the two cells' ratio in the same round. \
-         Both servers run {SERVER_WORKERS} worker threads whatever the number of clients. A cell is \
+         Both servers run {} worker threads whatever the number of clients. A cell is \
          starved when some client finished no call within {} s. CPU per call is the whole process \
          (clients and servers share it): getrusage(RUSAGE_SELF) user+sys over the measured window \
          divided by calls; client CPU is the client threads' own CPU time (CLOCK_THREAD_CPUTIME_ID) \
@@ -1039,6 +1046,7 @@ fn main() {
         options.rounds,
         options.warmup.as_millis(),
         options.duration.as_millis(),
+        options.workers,
         options.starve_after.as_secs_f64(),
         if options.pin_single {
             "Single-client cells run with every thread of the process pinned to one CPU: \

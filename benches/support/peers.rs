@@ -197,16 +197,11 @@ pub(crate) fn start_floor(response: Vec<u8>, copies: bool) -> SocketAddr {
     addr
 }
 
-/// The `thrift` crate's own threaded server, framed binary, [`SERVER_WORKERS`] workers.
+/// The `thrift` crate's own threaded server, framed binary, with `workers` workers.
 ///
 /// `TServer` has no way to stop and only binds an address itself, so it runs on a thread
 /// that is left behind (the benchmark ends with `process::exit`) on a port found free just
 /// before; a lost race for that port is retried on another.
-pub(crate) fn start_stock() -> SocketAddr {
-    start_stock_with(SERVER_WORKERS)
-}
-
-/// [`start_stock`] with `workers` workers.
 pub(crate) fn start_stock_with(workers: usize) -> SocketAddr {
     for _ in 0..20 {
         let addr = {
