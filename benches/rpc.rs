@@ -311,8 +311,8 @@ fn await_open(server: &ThriftServer, connections: usize) {
 }
 
 /// The resident memory idle connections cost our server, measured in this process before any
-/// cell runs.
-fn idle_memory() -> Memory {
+/// cell runs, on `workers` workers.
+fn idle_memory(workers: usize) -> Memory {
     let rss = || sys::rss_bytes().unwrap_or(0) as f64;
     let settle = || std::thread::sleep(Duration::from_millis(300));
 
@@ -332,7 +332,7 @@ fn idle_memory() -> Memory {
     settle();
     let baseline = (rss() - before) / IDLE_CONNECTIONS as f64;
 
-    let server = peers::start_ours("idle");
+    let server = peers::start_ours_with("idle", workers);
     settle();
     let before = rss();
     let held = open_idle(server.local_addr(), IDLE_CONNECTIONS);
@@ -979,7 +979,7 @@ fn main() {
         usage("--filter selects no cell");
     }
 
-    let memory = options.extras.then(idle_memory);
+    let memory = options.extras.then(|| idle_memory(options.workers));
 
     let mut results = Results::default();
     for round in 0..options.rounds {

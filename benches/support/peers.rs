@@ -239,13 +239,8 @@ pub(crate) fn start_stock_with(workers: usize) -> SocketAddr {
     panic!("the stock thrift server did not start");
 }
 
-/// This crate's server, default settings but for [`SERVER_WORKERS`] workers and an idle
-/// timeout longer than the benchmark, so held idle connections stay open throughout.
-pub(crate) fn start_ours(name: &str) -> ThriftServer {
-    start_ours_with(name, SERVER_WORKERS)
-}
-
-/// [`start_ours`] with `workers` workers.
+/// This crate's server, default settings but for `workers` workers and an idle timeout longer
+/// than the benchmark, so held idle connections stay open throughout.
 pub(crate) fn start_ours_with(name: &str, workers: usize) -> ThriftServer {
     let config = ServerConfig::default()
         .workers(workers)
