@@ -468,6 +468,31 @@ fn direct_calls_are_retried_too() {
 }
 
 #[test]
+fn an_oversized_request_is_refused_once_and_opens_no_breaker() {
+    let (a, b) = (named("a"), named("b"));
+    let config = patient().max_message_size(64 * 1024).maxfail(0);
+    let multi = fixed(&[a.endpoint(), b.endpoint()], config);
+    let err = multi.call(|c| c.echo(vec![7; 100 * 1024])).unwrap_err();
+    assert!(matches!(err, Error::RequestTooLarge { .. }), "{err}");
+    for _ in 0..3 {
+        let err = Error::from(multi.direct().echo(vec![7; 100 * 1024]).unwrap_err());
+        assert!(matches!(err, Error::RequestTooLarge { .. }), "{err}");
+    }
+    // Nothing was sent, retried or counted: with maxfail 0 one failure would open a breaker.
+    let stats = multi.stats();
+    assert_eq!(stats.retries, 0);
+    assert!(
+        stats.endpoints.iter().all(|(_, s)| s.failures == 0),
+        "{stats:?}"
+    );
+    assert!(multi
+        .endpoints()
+        .iter()
+        .all(|(_, state)| *state == BreakerState::Closed));
+    assert_eq!(multi.direct().add(1, 2).unwrap(), 3);
+}
+
+#[test]
 fn the_deadline_fires_within_milliseconds_of_its_time() {
     let a = named("a");
     // Long enough that a socket's own timeout would fire up to a quarter of a second late on

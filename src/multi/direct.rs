@@ -145,6 +145,7 @@ enum Reply {
     Exception(std::ops::Range<usize>),
 }
 
+/// The limits the generated code reads a response's copy with.
 fn limits(config: &ClientConfig) -> TConfiguration {
     let max = Some(config.max_message_size);
     TConfiguration::builder()
@@ -202,10 +203,9 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
             oneway: self.oneway,
         };
         let mut copy = std::mem::take(&mut self.spare);
-        let limits = &self.limits;
         let result = self
             .client
-            .run(|client, deadline| attempt(client, deadline, &request, &mut copy, limits));
+            .run(|client, deadline| attempt(client, deadline, &request, &mut copy));
         match result {
             Ok(Reply::Sent) => {
                 self.spare = copy;
@@ -236,13 +236,12 @@ fn attempt<C: TThriftClient>(
     deadline: Option<Instant>,
     request: &Request<'_>,
     copy: &mut Vec<u8>,
-    limits: &TConfiguration,
 ) -> Result<Reply, Error> {
     let endpoint = client.calls();
     let mut call = endpoint.begin(deadline)?;
     copy.clear();
     let mut out = TBinaryOutputProtocol::new(std::mem::take(copy), true);
-    let result = talk(call.client(), request, &mut out, limits).and_then(|reply| {
+    let result = talk(call.client(), request, &mut out).and_then(|reply| {
         call.connection().check_clean()?;
         Ok(reply)
     });
@@ -285,9 +284,12 @@ fn talk<C: TThriftClient>(
     client: &mut C,
     request: &Request<'_>,
     copy: &mut TBinaryOutputProtocol<Vec<u8>>,
-    limits: &TConfiguration,
 ) -> thrift::Result<Reply> {
-    let mut recorded = TBinaryInputProtocol::with_config(request.bytes, true, limits.clone());
+    // The recorded request is this process's own encoding: replayed without limits, so that a
+    // request over `max_message_size` reaches the connection's writer, which refuses it before
+    // anything is sent (`Error::RequestTooLarge`, not the endpoint's failure).
+    let mut recorded =
+        TBinaryInputProtocol::with_config(request.bytes, true, TConfiguration::no_limits());
     let mut send = Mirrored {
         input: &mut recorded,
         copy: client.o_prot_mut(),
