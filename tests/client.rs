@@ -97,6 +97,50 @@ fn pool_wait_times_out_when_every_connection_is_busy() {
     assert_eq!(calc.breaker_state(), BreakerState::Closed);
 }
 
+/// Holds one of `calc`'s connections busy until the returned barrier is passed.
+fn hold_a_connection(calc: &ThriftClient<Calc>) -> (std::thread::JoinHandle<()>, Arc<Barrier>) {
+    let busy = Arc::new(Barrier::new(2));
+    let release = Arc::new(Barrier::new(2));
+    let holder = {
+        let (calc, busy, release) = (calc.clone(), busy.clone(), release.clone());
+        std::thread::spawn(move || {
+            calc.call(|c| {
+                busy.wait();
+                release.wait();
+                c.ping()
+            })
+            .unwrap()
+        })
+    };
+    busy.wait();
+    (holder, release)
+}
+
+#[test]
+fn a_zero_pool_timeout_fails_only_when_every_connection_is_busy() {
+    let server = server();
+    let config = ClientConfig::default()
+        .pool_size(2)
+        .pool_timeout(Duration::ZERO)
+        .read_timeout(Duration::from_secs(10));
+    for _ in 0..50 {
+        // The first call of a fresh client, and the first to need a second connection: no
+        // connection is busy for them, so neither may fail for want of one.
+        let calc = client(&server.endpoint(), config.clone());
+        assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+        let (first, release_first) = hold_a_connection(&calc);
+        assert_eq!(calc.call(|c| c.add(2, 3)).unwrap(), 5);
+        // Both busy: a call fails at once.
+        let (second, release_second) = hold_a_connection(&calc);
+        let err = calc.call(|c| c.ping()).unwrap_err();
+        assert!(matches!(err, Error::Timeout(Timeout::PoolWait)), "{err}");
+        for (holder, release) in [(first, release_first), (second, release_second)] {
+            release.wait();
+            holder.join().unwrap();
+        }
+    }
+}
+
 #[test]
 fn response_timeout_fires_near_read_timeout_and_the_next_call_gets_its_own_answer() {
     let server = server();

@@ -247,8 +247,10 @@ impl<C> Pool<C> {
         };
         let tokens = r2d2::Pool::builder()
             .max_size(config.pool_size)
-            // Open nothing ahead of use: building a client must not touch the network.
-            .min_idle(Some(0))
+            // Every token at once, on r2d2's helper thread: they cost nothing (connections are
+            // opened on demand, by the callers), and a caller that finds none idle then knows
+            // that every connection is busy.
+            .min_idle(None)
             .test_on_check_out(false)
             // Tokens hold nothing worth reaping; a dropped token would strand its claim.
             .idle_timeout(None)
@@ -332,7 +334,13 @@ impl<C> Pool<C> {
                 if let Some(checkout) = self.take_any_kept() {
                     return Ok(checkout);
                 }
-                let wait = within(self.config.pool_timeout, deadline);
+                let wait = if self.tokens.state().connections < self.config.pool_size {
+                    // The tokens are still being made: no connection is busy, so this is no
+                    // wait for one but part of opening one.
+                    within(self.config.connect_timeout, deadline)
+                } else {
+                    within(self.config.pool_timeout, deadline)
+                };
                 if wait.is_zero() {
                     return Err(Error::Timeout(Timeout::PoolWait));
                 }
