@@ -775,3 +775,44 @@ fn timeouts_and_connect_failures_are_told_apart_by_predicates() {
     let err = calc.call(|c| c.retrieve(-1)).unwrap_err();
     assert!(err.is_service_exception() && err.may_have_run(), "{err}");
 }
+
+#[test]
+fn durations_too_long_to_add_to_an_instant_mean_never() {
+    let server = server();
+    let endless = ClientConfig::default()
+        .connect_timeout(Duration::MAX)
+        .pool_timeout(Duration::MAX)
+        .read_timeout(Duration::MAX)
+        .reuse_unchecked_within(Duration::MAX)
+        .time_unit(Duration::MAX)
+        .reset_timeout(Duration::MAX)
+        .reset_backoff(2.0, Duration::MAX)
+        .reset_jitter(0.5);
+    let calc = client(&server.endpoint(), endless.clone().pool_size(1));
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+    assert_eq!(calc.direct().add(2, 2).unwrap(), 4);
+    // The second thread waits for the connection the first one holds.
+    let (holder, release) = hold_a_connection(&calc);
+    let waiter = {
+        let calc = calc.clone();
+        std::thread::spawn(move || calc.call(|c| c.add(3, 4)))
+    };
+    assert!(support::wait_until(Duration::from_secs(10), || calc
+        .stats()
+        .calls
+        == 4));
+    release.wait();
+    holder.join().unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), 7);
+
+    let dead = client(&support::refused_endpoint(), endless.maxfail(0));
+    assert!(matches!(
+        dead.call(|c| c.ping()).unwrap_err(),
+        Error::Connect { .. }
+    ));
+    assert_eq!(dead.breaker_state(), BreakerState::Open);
+    assert!(matches!(
+        dead.call(|c| c.ping()).unwrap_err(),
+        Error::CircuitOpen { .. }
+    ));
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::client::config::ClientConfig;
+use crate::client::config::{ClientConfig, LONGEST};
 use crate::clock::{Clock, Epoch};
 
 /// Where a circuit breaker stands.
@@ -237,7 +237,7 @@ impl Breaker {
         };
         *state = State::Open {
             // Never reached: only `reset` ends it.
-            until: self.clock.now() + Duration::from_secs(100 * 365 * 24 * 3600),
+            until: self.clock.now() + LONGEST,
             trips,
         };
         self.gate.store(GATE_SHUT, Ordering::Release);
@@ -257,9 +257,12 @@ impl Breaker {
     fn open_period(&self, trips: u32) -> Duration {
         let base = self.settings.reset_timeout;
         let period = match self.settings.backoff {
-            Some((factor, cap)) => base
-                .mul_f64(factor.powi(trips.min(64) as i32))
-                .min(cap.max(base)),
+            // Grown in floating point: a long outage's growth can pass what a `Duration` holds.
+            Some((factor, cap)) => {
+                Duration::try_from_secs_f64(base.as_secs_f64() * factor.powi(trips.min(64) as i32))
+                    .unwrap_or(LONGEST)
+                    .min(cap.max(base))
+            }
             None => base,
         };
         if self.settings.jitter == 0.0 {
@@ -270,7 +273,9 @@ impl Breaker {
         *x ^= *x >> 7;
         *x ^= *x << 17;
         let unit = (*x >> 11) as f64 / (1u64 << 53) as f64; // in [0, 1)
-        period.mul_f64(1.0 + self.settings.jitter * (2.0 * unit - 1.0))
+        period
+            .mul_f64(1.0 + self.settings.jitter * (2.0 * unit - 1.0))
+            .min(LONGEST)
     }
 
     fn log(&self, change: Option<Change>) {
@@ -405,6 +410,41 @@ mod tests {
             b.record(probe, true);
         }
         assert_eq!(waits, [10, 20, 30, 30]);
+    }
+
+    #[test]
+    fn a_long_outage_keeps_the_open_period_at_the_cap() {
+        let config = ClientConfig::default()
+            .maxfail(0)
+            .reset_backoff(10.0, Duration::from_secs(30))
+            .reset_jitter(1.0);
+        let (b, clock) = breaker(config);
+        fail(&b);
+        // Days of failed probes: the period grows past what a `Duration` holds, and stays
+        // capped.
+        for _ in 0..100 {
+            clock.advance(Duration::from_secs(60));
+            let probe = b.acquire().expect("a probe after the longest open period");
+            b.record(probe, true);
+            assert_eq!(b.state(), BreakerState::Open);
+        }
+        for trips in [64, 1000, u32::MAX] {
+            assert!(b.open_period(trips) <= Duration::from_secs(60));
+        }
+    }
+
+    #[test]
+    fn an_endless_reset_timeout_keeps_the_breaker_open() {
+        let config = ClientConfig::default()
+            .maxfail(0)
+            .reset_timeout(Duration::MAX)
+            .reset_backoff(2.0, Duration::MAX)
+            .reset_jitter(0.5);
+        let (b, clock) = breaker(config);
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+        clock.advance(Duration::from_secs(10 * 365 * 24 * 3600));
+        assert!(b.acquire().is_none());
     }
 
     #[test]

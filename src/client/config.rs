@@ -60,6 +60,9 @@ impl ErrorMatcher {
 /// [`retry_on`](Self::retry_on), [`retry_unsent_only`](Self::retry_unsent_only),
 /// [`deadline`](Self::deadline) and [`idle_timeout`](Self::idle_timeout).
 ///
+/// A duration longer than a century is taken as a century, which is never in practice:
+/// `Duration::MAX` may be given for "no limit" wherever a duration is.
+///
 /// ```
 /// use std::time::Duration;
 /// use blocking_thrift::{ClientConfig, Protocol};
@@ -132,6 +135,10 @@ pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 /// Thrift's `TConfiguration` default nesting depth.
 pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
 
+/// The longest duration a setting holds: a century, so that any instant computed from one is
+/// still representable.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 impl ClientConfig {
     /// How long connecting may take: resolving the endpoint's name and the endpoint accepting
     /// the connection. Defaults to 100 ms.
@@ -139,7 +146,7 @@ impl ClientConfig {
     /// Every address the endpoint resolves to is tried in turn, each within what is left of
     /// this time. A zero duration is raised to 1 ms.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout.max(Duration::from_millis(1));
+        self.connect_timeout = timeout.clamp(Duration::from_millis(1), LONGEST);
         self
     }
 
@@ -150,7 +157,7 @@ impl ClientConfig {
     /// cannot stretch it. For [`ThriftClient::call`](crate::ThriftClient::call) it covers
     /// everything the closure sends and reads. A zero duration is raised to 1 ms.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout.max(Duration::from_millis(1));
+        self.read_timeout = timeout.clamp(Duration::from_millis(1), LONGEST);
         self
     }
 
@@ -161,7 +168,7 @@ impl ClientConfig {
     /// not count: the connections are busy with this client's own calls, whose outcomes tell
     /// the breaker how the endpoint is doing.
     pub fn pool_timeout(mut self, timeout: Duration) -> Self {
-        self.pool_timeout = timeout;
+        self.pool_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -184,7 +191,7 @@ impl ClientConfig {
     /// restarts) can make the next call on it fail with a transport error instead. Zero checks
     /// before every reuse.
     pub fn reuse_unchecked_within(mut self, window: Duration) -> Self {
-        self.reuse_unchecked = window;
+        self.reuse_unchecked = window.min(LONGEST);
         self
     }
 
@@ -197,14 +204,14 @@ impl ClientConfig {
 
     /// The window in which failures are counted. Defaults to 60 s.
     pub fn time_unit(mut self, window: Duration) -> Self {
-        self.time_unit = window;
+        self.time_unit = window.min(LONGEST);
         self
     }
 
     /// How long an open breaker rejects calls before letting one probe through.
     /// Defaults to 10 s.
     pub fn reset_timeout(mut self, timeout: Duration) -> Self {
-        self.reset_timeout = timeout;
+        self.reset_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -213,7 +220,7 @@ impl ClientConfig {
     ///
     /// A factor below 1 is raised to 1.
     pub fn reset_backoff(mut self, factor: f64, cap: Duration) -> Self {
-        self.backoff = Some((factor.max(1.0), cap));
+        self.backoff = Some((factor.max(1.0), cap.min(LONGEST)));
         self
     }
 
@@ -328,7 +335,7 @@ impl ClientConfig {
     /// The client's reaper thread closes such an endpoint at most an eighth of this (and at
     /// most a second) after its time, whether or not calls are made.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout;
+        self.idle_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -337,7 +344,7 @@ impl ClientConfig {
     /// Each attempt's pool wait, connect and response are cut to what is left; see
     /// [`MultiThriftClient`](crate::MultiThriftClient#deadline) for how a call it stops fails.
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
-        self.deadline = deadline;
+        self.deadline = deadline.map(|d| d.min(LONGEST));
         self
     }
 
