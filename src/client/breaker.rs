@@ -26,14 +26,25 @@ pub enum BreakerState {
 #[derive(Debug)]
 #[must_use]
 pub(crate) struct Permit {
-    probe: bool,
+    /// For a probe, its number: only the probe a half-open breaker waits for decides it, not
+    /// one let through before the breaker was reset and opened again.
+    probe: Option<u64>,
 }
 
 #[derive(Debug)]
 enum State {
-    Closed { failures: VecDeque<Instant> },
-    Open { until: Instant, trips: u32 },
-    HalfOpen { probing: bool, trips: u32 },
+    Closed {
+        failures: VecDeque<Instant>,
+    },
+    Open {
+        until: Instant,
+        trips: u32,
+    },
+    /// `probe`: the number of the probe under way, if one is.
+    HalfOpen {
+        probe: Option<u64>,
+        trips: u32,
+    },
 }
 
 /// A state change worth logging, decided under the lock and logged after it.
@@ -83,6 +94,8 @@ pub(crate) struct Breaker {
     /// later ones ask under the lock.
     gate: AtomicU64,
     state: Mutex<State>,
+    /// Probes let through so far, which numbers them.
+    probes: AtomicU64,
     rng: Mutex<u64>,
 }
 
@@ -107,6 +120,7 @@ impl Breaker {
             state: Mutex::new(State::Closed {
                 failures: window(config.maxfail),
             }),
+            probes: AtomicU64::new(0),
             rng: Mutex::new(seed | 1),
         }
     }
@@ -129,7 +143,7 @@ impl Breaker {
     pub(crate) fn acquire(&self) -> Option<Permit> {
         let gate = self.gate.load(Ordering::Acquire);
         if gate == GATE_OPEN {
-            return Some(Permit { probe: false });
+            return Some(Permit { probe: None });
         }
         let now = self.clock.now();
         if self.ticks(now) < gate {
@@ -137,20 +151,22 @@ impl Breaker {
         }
         let mut state = self.state.lock();
         let (permit, change) = match &mut *state {
-            State::Closed { .. } => (Some(Permit { probe: false }), None),
+            State::Closed { .. } => (Some(Permit { probe: None }), None),
             State::Open { until, trips } if now >= *until => {
+                let probe = self.next_probe();
                 *state = State::HalfOpen {
-                    probing: true,
+                    probe: Some(probe),
                     trips: *trips,
                 };
                 self.gate.store(GATE_SHUT, Ordering::Release);
-                (Some(Permit { probe: true }), Some(Change::Probing))
+                (Some(Permit { probe: Some(probe) }), Some(Change::Probing))
             }
             State::Open { .. } => (None, None),
-            State::HalfOpen { probing, .. } if !*probing => {
-                *probing = true;
+            State::HalfOpen { probe: waiting, .. } if waiting.is_none() => {
+                let probe = self.next_probe();
+                *waiting = Some(probe);
                 self.gate.store(GATE_SHUT, Ordering::Release);
-                (Some(Permit { probe: true }), None)
+                (Some(Permit { probe: Some(probe) }), None)
             }
             State::HalfOpen { .. } => (None, None),
         };
@@ -159,19 +175,25 @@ impl Breaker {
         permit
     }
 
+    fn next_probe(&self) -> u64 {
+        self.probes.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Reports how the permitted call went.
     pub(crate) fn record(&self, permit: Permit, failed: bool) {
-        if !permit.probe && !failed {
+        if permit.probe.is_none() && !failed {
             return;
         }
-        if !permit.probe && self.gate.load(Ordering::Acquire) != GATE_OPEN {
+        if permit.probe.is_none() && self.gate.load(Ordering::Acquire) != GATE_OPEN {
             // An ordinary call finishing after the breaker opened changes nothing.
             return;
         }
         let now = self.clock.now();
         let mut state = self.state.lock();
         let change = match &mut *state {
-            State::HalfOpen { trips, .. } if permit.probe => {
+            State::HalfOpen { probe, trips }
+                if permit.probe.is_some() && *probe == permit.probe =>
+            {
                 if failed {
                     let trips = trips.saturating_add(1);
                     let period = self.open_period(trips);
@@ -219,9 +241,12 @@ impl Breaker {
     /// Gives back a permit whose call never reached an outcome (its caller panicked): a
     /// probe's turn passes to the next caller.
     pub(crate) fn release(&self, permit: Permit) {
-        if permit.probe {
-            if let State::HalfOpen { probing, .. } = &mut *self.state.lock() {
-                *probing = false;
+        if permit.probe.is_none() {
+            return;
+        }
+        if let State::HalfOpen { probe, .. } = &mut *self.state.lock() {
+            if *probe == permit.probe {
+                *probe = None;
                 self.gate.store(GATE_ASK, Ordering::Release);
             }
         }
@@ -467,5 +492,40 @@ mod tests {
         let probe = b.acquire().unwrap();
         b.release(probe);
         assert!(b.acquire().is_some());
+    }
+
+    #[test]
+    fn a_probe_from_before_a_reset_decides_nothing() {
+        let (b, clock) = breaker(ClientConfig::default().maxfail(0));
+        fail(&b);
+        clock.advance(Duration::from_secs(10));
+        let stale = b.acquire().expect("probe");
+        // An operator resets the breaker while that probe is under way; the endpoint fails
+        // again, and the new half-open period sends a probe of its own.
+        b.reset();
+        fail(&b);
+        clock.advance(Duration::from_secs(10));
+        let probe = b.acquire().expect("probe of the new half-open period");
+        b.record(stale, false);
+        assert_eq!(b.state(), BreakerState::HalfOpen);
+        assert!(b.acquire().is_none(), "one probe at a time");
+        b.record(probe, false);
+        assert_eq!(b.state(), BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_stale_probe_giving_up_lets_no_second_probe_through() {
+        let (b, clock) = breaker(ClientConfig::default().maxfail(0));
+        fail(&b);
+        clock.advance(Duration::from_secs(10));
+        let stale = b.acquire().expect("probe");
+        b.reset();
+        fail(&b);
+        clock.advance(Duration::from_secs(10));
+        let probe = b.acquire().expect("probe of the new half-open period");
+        b.release(stale);
+        assert!(b.acquire().is_none(), "one probe at a time");
+        b.record(probe, true);
+        assert_eq!(b.state(), BreakerState::Open);
     }
 }
