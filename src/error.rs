@@ -313,6 +313,14 @@ impl From<Error> for thrift::Error {
     }
 }
 
+/// The message a panic was raised with, if it was raised with one.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> Option<&str> {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

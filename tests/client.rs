@@ -689,6 +689,32 @@ fn a_custom_resolver_gives_the_addresses_to_connect_to() {
 }
 
 #[test]
+fn a_resolver_that_panicked_is_asked_again_by_the_next_call() {
+    let server = server();
+    let addr = server.addr;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let config = ClientConfig::default()
+        .connect_timeout(Duration::from_secs(5))
+        .resolve_with({
+            let asked = asked.clone();
+            move |_| {
+                if asked.fetch_add(1, Ordering::SeqCst) == 0 {
+                    panic!("a bug in the resolver");
+                }
+                Ok(vec![addr])
+            }
+        });
+    let calc = client("calculator.test:9090", config);
+    let err = calc.call(|c| c.ping()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Connect { .. }) && err.to_string().contains("a bug in the resolver"),
+        "{err}"
+    );
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+    assert_eq!(asked.load(Ordering::SeqCst), 2);
+}
+
+#[test]
 fn an_unresolvable_endpoint_is_a_connect_error() {
     // The system resolver refuses an endpoint without a port before asking any name server,
     // so the test stays on this machine and cannot be cut off by a slow lookup.

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
@@ -118,8 +119,12 @@ impl Lookups {
         thread::Builder::new()
             .name("blocking-thrift-resolver".to_owned())
             .spawn(move || {
-                let found = resolver
-                    .resolve(&endpoint)
+                // A resolver that panics fails this lookup only: the next one asks it again.
+                let found = panic::catch_unwind(AssertUnwindSafe(|| resolver.resolve(&endpoint)))
+                    .unwrap_or_else(|panic| {
+                        let said = crate::error::panic_message(&*panic).unwrap_or("no message");
+                        Err(io::Error::other(format!("the resolver panicked: {said}")))
+                    })
                     .map_err(|e| (e.kind(), e.to_string()));
                 *result.found.lock() = Some(found);
                 result.done.notify_all();

@@ -773,11 +773,7 @@ fn count_undecodable(processed: &Processed, counters: &super::Counters) {
 
 fn log_panic(shared: &Shared, peer: SocketAddr, payload: &(dyn Any + Send)) {
     shared.counters.panics.fetch_add(1, Ordering::Relaxed);
-    let message = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
+    let message = crate::error::panic_message(payload).unwrap_or("(no message)");
     error!(target: TARGET, "handler panicked serving {peer}: {message}");
 }
 
