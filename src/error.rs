@@ -243,6 +243,14 @@ pub(crate) fn is_shed(e: &ApplicationError) -> bool {
     e.kind == ApplicationErrorKind::Unknown && e.message.starts_with(crate::wire::SHED_PREFIX)
 }
 
+/// The `TApplicationException` `input` holds next, if it is a server shedding the request.
+pub(crate) fn read_shed(
+    input: &mut dyn thrift::protocol::TInputProtocol,
+) -> Option<ApplicationError> {
+    let error = thrift::Error::read_application_error_from_in_protocol(input).ok()?;
+    is_shed(&error).then_some(error)
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

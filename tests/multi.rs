@@ -695,6 +695,9 @@ fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
     let err = single.direct().add(1, 1).unwrap_err();
     assert!(Error::from(err).is_overloaded());
     holder.join().unwrap().unwrap();
+    // Counted as what they were, through either way of calling.
+    let stats = single.stats();
+    assert_eq!((stats.overloaded, stats.application_errors), (2, 0));
 }
 
 #[test]

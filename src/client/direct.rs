@@ -4,8 +4,9 @@ use std::fmt;
 use std::sync::Arc;
 
 use thrift::protocol::{
-    TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier,
-    TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
+    TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier,
+    TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
+    TStructIdentifier, TType,
 };
 use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
 
@@ -188,7 +189,8 @@ struct Protocols<C> {
     application_error: bool,
     depth: u32,
     /// The service exception being read is copied into `mirror`, so that its type can be
-    /// told against the types declared as failures.
+    /// told against the types declared as failures; so is a `TApplicationException`, so that
+    /// a server shedding the request can be told apart.
     mirroring: bool,
     mirror: TBinaryOutputProtocol<Vec<u8>>,
 }
@@ -251,7 +253,13 @@ impl<C: TThriftClient> Protocols<C> {
     fn complete(&mut self) {
         if let Some(call) = self.active.take() {
             if self.application_error {
-                self.endpoint.end_answered(call, Answered::ApplicationError);
+                let mut copy = TBinaryInputProtocol::new(&self.mirror.transport[..], true);
+                let answered = if crate::error::read_shed(&mut copy).is_some() {
+                    Answered::Overloaded
+                } else {
+                    Answered::ApplicationError
+                };
+                self.endpoint.end_answered(call, answered);
             } else if self.exception {
                 let declared_failure = !self.mirror.transport.is_empty()
                     && self
@@ -273,7 +281,7 @@ impl<C: TThriftClient> Protocols<C> {
         self.exception = false;
         self.application_error = ident.message_type == TMessageType::Exception;
         self.depth = 0;
-        self.mirroring = false;
+        self.mirroring = self.application_error;
         self.mirror.transport.clear();
         Ok(())
     }
@@ -354,7 +362,11 @@ impl<C: TThriftClient> TInputProtocol for Protocols<C> {
     fn read_field_begin(&mut self) -> thrift::Result<TFieldIdentifier> {
         let field = self.read(|p| p.read_field_begin())?;
         // In a result struct, field 0 is the return value and every other one an exception.
-        if self.depth == 1 && field.field_type != TType::Stop && field.id.is_some_and(|id| id > 0) {
+        if !self.application_error
+            && self.depth == 1
+            && field.field_type != TType::Stop
+            && field.id.is_some_and(|id| id > 0)
+        {
             self.exception = true;
             self.mirroring = !self.endpoint.config().failures.is_empty();
         }

@@ -316,8 +316,7 @@ fn talk<C: TThriftClient>(
 fn shed_reply(response: &[u8]) -> Option<thrift::ApplicationError> {
     let mut input = TBinaryInputProtocol::new(Cursor::new(response), true);
     input.read_message_begin().ok()?;
-    let error = thrift::Error::read_application_error_from_in_protocol(&mut input).ok()?;
-    crate::error::is_shed(&error).then_some(error)
+    crate::error::read_shed(&mut input)
 }
 
 /// Tells a response's copy apart: in a result struct, field 0 is the return value and every
