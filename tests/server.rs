@@ -636,6 +636,60 @@ fn stop_answers_every_request_that_arrived_before_it() {
     );
 }
 
+/// Raises this process's soft limit on open file descriptors to at least `needed`, as far as
+/// the hard limit allows.
+fn allow_open_files(needed: u64) {
+    let mut rlimit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the `rlimit` struct passed by
+    // pointer, which lives on this stack frame for the whole call.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit), 0);
+        if rlimit.rlim_cur < needed as libc::rlim_t {
+            rlimit.rlim_cur = (needed as libc::rlim_t).min(rlimit.rlim_max);
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit), 0);
+        }
+    }
+}
+
+#[test]
+fn stop_answers_requests_on_every_connection_waiting_to_be_accepted() {
+    let _lock = shared_lock();
+    // More connections than the poller accepts in one go, each with a whole request, wait in
+    // the listener's backlog (1024) when the server starts and is stopped at once.
+    const WAITING: usize = 1000;
+    allow_open_files(4 * WAITING as u64);
+    let server = ThriftServer::bind(
+        "127.0.0.1:0",
+        CalculatorSyncProcessor::new(CalculatorService::new("backlog")),
+        ServerConfig::default().workers(2),
+    )
+    .unwrap();
+    let addr = server.local_addr();
+    let mut streams: Vec<TcpStream> = (0..WAITING)
+        .map(|seq| {
+            let mut stream = raw(addr);
+            stream.write_all(&add(seq as i32, seq as i32, 1)).unwrap();
+            stream
+        })
+        .collect();
+    server.start().unwrap();
+    server.stop();
+    let unanswered: Vec<usize> = streams
+        .iter_mut()
+        .enumerate()
+        .filter_map(|(seq, stream)| stream.read_exact(&mut [0u8; 4]).is_err().then_some(seq))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} of {WAITING} unanswered, from {:?}",
+        unanswered.len(),
+        unanswered.first()
+    );
+}
+
 #[test]
 fn stop_joins_every_thread_and_frees_the_port() {
     // No other test runs a server meanwhile.

@@ -244,7 +244,7 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
         }
         for &key in &events {
             match key {
-                LISTENER => accept_paused_until = accept(&shared, &listener),
+                LISTENER => accept_paused_until = accept(&shared, &listener, ACCEPT_BATCH),
                 key => dispatch(&shared, key - CONNECTIONS, &mut ready),
             }
         }
@@ -296,9 +296,9 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
     }
 
     // Requests that have arrived whole before the listener closes are answered: those on
-    // connections the system has completed but the server not yet accepted too. Whatever
-    // arrives later finds the listener or its connection closed.
-    let _ = accept(&shared, &listener);
+    // connections the system has completed but the server not yet accepted too, all of them,
+    // not a batch. Whatever arrives later finds the listener or its connection closed.
+    let _ = accept(&shared, &listener, usize::MAX);
     let addr = listener.local_addr();
     drop(listener);
     // From here, a worker done with its connection cannot park it; it answers what has arrived
@@ -345,9 +345,10 @@ fn rearm(shared: &Shared, listener: &TcpListener) -> io::Result<()> {
     shared.events.arm(listener, LISTENER, Interest::Read)
 }
 
-/// Accepts waiting connections; returns when to try again if accepting had to pause.
-fn accept(shared: &Shared, listener: &TcpListener) -> Option<Instant> {
-    for _ in 0..ACCEPT_BATCH {
+/// Accepts waiting connections, at most `batch` of them; returns when to try again if
+/// accepting had to pause.
+fn accept(shared: &Shared, listener: &TcpListener, batch: usize) -> Option<Instant> {
+    for _ in 0..batch {
         let (stream, peer) = match listener.accept() {
             Ok(accepted) => accepted,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
