@@ -1465,6 +1465,64 @@ fn a_shed_request_is_counted_by_the_time_its_client_has_the_reply() {
 }
 
 #[test]
+fn a_request_trickling_in_while_the_workers_are_busy_still_has_its_request_timeout() {
+    let _lock = shared_lock();
+    let (handler, release) = Special::gated();
+    let config = ServerConfig::default()
+        .workers(1)
+        .max_queue_wait(Duration::from_millis(5))
+        .request_timeout(Duration::from_millis(200));
+    let server = serve(handler, config);
+    let addr = server.local_addr();
+    let (go, went) = crossbeam_channel::unbounded::<()>();
+    let busy = thread::spawn(move || {
+        let mut client = framed_binary(addr);
+        while went.recv().is_ok() {
+            // On a loaded machine the slow call itself may wait too long and be shed: again.
+            while let Err(thrift::Error::Application(_)) = client.slow(1) {}
+        }
+    });
+    // Each byte of the request arrives while the only worker is busy, so the connection waits
+    // in the queue past `max_queue_wait` and is looked at by the shedding path, which must
+    // not restart the request's clock.
+    let request = store(1, 6, &"x".repeat(500));
+    let mut trickling = raw(addr);
+    trickling.write_all(&request[..5]).unwrap();
+    wait_for_stats(&server, "both connections wait in the poller", |s| {
+        s.open_connections == 2 && s.idle_connections == 2
+    });
+    let began = Instant::now();
+    for byte in &request[5..request.len() - 1] {
+        if server.stats().open_connections < 2 || began.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+        go.send(()).unwrap();
+        wait_for_stats(&server, "the slow call holds the only worker", |s| {
+            s.busy_workers == 1
+        });
+        // Once closed, the connection takes no more bytes.
+        let _ = trickling.write_all(std::slice::from_ref(byte));
+        wait_for_stats(&server, "the connection is queued, or closed", |s| {
+            s.queued_connections == 1 || s.open_connections < 2
+        });
+        // Its wait in the queue, past `max_queue_wait`: the server's own clock, not injectable.
+        thread::sleep(Duration::from_millis(10));
+        release.send(()).unwrap();
+        wait_for_stats(&server, "every connection waits in the poller", |s| {
+            s.busy_workers == 0 && s.idle_connections == s.open_connections
+        });
+    }
+    assert!(
+        server.stats().open_connections < 2,
+        "a request that began {:?} ago is still open, with a request timeout of 200 ms",
+        began.elapsed()
+    );
+    assert!(closed_by_server(&mut trickling));
+    drop(go);
+    busy.join().unwrap();
+}
+
+#[test]
 fn a_request_whose_client_left_while_it_waited_is_not_run() {
     let _lock = shared_lock();
     let (handler, release) = Special::gated();

@@ -397,7 +397,12 @@ impl Conn {
                 break;
             }
         }
-        self.started = (!self.input.available().is_empty()).then(Instant::now);
+        if shed > 0 {
+            // What is left began to arrive after the requests shed: its clock starts now, as
+            // after an answered request. Otherwise it is the request whose first byte started
+            // the clock, which a client sending it a byte at a time must not restart.
+            self.started = (!self.input.available().is_empty()).then(Instant::now);
+        }
         let next = if gone && !self.input.available().is_empty() {
             // What is left is part of a request the client never finished: as any such close.
             Next::Close(Closed::MidRequest)
