@@ -1269,6 +1269,22 @@ fn undecodable_arguments_are_answered_and_counted_as_bad_requests() {
     assert_eq!((reply.seq, reply.result), (8, Some(5)), "{reply:?}");
     let stats = server.stats();
     assert_eq!((stats.bad_requests, stats.requests), (1, 2), "{stats:?}");
+
+    // A message whose header cannot be read gets no reply: its connection is closed, and
+    // counted as an error, not as a bad request.
+    let mut unversioned = raw(server.local_addr());
+    let message = [
+        0x12, 0x34, 0, 1, 0, 0, 0, 3, b'a', b'd', b'd', 0, 0, 0, 1, 0,
+    ];
+    unversioned
+        .write_all(&wire(Transport::Framed, message.to_vec()))
+        .unwrap();
+    assert!(closed_by_server(&mut unversioned));
+    wait_for_stats(&server, "the connection is counted as an error", |s| {
+        s.errors == 1
+    });
+    let stats = server.stats();
+    assert_eq!((stats.bad_requests, stats.requests), (1, 3), "{stats:?}");
 }
 
 /// Opens up to `count` connections to a server that is not accepting yet, each allowed

@@ -766,10 +766,12 @@ fn finish<P: TInputProtocol>(
 }
 
 /// Counts a request whose arguments could not be decoded: the processor answered it with an
-/// error reply.
+/// error reply. One whose message header could not be read is not one: the processor fails
+/// it without a reply, and its connection is closed and counted as an error.
 fn count_undecodable(processed: &Processed, counters: &super::Counters) {
     if let Processed::Done {
-        undecodable: true, ..
+        result: Ok(()),
+        undecodable: true,
     } = processed
     {
         counters.bad_requests.fetch_add(1, Ordering::Relaxed);
