@@ -169,6 +169,11 @@ fn nodes_that_are_not_instances_are_skipped() {
         &server.hosts(),
         &["create", "/service/calc/garbage", "not-an-instance"],
     );
+    // And one this client may list but not read: only 10.9.9.9 may.
+    zk_cli(
+        &server.hosts(),
+        &["create", "/service/calc/locked", "{}", "ip:10.9.9.9:cdrwa"],
+    );
     let cache = InstanceCache::follow(&zk, "calc").unwrap();
     assert_eq!(ids(&cache), [good.instance().id.clone()]);
     let another =

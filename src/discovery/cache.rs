@@ -22,9 +22,10 @@ type OnChange = dyn Fn(&[ServiceInstance]) + Send + Sync;
 /// ZooKeeper; reading them is one cheap [`instances`](Self::instances) call.
 ///
 /// Changes arrive within moments of happening. Instances with `enabled: false` are left out;
-/// a node whose data does not parse as an instance is skipped and logged. While ZooKeeper is
-/// unreachable the cache keeps its last instances (and logs that they may be stale), and
-/// synchronises again once the session is back, or a new one after it expired.
+/// a node whose data does not parse as an instance, or that its ACL keeps from this client, is
+/// skipped and logged. While ZooKeeper is unreachable the cache keeps its last instances (and
+/// logs that they may be stale), and synchronises again once the session is back, or a new one
+/// after it expired.
 ///
 /// Clones share the cache; it stops when the last clone is dropped or the session closes.
 #[derive(Clone)]
@@ -124,6 +125,12 @@ async fn read(client: &zk::Client, path: &str) -> Result<Vec<ServiceInstance>, z
             Ok((data, _)) => data,
             // Gone meanwhile.
             Err(zk::Error::NoNode) => continue,
+            // Not ours to read (another tool's node, with an ACL that leaves us out): one
+            // node that cannot be used, skipped as one that does not parse, not the service.
+            Err(err @ zk::Error::NoAuth) => {
+                warn!(target: TARGET, "skipping {node}: {err}");
+                continue;
+            }
             Err(err) => return Err(err),
         };
         match ServiceInstance::from_json(&data) {
