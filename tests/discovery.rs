@@ -309,6 +309,82 @@ fn after_the_session_expires_nodes_come_back_and_the_cache_follows() {
     zk.close();
 }
 
+fn payload(cache: &InstanceCache) -> Vec<Option<serde_json::Value>> {
+    cache
+        .instances()
+        .iter()
+        .map(|i| i.payload.clone())
+        .collect()
+}
+
+#[test]
+fn an_update_while_the_node_cannot_be_made_is_written_once_it_can() {
+    if !zookeeper_available("an_update_while_the_node_cannot_be_made_is_written_once_it_can") {
+        return;
+    }
+    let server = ZkServer::start();
+    zk_cli(&server.hosts(), &["create", "/apps", ""]);
+    let zk = ZooKeeper::connect(&format!("{}/apps", server.hosts()), quick()).unwrap();
+    let instance = ServiceInstance::new("calc", "10.0.0.1", 1).unwrap();
+    let mut registration = Registration::register(&zk, instance.clone()).unwrap();
+    // The whole tree goes, chroot included: the node cannot be made again until it is back.
+    zk_cli(&server.hosts(), &["deleteall", "/apps"]);
+    let restore = {
+        let hosts = server.hosts();
+        std::thread::spawn(move || zk_cli(&hosts, &["create", "/apps", ""]))
+    };
+    let updated = instance.with_payload(serde_json::json!({"weight": 2}));
+    registration.update(updated.clone()).unwrap();
+    restore.join().unwrap();
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    assert_eq!(payload(&cache), std::slice::from_ref(&updated.payload));
+    // And later updates are written as usual.
+    let again = updated.with_payload(serde_json::json!({"weight": 3}));
+    registration.update(again.clone()).unwrap();
+    assert!(wait_until(SOON, || payload(&cache) == [again.payload.clone()]));
+    drop(registration);
+    zk.close();
+}
+
+#[test]
+fn an_update_that_failed_for_want_of_zookeeper_is_written_when_it_is_back() {
+    if !zookeeper_available(
+        "an_update_that_failed_for_want_of_zookeeper_is_written_when_it_is_back",
+    ) {
+        return;
+    }
+    let zk_server = ZkServer::start();
+    let impatient = quick().connect_timeout(Duration::from_secs(1));
+    let zk = ZooKeeper::connect(&zk_server.hosts(), impatient).unwrap();
+    let mut registration =
+        Registration::register(&zk, ServiceInstance::new("calc", "10.0.0.1", 1).unwrap()).unwrap();
+    let watcher = ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap();
+    let view = InstanceCache::follow(&watcher, "calc").unwrap();
+    assert_eq!(payload(&view), [None]);
+
+    // Frozen past the 2 s session timeout: the update cannot be written meanwhile.
+    zk_server.freeze(true);
+    let updated = registration
+        .instance()
+        .clone()
+        .with_payload(serde_json::json!({"draining": true}));
+    assert!(registration.update(updated.clone()).is_err());
+    // What the registration says it keeps...
+    assert_eq!(registration.instance(), &updated);
+    std::thread::sleep(Duration::from_secs(3));
+    zk_server.freeze(false);
+    // ...is what the node holds once ZooKeeper is back.
+    assert!(
+        wait_until(Duration::from_secs(20), || payload(&view)
+            == [updated.payload.clone()]),
+        "{:?}",
+        view.instances()
+    );
+    drop(registration);
+    watcher.close();
+    zk.close();
+}
+
 #[test]
 fn fifty_instances_registering_and_leaving_at_once_end_in_the_right_set() {
     if !zookeeper_available("fifty_instances_registering_and_leaving_at_once_end_in_the_right_set")

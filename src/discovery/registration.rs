@@ -1,6 +1,7 @@
 //! Keeping a service instance's node in ZooKeeper, as Curator's `ServiceDiscovery` does.
 
 use std::fmt;
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use log::{debug, info, warn};
@@ -20,8 +21,8 @@ pub const DEFAULT_BASE_PATH: &str = "/service";
 ///
 /// The node is re-created, with the same id and data, whenever it goes: after the session
 /// expired and a new one began, or if someone deleted it. [`update`](Self::update) rewrites
-/// it (to disable an instance that is draining, say); [`close`](Self::close), or dropping the
-/// registration, deletes it.
+/// it (to disable an instance that is draining, say), and the node keeps the update's data
+/// from then on; [`close`](Self::close), or dropping the registration, deletes it.
 pub struct Registration {
     zk: ZooKeeper,
     path: String,
@@ -95,12 +96,16 @@ impl Registration {
     }
 
     /// Rewrites the instance's node with `instance` (same name and id); for example
-    /// `enabled: false` while the instance drains.
+    /// `enabled: false` while the instance drains. Returns once the node holds it.
+    ///
+    /// From this call on, `instance` is what the registration keeps, even if the write fails
+    /// for now: as with Curator's `updateService`, the node is written (or re-created) with it
+    /// as soon as ZooKeeper lets, and [`instance`](Self::instance) returns it.
     ///
     /// # Errors
     ///
-    /// Fails if the name or id changed, if the session is closed, or if ZooKeeper refuses
-    /// the write.
+    /// Fails if the name or id changed, or if the session is closed (then nothing is kept);
+    /// or if the node could not be written within the session's connect timeout.
     pub fn update(&mut self, instance: ServiceInstance) -> Result<(), DiscoveryError> {
         if instance.name != self.instance.name || instance.id != self.instance.id {
             return Err(DiscoveryError::InvalidName(
@@ -111,15 +116,14 @@ impl Registration {
         self.commands
             .send(Command::Update(instance.to_json(), ack))
             .map_err(|_| DiscoveryError::Closed)?;
+        self.instance = instance;
         let timeout = zk_timeout(&self.zk);
         self.zk
             .wait(async { tokio::time::timeout(timeout, done).await })
             .map_err(|_| {
                 DiscoveryError::ZooKeeper(format!("{} not updated within {timeout:?}", self.path))
             })?
-            .map_err(|_| DiscoveryError::Closed)??;
-        self.instance = instance;
-        Ok(())
+            .map_err(|_| DiscoveryError::Closed)?
     }
 
     /// Deletes the instance's node and stops keeping it; returns once it is deleted (or the
@@ -208,8 +212,49 @@ async fn create(client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::
     }
 }
 
+/// A caller waiting for an update to be written.
+type Ack = oneshot::Sender<Result<(), DiscoveryError>>;
+
+/// What the registration's task does next after a command that came while the node could not
+/// be written (it does not exist yet, or its session is gone): an update becomes the data the
+/// node is written with next, its caller told once it is; a close ends the task (the node,
+/// if any, goes with its session).
+fn keep_for_later(
+    command: Option<Command>,
+    data: &mut Vec<u8>,
+    unwritten: &mut Vec<Ack>,
+) -> ControlFlow<()> {
+    match command {
+        Some(Command::Update(bytes, ack)) => {
+            *data = bytes;
+            unwritten.push(ack);
+            ControlFlow::Continue(())
+        }
+        Some(Command::Close(ack)) => {
+            let _ = ack.send(());
+            ControlFlow::Break(())
+        }
+        None => ControlFlow::Break(()),
+    }
+}
+
+/// Tells the callers of updates now written (or refused for good) how it went.
+fn answer(unwritten: &mut Vec<Ack>, result: Result<(), zk::Error>) {
+    for ack in unwritten.drain(..) {
+        let _ = ack.send(
+            result
+                .clone()
+                .map_err(|err| DiscoveryError::ZooKeeper(err.to_string())),
+        );
+    }
+}
+
 /// The registration's task: creates the node, re-creates it whenever it goes, applies updates,
 /// and deletes it on close.
+///
+/// An update is never dropped: one that cannot be written now (ZooKeeper is away, or the node
+/// is being re-created) is written when it can be, as Curator's `updateService` does; its
+/// caller, if still waiting, is told then.
 async fn keep_registered(
     path: String,
     mut data: Vec<u8>,
@@ -219,6 +264,8 @@ async fn keep_registered(
     created: oneshot::Sender<Result<(), DiscoveryError>>,
 ) {
     let mut created = Some(created);
+    // Updates taken into `data` and not yet written to the node.
+    let mut unwritten: Vec<Ack> = Vec::new();
     'session: loop {
         let Some(client) = clients.borrow_and_update().clone() else {
             return;
@@ -234,6 +281,7 @@ async fn keep_registered(
                     if let Some(created) = created.take() {
                         let _ = created.send(Err(DiscoveryError::ZooKeeper(err.to_string())));
                     }
+                    answer(&mut unwritten, Err(err));
                     return;
                 }
                 Err(err) => warn!(target: TARGET, "cannot register {path} yet: {err}"),
@@ -246,25 +294,39 @@ async fn keep_registered(
                 }
                 _ = closing.changed() => return,
                 command = commands.recv() => {
-                    // Closed (or dropped) before the node could be made.
-                    if let Some(Command::Close(ack)) = command {
-                        let _ = ack.send(());
+                    if keep_for_later(command, &mut data, &mut unwritten).is_break() {
+                        return;
                     }
-                    return;
                 }
             }
         }
+        answer(&mut unwritten, Ok(()));
         if let Some(created) = created.take() {
             let _ = created.send(Ok(()));
         } else {
             info!(target: TARGET, "registered {path} again");
         }
+        // Whether `data` is newer than what the node holds: an update whose write failed.
+        let mut stale = false;
         loop {
-            let gone = match client.check_and_watch_stat(&path).await {
+            let looked = if stale {
+                match client.set_data(&path, &data, None).await {
+                    Ok(_) => {
+                        stale = false;
+                        answer(&mut unwritten, Ok(()));
+                        client.check_and_watch_stat(&path).await
+                    }
+                    Err(zk::Error::NoNode) => continue 'session,
+                    Err(err) => Err(err),
+                }
+            } else {
+                client.check_and_watch_stat(&path).await
+            };
+            let gone = match looked {
                 Ok((Some(_), watcher)) => watcher,
                 Ok((None, _)) => continue 'session,
                 Err(err) => {
-                    debug!(target: TARGET, "cannot watch {path}: {err}");
+                    debug!(target: TARGET, "cannot write or watch {path}: {err}");
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                         changed = clients.changed() => {
@@ -272,6 +334,13 @@ async fn keep_registered(
                             continue 'session;
                         }
                         _ = closing.changed() => return,
+                        command = commands.recv() => {
+                            if keep_for_later(command, &mut data, &mut unwritten).is_break() {
+                                return;
+                            }
+                            stale = true;
+                            continue;
+                        }
                     }
                 }
             };
@@ -283,8 +352,21 @@ async fn keep_registered(
                     }
                     // A data change (ours) or the session's end: look again.
                     if matches!(event.session_state, zk::SessionState::Expired | zk::SessionState::Closed) {
-                        if clients.changed().await.is_err() { return; }
-                        continue 'session;
+                        // The node went with the session: it is made again on the next one.
+                        loop {
+                            tokio::select! {
+                                changed = clients.changed() => {
+                                    if changed.is_err() { return; }
+                                    continue 'session;
+                                }
+                                _ = closing.changed() => return,
+                                command = commands.recv() => {
+                                    if keep_for_later(command, &mut data, &mut unwritten).is_break() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
                 changed = clients.changed() => {
@@ -298,12 +380,8 @@ async fn keep_registered(
                 command = commands.recv() => match command {
                     Some(Command::Update(bytes, ack)) => {
                         data = bytes;
-                        let written = match client.set_data(&path, &data, None).await {
-                            Ok(_) => Ok(()),
-                            Err(zk::Error::NoNode) => create(&client, &path, &data).await,
-                            Err(err) => Err(err),
-                        };
-                        let _ = ack.send(written.map_err(|err| DiscoveryError::ZooKeeper(err.to_string())));
+                        unwritten.push(ack);
+                        stale = true;
                     }
                     Some(Command::Close(ack)) => {
                         match client.delete(&path, None).await {
