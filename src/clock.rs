@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// The longest duration a setting holds: a century, so that any instant computed from one is
+/// still representable. Longer ones, `Duration::MAX` for "never" included, are taken as this.
+pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// Where breakers and idle-endpoint reaping get the time from.
 ///
 /// Defaults to [`Instant::now`]. Tests hand in a clock they step by hand, a [`ManualClock`],

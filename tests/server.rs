@@ -691,6 +691,36 @@ fn stop_answers_requests_on_every_connection_waiting_to_be_accepted() {
 }
 
 #[test]
+fn durations_too_long_to_add_to_an_instant_mean_never() {
+    let _lock = shared_lock();
+    let config = ServerConfig::default()
+        .workers(2)
+        .idle_timeout(Duration::MAX)
+        .request_timeout(Duration::MAX)
+        .max_queue_wait(Duration::MAX)
+        .drain_timeout(Duration::MAX);
+    let server = serve(CalculatorService::new("endless"), config);
+    let mut stream = raw(server.local_addr());
+    stream.write_all(&add(1, 1, 2)).unwrap();
+    let reply = read_reply(&mut stream, Transport::Framed, Protocol::Binary);
+    assert_eq!(reply.result, Some(3));
+    // Idle, then half a request waiting in the poller for the rest.
+    wait_for_stats(&server, "the connection waits in the poller", |s| {
+        s.idle_connections == 1
+    });
+    let request = add(2, 20, 22);
+    stream.write_all(&request[..6]).unwrap();
+    wait_for_stats(&server, "half a request waits in the poller", |s| {
+        s.idle_connections == 1 && s.waiting_bytes > 0
+    });
+    stream.write_all(&request[6..]).unwrap();
+    let reply = read_reply(&mut stream, Transport::Framed, Protocol::Binary);
+    assert_eq!(reply.result, Some(42));
+    server.stop();
+    assert!(closed_by_server(&mut stream));
+}
+
+#[test]
 fn stop_joins_every_thread_and_frees_the_port() {
     // No other test runs a server meanwhile.
     let _lock = exclusive_lock();

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::client::config::{ClientConfig, LONGEST};
-use crate::clock::{Clock, Epoch};
+use crate::client::config::ClientConfig;
+use crate::clock::{Clock, Epoch, LONGEST};
 
 /// Where a circuit breaker stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol, TSerializable};
 
 use super::resolve::Resolver;
-use crate::clock::Clock;
+use crate::clock::{Clock, LONGEST};
 use crate::wire::{Limits, Protocol, Transport};
 
 /// Recognises one of a user's exception types, as a value or as encoded bytes.
@@ -134,10 +134,6 @@ pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 /// Thrift's `TConfiguration` default nesting depth.
 pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
-
-/// The longest duration a setting holds: a century, so that any instant computed from one is
-/// still representable.
-pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 impl ClientConfig {
     /// How long connecting may take: resolving the endpoint's name and the endpoint accepting

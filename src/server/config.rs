@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::clock::LONGEST;
 use crate::wire::Limits;
 use crate::{Protocol, Transport};
 
@@ -23,6 +24,9 @@ use crate::{Protocol, Transport};
 ///
 /// gevent-thrift's server spawned one greenlet per connection and had no limits of its own, so
 /// the defaults here are chosen for a thread-per-request server instead; each setter says why.
+///
+/// A duration longer than a century is taken as a century, which is never in practice:
+/// `Duration::MAX` may be given for "no limit" wherever a duration is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
     pub(super) workers: usize,
@@ -64,6 +68,10 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
+    /// The most worker threads a server runs: as many as the default
+    /// [`max_connections`](Self::max_connections), each of which can hold at most one.
+    pub const MAX_WORKERS: usize = 10_000;
+
     /// The limits a request is decoded within.
     pub(crate) fn limits(&self) -> Limits {
         Limits {
@@ -82,9 +90,9 @@ impl ServerConfig {
     /// themselves; the others are reserves, handed work by the poller when those two are not
     /// enough, and at once while handlers hold them: on a saturated machine, more workers
     /// taking than the cores can run are taken off their CPU while they hold a connection.
-    /// 0 is treated as 1.
+    /// 0 is treated as 1, and more than [`MAX_WORKERS`](Self::MAX_WORKERS) as that many.
     pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers.max(1);
+        self.workers = workers.clamp(1, Self::MAX_WORKERS);
         self
     }
 
@@ -134,7 +142,7 @@ impl ServerConfig {
     /// hold connection slots for ever, while pooled clients that call at least once a minute
     /// keep their connections. Zero is treated as 1 ms.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout.max(MIN_TIMEOUT);
+        self.idle_timeout = timeout.clamp(MIN_TIMEOUT, LONGEST);
         self
     }
 
@@ -147,7 +155,7 @@ impl ServerConfig {
     /// too, its worker moving on; one not taken in time closes the connection. Defaults to 10
     /// seconds. Zero is treated as 1 ms.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout.max(MIN_TIMEOUT);
+        self.request_timeout = timeout.clamp(MIN_TIMEOUT, LONGEST);
         self
     }
 
@@ -186,7 +194,7 @@ impl ServerConfig {
     /// Thrift's clients never do alone) is never run, whatever this says.
     /// `Duration::MAX` never sheds for waiting.
     pub fn max_queue_wait(mut self, wait: Duration) -> Self {
-        self.max_queue_wait = wait;
+        self.max_queue_wait = wait.min(LONGEST);
         self
     }
 
@@ -198,7 +206,7 @@ impl ServerConfig {
     /// request that is still arriving when the server stops can complete. Zero means stop does
     /// not wait.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
-        self.drain_timeout = timeout;
+        self.drain_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -252,5 +260,20 @@ mod tests {
         assert_eq!(config.max_connections, 1);
         assert_eq!(config.backlog, 1);
         assert_eq!(config.drain_timeout, Duration::ZERO);
+    }
+
+    #[test]
+    fn values_past_any_use_are_cut_to_the_largest_one() {
+        let config = ServerConfig::default()
+            .workers(usize::MAX)
+            .idle_timeout(Duration::MAX)
+            .request_timeout(Duration::MAX)
+            .max_queue_wait(Duration::MAX)
+            .drain_timeout(Duration::MAX);
+        assert_eq!(config.workers, ServerConfig::MAX_WORKERS);
+        assert_eq!(config.idle_timeout, LONGEST);
+        assert_eq!(config.request_timeout, LONGEST);
+        assert_eq!(config.max_queue_wait, LONGEST);
+        assert_eq!(config.drain_timeout, LONGEST);
     }
 }
