@@ -78,7 +78,14 @@ impl RetryBudget {
                 retries += bucket.retries.load(Ordering::Relaxed);
             }
         }
-        if (retries as f64) < self.share * calls as f64 + self.floor as f64 {
+        // An infinite share lifts the budget, also when no call is in the window to multiply
+        // (the call retrying may have begun before it): infinity times zero is no number.
+        let allowed = if self.share.is_infinite() {
+            f64::INFINITY
+        } else {
+            self.share * calls as f64 + self.floor as f64
+        };
+        if (retries as f64) < allowed {
             self.bucket(second).retries.fetch_add(1, Ordering::Relaxed);
             true
         } else {
@@ -117,5 +124,16 @@ mod tests {
         assert!(!budget.try_withdraw(), "still within the window");
         time.advance(Duration::from_secs(5));
         assert_eq!((0..50).filter(|_| budget.try_withdraw()).count(), 20);
+    }
+
+    #[test]
+    fn an_infinite_share_allows_every_retry() {
+        let time = ManualClock::new();
+        let budget = RetryBudget::new(f64::INFINITY, 0, time.clock());
+        budget.deposit();
+        assert!((0..1000).all(|_| budget.try_withdraw()));
+        // Also for a call begun longer ago than the window: no call is left in it.
+        time.advance(Duration::from_secs(11));
+        assert!(budget.try_withdraw());
     }
 }
