@@ -1317,6 +1317,52 @@ fn undecodable_arguments_are_answered_and_counted_as_bad_requests() {
     assert_eq!((stats.bad_requests, stats.requests), (1, 3), "{stats:?}");
 }
 
+/// Binary `add(1, 2)` with an unknown argument 3: lists nested `depth` deep.
+fn add_with_nested_lists(seq: i32, depth: usize) -> Vec<u8> {
+    let mut message = encode(
+        Protocol::Binary,
+        "add",
+        TMessageType::Call,
+        seq,
+        &[Arg::I32(1, 1), Arg::I32(2, 2)],
+    );
+    message.pop(); // The arguments' stop, put back after the unknown one.
+    message.extend_from_slice(&[0x0F, 0, 3]);
+    for _ in 1..depth {
+        message.extend_from_slice(&[0x0F, 0, 0, 0, 1]);
+    }
+    message.extend_from_slice(&[0x08, 0, 0, 0, 0, 0]);
+    message
+}
+
+#[test]
+fn a_max_depth_above_64_lets_deeper_requests_through_on_both_transports() {
+    let _lock = shared_lock();
+    for transport in [Transport::Framed, Transport::Buffered] {
+        let config = ServerConfig::default().max_depth(100).transport(transport);
+        let (server, _) = calculator(config);
+        let mut stream = raw(server.local_addr());
+        // 81 levels with the arguments' struct: within the limit, twice on one connection.
+        for seq in 1..=2 {
+            stream
+                .write_all(&wire(transport, add_with_nested_lists(seq, 80)))
+                .unwrap();
+            let reply = read_reply(&mut stream, transport, Protocol::Binary);
+            assert_eq!((reply.seq, reply.result), (seq, Some(3)), "{transport:?}");
+        }
+        // 121: over it.
+        stream
+            .write_all(&wire(transport, add_with_nested_lists(3, 120)))
+            .unwrap();
+        let reply = read_reply(&mut stream, transport, Protocol::Binary);
+        assert_eq!(
+            (reply.kind, reply.seq),
+            (TMessageType::Exception, 3),
+            "{transport:?}"
+        );
+    }
+}
+
 /// Opens up to `count` connections to a server that is not accepting yet, each allowed
 /// `timeout`; returns those that connected, stopping at the first that did not.
 fn connect_burst(addr: SocketAddr, count: usize, timeout: Duration) -> Vec<TcpStream> {

@@ -72,6 +72,12 @@ impl<P: TInputProtocol> TInputProtocol for Tracked<P> {
         read_byte -> u8;
     }
 
+    // The inner reader's own skip, with its nesting limit, not the trait's default.
+    fn skip_till_depth(&mut self, field_type: TType, depth: i8) -> thrift::Result<()> {
+        let result = self.inner.skip_till_depth(field_type, depth);
+        self.track(result)
+    }
+
     fn min_serialized_size(&self, field_type: TType) -> usize {
         self.inner.min_serialized_size(field_type)
     }

@@ -243,8 +243,8 @@ impl<S: Source> TInputProtocol for BinaryIn<S> {
         Ok(())
     }
 
-    fn skip_till_depth(&mut self, field_type: TType, depth: i8) -> thrift::Result<()> {
-        skip_value(self, field_type, depth)
+    fn skip_till_depth(&mut self, field_type: TType, _depth: i8) -> thrift::Result<()> {
+        skip_value(self, field_type)
     }
 
     fn skip_binary(&mut self) -> thrift::Result<()> {

@@ -341,18 +341,12 @@ fn utf8(bytes: Vec<u8>) -> thrift::Result<String> {
 }
 
 /// Skips one value of `ttype` through `input`'s own reads, so every length, count and nesting
-/// check applies. `depth` bounds the recursion as `TInputProtocol::skip_till_depth` documents.
+/// check applies: the reader's nesting limit bounds the recursion, not the `thrift` crate's
+/// fixed skip depth (64), which would refuse values a larger `max_depth` lets through.
 fn skip_value<P: thrift::protocol::TInputProtocol + ?Sized>(
     input: &mut P,
     ttype: TType,
-    depth: i8,
 ) -> thrift::Result<()> {
-    if depth <= 0 {
-        return Err(error(
-            ProtocolErrorKind::DepthLimit,
-            format!("cannot skip a {ttype} nested this deep"),
-        ));
-    }
     match ttype {
         TType::Bool => input.read_bool().map(drop),
         TType::I08 => input.read_i8().map(drop),
@@ -369,7 +363,7 @@ fn skip_value<P: thrift::protocol::TInputProtocol + ?Sized>(
                 if field.field_type == TType::Stop {
                     break;
                 }
-                skip_value(input, field.field_type, depth - 1)?;
+                skip_value(input, field.field_type)?;
                 input.read_field_end()?;
             }
             input.read_struct_end()
@@ -377,14 +371,14 @@ fn skip_value<P: thrift::protocol::TInputProtocol + ?Sized>(
         TType::List => {
             let list = input.read_list_begin()?;
             for _ in 0..list.size {
-                skip_value(input, list.element_type, depth - 1)?;
+                skip_value(input, list.element_type)?;
             }
             input.read_list_end()
         }
         TType::Set => {
             let set = input.read_set_begin()?;
             for _ in 0..set.size {
-                skip_value(input, set.element_type, depth - 1)?;
+                skip_value(input, set.element_type)?;
             }
             input.read_set_end()
         }
@@ -398,8 +392,8 @@ fn skip_value<P: thrift::protocol::TInputProtocol + ?Sized>(
                     ));
                 };
                 for _ in 0..map.size {
-                    skip_value(input, key, depth - 1)?;
-                    skip_value(input, value, depth - 1)?;
+                    skip_value(input, key)?;
+                    skip_value(input, value)?;
                 }
             }
             input.read_map_end()
