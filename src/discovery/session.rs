@@ -252,8 +252,14 @@ async fn keep_session(
 ) {
     loop {
         let mut states = client.state_watcher();
-        loop {
-            let state = tokio::select! {
+        // The watcher starts at the session's state now, and a session that ended before it
+        // was made sends no change to wait for.
+        let mut state = states.peek_state();
+        while !matches!(
+            state,
+            zk::SessionState::Expired | zk::SessionState::AuthFailed | zk::SessionState::Closed
+        ) {
+            state = tokio::select! {
                 state = states.changed() => state,
                 _ = closing.changed() => {
                     let _ = publish.send(None);
@@ -267,15 +273,13 @@ async fn keep_session(
                 zk::SessionState::SyncConnected | zk::SessionState::ConnectedReadOnly => {
                     info!(target: TARGET, "reconnected to {hosts}")
                 }
-                zk::SessionState::Expired => {
-                    warn!(target: TARGET, "session with {hosts} expired; starting a new one");
-                    break;
-                }
-                zk::SessionState::AuthFailed | zk::SessionState::Closed => {
-                    warn!(target: TARGET, "session with {hosts} ended: {state:?}; starting a new one");
-                    break;
-                }
+                _ => {}
             }
+        }
+        if state == zk::SessionState::Expired {
+            warn!(target: TARGET, "session with {hosts} expired; starting a new one");
+        } else {
+            warn!(target: TARGET, "session with {hosts} ended: {state:?}; starting a new one");
         }
         client = loop {
             let attempt = tokio::select! {
