@@ -150,7 +150,21 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<(), DiscoveryError> {
             "{what} {name:?} must be one node name: not empty, no '/'"
         )));
     }
+    if let Some(c) = name.chars().find(|&c| !zookeeper_takes(c)) {
+        return Err(DiscoveryError::InvalidName(format!(
+            "{what} {name:?} holds {c:?}, which ZooKeeper refuses in a node name"
+        )));
+    }
     Ok(())
+}
+
+/// Whether ZooKeeper takes `c` in a node name (the characters its `PathUtils.validatePath`
+/// refuses: control characters and some reserved ranges).
+fn zookeeper_takes(c: char) -> bool {
+    !matches!(
+        c,
+        '\0'..='\u{1f}' | '\u{7f}'..='\u{9f}' | '\u{e000}'..='\u{f8ff}' | '\u{fff0}'..='\u{ffff}'
+    )
 }
 
 fn now_millis() -> i64 {

@@ -162,6 +162,7 @@ fn zk_timeout(zk: &ZooKeeper) -> Duration {
 
 /// `<base>/<name>/<id>`, each checked.
 pub(super) fn instance_path(base: &str, name: &str, id: &str) -> Result<String, DiscoveryError> {
+    super::instance::check_name("instance id", id)?;
     Ok(format!("{}/{id}", service_path(base, name)?))
 }
 
@@ -172,6 +173,11 @@ pub(super) fn service_path(base: &str, name: &str) -> Result<String, DiscoveryEr
         return Err(DiscoveryError::InvalidName(format!(
             "base path {base:?} must start with '/' and not end with one"
         )));
+    }
+    if base != "/" {
+        for segment in base[1..].split('/') {
+            super::instance::check_name("base path segment", segment)?;
+        }
     }
     Ok(if base == "/" {
         format!("/{name}")
@@ -419,5 +425,12 @@ mod tests {
         assert!(service_path("service", "calc").is_err());
         assert!(service_path("/service/", "calc").is_err());
         assert!(service_path("/service", "a/b").is_err());
+        // What ZooKeeper would refuse only once asked, after the connect timeout.
+        assert!(service_path("/apps//service", "calc").is_err());
+        assert!(service_path("/apps/./service", "calc").is_err());
+        assert!(service_path("/service", "calc\0").is_err());
+        assert!(instance_path("/service", "calc", "id\u{7f}").is_err());
+        assert!(instance_path("/service", "calc", "id\u{fff5}").is_err());
+        assert!(instance_path("/service", "calc", "id-é-1").is_ok());
     }
 }
