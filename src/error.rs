@@ -201,14 +201,7 @@ impl Error {
             thrift::Error::Transport(e) => Error::Transport(e),
             thrift::Error::Protocol(e) => Error::Protocol(e),
             // Raised by the generated code itself when the response is not the one it waits for.
-            thrift::Error::Application(e)
-                if matches!(
-                    e.kind,
-                    ApplicationErrorKind::BadSequenceId
-                        | ApplicationErrorKind::WrongMethodName
-                        | ApplicationErrorKind::InvalidMessageType
-                ) =>
-            {
+            thrift::Error::Application(e) if raised_by_generated_code(&e) => {
                 Error::Protocol(ProtocolError::new(
                     ProtocolErrorKind::InvalidData,
                     format!("response does not match the request: {}", e.message),
@@ -235,6 +228,29 @@ impl Error {
                 | Error::Timeout(Timeout::Response)
                 | Error::RequestTooLarge { .. }
         )
+    }
+}
+
+/// Whether a `TApplicationException` is the generated client's own complaint that a response
+/// is not the one it waits for (the `thrift` crate's `verify_expected_*` checks), rather than
+/// one a server sent with the same kind.
+fn raised_by_generated_code(e: &ApplicationError) -> bool {
+    matches!(
+        e.kind,
+        ApplicationErrorKind::BadSequenceId
+            | ApplicationErrorKind::WrongMethodName
+            | ApplicationErrorKind::InvalidMessageType
+    ) && e.message.starts_with("expected ")
+        && e.message.contains(" got ")
+}
+
+/// Whether an error out of a generated client is a server's answer, a message read to its
+/// end: a service exception, or a `TApplicationException` the server sent.
+pub(crate) fn is_answer(err: &thrift::Error) -> bool {
+    match err {
+        thrift::Error::Application(e) => !raised_by_generated_code(e),
+        thrift::Error::User(e) => !e.is::<Error>(),
+        thrift::Error::Transport(_) | thrift::Error::Protocol(_) => false,
     }
 }
 

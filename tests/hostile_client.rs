@@ -523,3 +523,93 @@ fn a_string_claiming_16_mib_in_a_24_byte_frame_fails_at_once() {
         assert_eq!(server.accepts(), 2, "{via:?}");
     }
 }
+
+/// A `TApplicationException` message of `kind`, as a server sends it for the call `seq`.
+fn application_exception(seq: i32, kind: i32) -> Vec<u8> {
+    message("add", TMessageType::Exception, seq, |o| {
+        o.write_field_begin(&TFieldIdentifier::new("message", TType::String, 1))
+            .unwrap();
+        o.write_string("from the server").unwrap();
+        o.write_field_end().unwrap();
+        o.write_field_begin(&TFieldIdentifier::new("type", TType::I32, 2))
+            .unwrap();
+        o.write_i32(kind).unwrap();
+        o.write_field_end().unwrap();
+    })
+}
+
+#[test]
+fn a_servers_application_exception_of_any_kind_is_its_answer() {
+    // Among them the kinds the generated code raises itself for a reply that does not match:
+    // invalid message type, wrong method name, bad sequence id.
+    for kind in [2, 3, 4, 6] {
+        for via in BOTH {
+            let server =
+                first_bad(move |r| Answer::Bytes(framed(&application_exception(r.seq, kind))));
+            let calc = client(&server, ClientConfig::default());
+            match add(&calc, via) {
+                Err(Error::Application(e)) => {
+                    assert_eq!(e.kind as i32, kind, "{via:?}: {e:?}");
+                    assert_eq!(e.message, "from the server", "{via:?}");
+                }
+                other => panic!("kind {kind}, {via:?}: {other:?}"),
+            }
+            let stats = calc.stats();
+            assert_eq!(
+                (stats.application_errors, stats.failures),
+                (1, 0),
+                "kind {kind}, {via:?}: {stats:?}"
+            );
+            // A whole, well-formed answer: the connection carries the next call.
+            assert_eq!(add(&calc, via).unwrap(), 3, "kind {kind}, {via:?}");
+            assert_eq!(server.accepts(), 1, "kind {kind}, {via:?}");
+            calc.close();
+        }
+    }
+}
+
+#[test]
+fn trailing_garbage_after_an_exception_in_its_frame_fails_the_call() {
+    for via in BOTH {
+        assert_bad_reply(
+            via,
+            ClientConfig::default(),
+            |r| {
+                let mut reply = application_exception(r.seq, 6);
+                reply.extend_from_slice(b"junk!");
+                Answer::Bytes(framed(&reply))
+            },
+            is_protocol,
+            "belong to no response",
+        );
+    }
+    // A service exception too.
+    let server = FakeServer::start(|_, r| {
+        let mut reply = message("retrieve", TMessageType::Reply, r.seq, |o| {
+            o.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))
+                .unwrap();
+            o.write_struct_begin(&TStructIdentifier::new("InvalidOperation"))
+                .unwrap();
+            o.write_field_begin(&TFieldIdentifier::new("whatOp", TType::I32, 1))
+                .unwrap();
+            o.write_i32(7).unwrap();
+            o.write_field_end().unwrap();
+            o.write_field_stop().unwrap();
+            o.write_struct_end().unwrap();
+            o.write_field_end().unwrap();
+        });
+        reply.extend_from_slice(b"junk!");
+        Answer::Bytes(framed(&reply))
+    });
+    let calc = client(&server, ClientConfig::default());
+    for via in BOTH {
+        let err = match via {
+            Via::Call => calc.call(|c| c.retrieve(1)).unwrap_err(),
+            Via::Direct => Error::from(calc.direct().retrieve(1).unwrap_err()),
+        };
+        assert!(is_protocol(&err), "{via:?}: {err:?}");
+    }
+    let stats = calc.stats();
+    assert_eq!((stats.failures, stats.user_exceptions), (2, 0), "{stats:?}");
+    assert_eq!(stats.connections_open, 0, "{stats:?}");
+}

@@ -232,10 +232,14 @@ impl<C> Endpoint<C> {
         deadline: Option<Instant>,
     ) -> Result<R, Error> {
         let state = call.connection();
-        let result = result.and_then(|value| {
-            state.check_clean()?;
-            Ok(value)
-        });
+        let result = match result {
+            Ok(value) => state.check_clean().map(|()| value),
+            // A server's exception is a whole response too: nothing may follow it either.
+            Err(err) if crate::error::is_answer(&err) => {
+                Err(state.check_clean().err().unwrap_or(err))
+            }
+            Err(err) => Err(err),
+        };
         let broken = state.is_broken();
         let result = result.map_err(|err| error_of(err, state));
         if broken || result.as_ref().is_err_and(Error::poisons_connection) {
