@@ -492,6 +492,112 @@ fn an_oversized_request_is_refused_once_and_opens_no_breaker() {
     assert_eq!(multi.direct().add(1, 2).unwrap(), 3);
 }
 
+/// A framed, compact server whose every `retrieve` reply carries, besides the profile, a field
+/// this client does not know: a list of `zeros` i64 zeros, one byte each in the compact
+/// protocol and eight in the binary one (a newer server's, say).
+fn compact_server_with_an_unknown_list(zeros: i32) -> String {
+    use std::io::{Read, Write};
+    use thrift::protocol::{
+        TCompactInputProtocol, TCompactOutputProtocol, TFieldIdentifier, TInputProtocol,
+        TListIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier,
+        TType,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || loop {
+                let mut header = [0u8; 4];
+                if stream.read_exact(&mut header).is_err() {
+                    return;
+                }
+                let mut request = vec![0; i32::from_be_bytes(header) as usize];
+                if stream.read_exact(&mut request).is_err() {
+                    return;
+                }
+                let call = TCompactInputProtocol::new(&request[..])
+                    .read_message_begin()
+                    .unwrap();
+                let mut reply = Vec::new();
+                let mut o = TCompactOutputProtocol::new(&mut reply);
+                let ident =
+                    TMessageIdentifier::new(call.name, TMessageType::Reply, call.sequence_number);
+                o.write_message_begin(&ident).unwrap();
+                o.write_struct_begin(&TStructIdentifier::new("result"))
+                    .unwrap();
+                o.write_field_begin(&TFieldIdentifier::new("success", TType::Struct, 0))
+                    .unwrap();
+                o.write_struct_begin(&TStructIdentifier::new("UserProfile"))
+                    .unwrap();
+                o.write_field_begin(&TFieldIdentifier::new("uid", TType::I32, 1))
+                    .unwrap();
+                o.write_i32(5).unwrap();
+                o.write_field_end().unwrap();
+                o.write_field_begin(&TFieldIdentifier::new("history", TType::List, 9))
+                    .unwrap();
+                o.write_list_begin(&TListIdentifier::new(TType::I64, zeros))
+                    .unwrap();
+                for _ in 0..zeros {
+                    o.write_i64(0).unwrap();
+                }
+                o.write_list_end().unwrap();
+                o.write_field_end().unwrap();
+                o.write_field_stop().unwrap();
+                o.write_struct_end().unwrap();
+                o.write_field_end().unwrap();
+                o.write_field_stop().unwrap();
+                o.write_struct_end().unwrap();
+                o.write_message_end().unwrap();
+                drop(o);
+                let mut framed = (reply.len() as i32).to_be_bytes().to_vec();
+                framed.extend_from_slice(&reply);
+                if stream.write_all(&framed).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn direct_calls_in_the_compact_protocol_keep_their_responses_compact() {
+    // About 200 KB on the wire, under the 1 MiB limit; 1.6 MB in the binary protocol.
+    let endpoint = compact_server_with_an_unknown_list(200_000);
+    let config = patient()
+        .protocol(blocking_thrift::Protocol::Compact)
+        .max_message_size(1 << 20);
+    let multi = fixed(std::slice::from_ref(&endpoint), config);
+    assert_eq!(multi.call(|c| c.retrieve(5)).unwrap().uid, Some(5));
+    assert_eq!(multi.direct().retrieve(5).unwrap().uid, Some(5));
+    let stats = multi.stats();
+    assert_eq!(stats.endpoint(&endpoint).unwrap().successes, 2, "{stats:?}");
+
+    // Service exceptions in the compact protocol are told apart as in the binary one.
+    let compact = |name: &str| {
+        RefServer::start_on(
+            "127.0.0.1:0",
+            Transport::Framed,
+            blocking_thrift::Protocol::Compact,
+            Arc::new(CalculatorService::new(name)),
+        )
+    };
+    let (a, b) = (compact("a"), compact("b"));
+    let config = patient()
+        .protocol(blocking_thrift::Protocol::Compact)
+        .retry_on::<TemporaryUnavailable>();
+    let multi = fixed(&[a.endpoint(), b.endpoint()], config);
+    let mut direct = multi.direct();
+    let err = Error::from(direct.whoami(true).unwrap_err());
+    assert_eq!(attempts(&err).len(), 2, "{err}");
+    let err = Error::from(direct.retrieve(-3).unwrap_err());
+    assert_eq!(
+        err.user_exception::<InvalidOperation>().unwrap().what_op,
+        Some(-3)
+    );
+    assert_eq!(direct.whoami(false).unwrap(), "a");
+}
+
 #[test]
 fn the_deadline_fires_within_milliseconds_of_its_time() {
     let a = named("a");

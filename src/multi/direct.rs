@@ -7,9 +7,9 @@ use std::io::Cursor;
 use std::time::Instant;
 
 use thrift::protocol::{
-    TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier,
-    TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
-    TStructIdentifier, TType,
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
+    TMessageType, TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
 use thrift::{TConfiguration, TThriftClient};
 
@@ -24,6 +24,7 @@ use crate::client::direct::{
 use crate::client::ThriftClient;
 use crate::error::Error;
 use crate::wire::mirror::Mirrored;
+use crate::wire::Protocol;
 
 /// A request buffer larger than this is given back after its call.
 const KEEP_BUFFER: usize = 64 * 1024;
@@ -78,7 +79,10 @@ impl<C: Send + 'static> MultiDirect<C> {
                 phase: Phase::Idle,
                 request: TBinaryOutputProtocol::new(Vec::new(), true),
                 spare: Vec::new(),
-                response: TBinaryInputProtocol::new(Cursor::new(Vec::new()), true),
+                response: Response::Binary(TBinaryInputProtocol::new(
+                    Cursor::new(Vec::new()),
+                    true,
+                )),
             },
         }
     }
@@ -121,8 +125,62 @@ struct Protocols<C> {
     request: TBinaryOutputProtocol<Vec<u8>>,
     /// The buffer the next response is copied into.
     spare: Vec<u8>,
-    /// The last response, in the strict binary protocol.
-    response: TBinaryInputProtocol<Cursor<Vec<u8>>>,
+    /// The last response, in the endpoints' protocol.
+    response: Response,
+}
+
+/// A response's copy, encoded as it came (re-encoded in the protocol it came in, so about as
+/// large as it was on the wire), for the generated code to read.
+enum Response {
+    Binary(TBinaryInputProtocol<Cursor<Vec<u8>>>),
+    Compact(TCompactInputProtocol<Cursor<Vec<u8>>>),
+}
+
+impl Response {
+    fn new(protocol: Protocol, bytes: Vec<u8>, limits: &TConfiguration) -> Response {
+        let bytes = Cursor::new(bytes);
+        match protocol {
+            Protocol::Binary => Response::Binary(TBinaryInputProtocol::with_config(
+                bytes,
+                true,
+                limits.clone(),
+            )),
+            Protocol::Compact => {
+                Response::Compact(TCompactInputProtocol::with_config(bytes, limits.clone()))
+            }
+        }
+    }
+
+    fn input(&mut self) -> &mut dyn TInputProtocol {
+        match self {
+            Response::Binary(input) => input,
+            Response::Compact(input) => input,
+        }
+    }
+
+    /// The buffer, for the next copy (the compact reader does not give its back).
+    fn into_buffer(self) -> Vec<u8> {
+        match self {
+            Response::Binary(input) => input.transport.into_inner(),
+            Response::Compact(_) => Vec::new(),
+        }
+    }
+}
+
+/// Writes a copy into `bytes` in `protocol`.
+fn copy_writer(protocol: Protocol, bytes: &mut Vec<u8>) -> Box<dyn TOutputProtocol + '_> {
+    match protocol {
+        Protocol::Binary => Box::new(TBinaryOutputProtocol::new(bytes, true)),
+        Protocol::Compact => Box::new(TCompactOutputProtocol::new(bytes)),
+    }
+}
+
+/// Reads a copy made in `protocol`.
+fn copy_reader(protocol: Protocol, bytes: &[u8]) -> Box<dyn TInputProtocol + '_> {
+    match protocol {
+        Protocol::Binary => Box::new(TBinaryInputProtocol::new(bytes, true)),
+        Protocol::Compact => Box::new(TCompactInputProtocol::new(bytes)),
+    }
 }
 
 /// The request as sent to every endpoint tried.
@@ -141,8 +199,9 @@ enum Reply {
     Value,
     /// The response is a `TApplicationException`.
     Application,
-    /// The response holds a service exception; these are its bytes in the copy.
-    Exception(std::ops::Range<usize>),
+    /// The response holds a service exception; these are its bytes in the strict binary
+    /// protocol, as the declared exception types are told apart in.
+    Exception(Vec<u8>),
 }
 
 /// The limits the generated code reads a response's copy with.
@@ -190,7 +249,7 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
         if self.phase != Phase::Reading {
             return Err(outside_call());
         }
-        op(&mut self.response)
+        op(self.response.input())
     }
 
     /// Runs the exchange, on as many endpoints as it takes; leaves the response ready to read.
@@ -212,12 +271,10 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
                 Ok(())
             }
             Ok(_) => {
-                let response =
-                    TBinaryInputProtocol::with_config(Cursor::new(copy), true, self.limits.clone());
+                let protocol = self.client.config().protocol;
+                let response = Response::new(protocol, copy, &self.limits);
                 // The previous response's buffer takes the next one's copy.
-                self.spare = std::mem::replace(&mut self.response, response)
-                    .transport
-                    .into_inner();
+                self.spare = std::mem::replace(&mut self.response, response).into_buffer();
                 self.phase = Phase::Reading;
                 Ok(())
             }
@@ -238,27 +295,31 @@ fn attempt<C: TThriftClient>(
     copy: &mut Vec<u8>,
 ) -> Result<Reply, Error> {
     let endpoint = client.calls();
+    let protocol = endpoint.config().protocol;
     let mut call = endpoint.begin(deadline)?;
     copy.clear();
-    let mut out = TBinaryOutputProtocol::new(std::mem::take(copy), true);
-    let result = talk(call.client(), request, &mut out).and_then(|reply| {
-        call.connection().check_clean()?;
-        Ok(reply)
-    });
-    *copy = out.transport;
+    let answered = talk(call.client(), request, &mut *copy_writer(protocol, copy));
+    let result = answered
+        .and_then(|answered| match answered {
+            Some(message_type) => classify(protocol, copy, message_type),
+            None => Ok(Reply::Sent),
+        })
+        .and_then(|reply| {
+            call.connection().check_clean()?;
+            Ok(reply)
+        });
     match result {
-        Ok(Reply::Exception(range)) => {
-            let exception = &copy[range.clone()];
+        Ok(Reply::Exception(exception)) => {
             let config = endpoint.config();
-            let declared_failure = config.encodes_declared_failure(exception);
-            let retried = config.describe_declared_retryable(exception);
+            let declared_failure = config.encodes_declared_failure(&exception);
+            let retried = config.describe_declared_retryable(&exception);
             endpoint.end_answered(call, Answered::Exception { declared_failure });
             match retried {
                 Some(text) => Err(Error::User(Box::new(RetriedException(text)))),
-                None => Ok(Reply::Exception(range)),
+                None => Ok(Reply::Exception(exception)),
             }
         }
-        Ok(Reply::Application) => match shed_reply(copy) {
+        Ok(Reply::Application) => match shed_reply(protocol, copy) {
             // Retried like any failure where the request did not run.
             Some(shed) => {
                 endpoint.end_answered(call, Answered::Overloaded);
@@ -279,12 +340,13 @@ fn attempt<C: TThriftClient>(
     }
 }
 
-/// Sends the request over `client`'s protocols and copies the response into `copy`.
+/// Sends the request over `client`'s protocols and copies the response into `copy`; returns
+/// the response's message type, or `None` for a oneway request (sent, and no response).
 fn talk<C: TThriftClient>(
     client: &mut C,
     request: &Request<'_>,
-    copy: &mut TBinaryOutputProtocol<Vec<u8>>,
-) -> thrift::Result<Reply> {
+    copy: &mut dyn TOutputProtocol,
+) -> thrift::Result<Option<TMessageType>> {
     // The recorded request is this process's own encoding: replayed without limits, so that a
     // request over `max_message_size` reaches the connection's writer, which refuses it before
     // anything is sent (`Error::RequestTooLarge`, not the endpoint's failure).
@@ -299,7 +361,7 @@ fn talk<C: TThriftClient>(
     send.read_message_end()?;
     client.o_prot_mut().flush()?;
     if request.oneway {
-        return Ok(Reply::Sent);
+        return Ok(None);
     }
     let mut receive = Mirrored {
         input: client.i_prot_mut(),
@@ -309,32 +371,40 @@ fn talk<C: TThriftClient>(
     check_answers(&ident, request.method, request.sequence)?;
     receive.skip(TType::Struct)?;
     receive.read_message_end()?;
-    classify(&copy.transport, ident.message_type)
+    Ok(Some(ident.message_type))
 }
 
 /// The `TApplicationException` of a response's copy, if it is a server shedding the request.
-fn shed_reply(response: &[u8]) -> Option<thrift::ApplicationError> {
-    let mut input = TBinaryInputProtocol::new(Cursor::new(response), true);
+fn shed_reply(protocol: Protocol, response: &[u8]) -> Option<thrift::ApplicationError> {
+    let mut input = copy_reader(protocol, response);
     input.read_message_begin().ok()?;
-    crate::error::read_shed(&mut input)
+    crate::error::read_shed(&mut *input)
 }
 
 /// Tells a response's copy apart: in a result struct, field 0 is the return value and every
 /// other field a service exception.
-fn classify(response: &[u8], message_type: TMessageType) -> thrift::Result<Reply> {
+fn classify(
+    protocol: Protocol,
+    response: &[u8],
+    message_type: TMessageType,
+) -> thrift::Result<Reply> {
     if message_type == TMessageType::Exception {
         return Ok(Reply::Application);
     }
-    let mut input = TBinaryInputProtocol::new(Cursor::new(response), true);
+    let mut input = copy_reader(protocol, response);
     input.read_message_begin()?;
     input.read_struct_begin()?;
     let field = input.read_field_begin()?;
     if field.field_type == TType::Stop || field.id.is_none_or(|id| id <= 0) {
         return Ok(Reply::Value);
     }
-    let start = input.transport.position() as usize;
-    input.skip(field.field_type)?;
-    Ok(Reply::Exception(start..input.transport.position() as usize))
+    let mut exception = TBinaryOutputProtocol::new(Vec::new(), true);
+    Mirrored {
+        input: &mut *input,
+        copy: &mut exception,
+    }
+    .skip(field.field_type)?;
+    Ok(Reply::Exception(exception.transport))
 }
 
 impl<C: TThriftClient + Send + 'static> TInputProtocol for Protocols<C> {
