@@ -119,9 +119,12 @@ fn hold_a_connection(calc: &ThriftClient<Calc>) -> (std::thread::JoinHandle<()>,
 #[test]
 fn a_zero_pool_timeout_fails_only_when_every_connection_is_busy() {
     let server = server();
+    // A fresh pool's tokens are made on r2d2's thread; a call arriving before they are waits
+    // for one within its connect timeout, which a loaded machine may need in full.
     let config = ClientConfig::default()
         .pool_size(2)
         .pool_timeout(Duration::ZERO)
+        .connect_timeout(Duration::from_secs(5))
         .read_timeout(Duration::from_secs(10));
     for _ in 0..50 {
         // The first call of a fresh client, and the first to need a second connection: no
