@@ -72,23 +72,11 @@ fn pool_wait_times_out_when_every_connection_is_busy() {
         .read_timeout(Duration::from_secs(10))
         .maxfail(0);
     let calc = client(&server.endpoint(), config);
-    let busy = Arc::new(Barrier::new(2));
-    let release = Arc::new(Barrier::new(2));
-    let holder = {
-        let (calc, busy, release) = (calc.clone(), busy.clone(), release.clone());
-        std::thread::spawn(move || {
-            calc.call(|c| {
-                busy.wait();
-                release.wait();
-                c.ping()
-            })
-        })
-    };
-    busy.wait();
+    let (holder, release) = hold_a_connection(&calc);
     let err = calc.call(|c| c.ping()).unwrap_err();
     release.wait();
     assert!(matches!(err, Error::Timeout(Timeout::PoolWait)), "{err}");
-    holder.join().unwrap().unwrap();
+    holder.join().unwrap();
     let stats = calc.stats();
     assert_eq!(stats.pool_timeouts, 1);
     // The pool was busy with the client's own calls, which says nothing about the endpoint:
