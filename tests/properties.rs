@@ -247,7 +247,9 @@ fn servers() -> &'static [ThriftServer] {
         FORMATS
             .iter()
             .map(|&(transport, protocol)| {
+                // No request is shed for waiting, even when the machine stalls.
                 let config = ServerConfig::default()
+                    .max_queue_wait(Duration::MAX)
                     .workers(1)
                     .transport(transport)
                     .protocol(protocol);

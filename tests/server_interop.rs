@@ -30,7 +30,9 @@ fn python_client_passes(test: &str, transport: Transport, protocol: Protocol) {
     let _ = env_logger::builder().is_test(true).try_init();
     let wire = wire_args(transport, protocol);
     let label = format!("rust-{}-{}", wire[1], wire[3]);
+    // No request is shed for waiting, even when the machine stalls.
     let config = ServerConfig::default()
+        .max_queue_wait(Duration::MAX)
         .workers(2)
         .transport(transport)
         .protocol(protocol);
