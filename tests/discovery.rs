@@ -12,6 +12,7 @@ use blocking_thrift::discovery::{
 };
 use blocking_thrift::{ClientConfig, MultiThriftClient, ServerConfig, ThriftServer};
 use support::calculator::{CalculatorSyncClient, CalculatorSyncProcessor, TCalculatorSyncClient};
+use support::proxy::{Fault, FaultProxy};
 use support::zookeeper::{
     curator_available, curator_query, zk_cli, zookeeper_available, CuratorRegistration, ZkServer,
 };
@@ -185,6 +186,32 @@ fn nodes_that_are_not_instances_are_skipped() {
     assert!(wait_until(SOON, || cache.instances().len() == 2));
     drop((good, another));
     assert!(wait_until(SOON, || cache.instances().is_empty()));
+    zk.close();
+}
+
+#[test]
+fn connecting_waits_its_connect_timeout_not_one_session_timeout() {
+    if !zookeeper_available("connecting_waits_its_connect_timeout_not_one_session_timeout") {
+        return;
+    }
+    let server = ZkServer::start();
+    // ZooKeeper behind a proxy that holds back its answers until told.
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into());
+    proxy.set(Fault::Stall);
+    let config = ZooKeeperConfig::default()
+        .session_timeout(Duration::from_secs(1))
+        .connect_timeout(Duration::from_secs(60));
+    let hosts = proxy.endpoint();
+    let connecting = std::thread::spawn(move || ZooKeeper::connect(&hosts, config));
+    // Three session timeouts pass without an answer (ZooKeeper's own clock, which cannot be
+    // injected), and the connect goes on trying.
+    wait_until(Duration::from_secs(3), || connecting.is_finished());
+    assert!(proxy.connections() >= 2);
+    proxy.set(Fault::Pass);
+    let zk = connecting
+        .join()
+        .unwrap()
+        .expect("a session once ZooKeeper answers, within the connect timeout");
     zk.close();
 }
 

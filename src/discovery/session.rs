@@ -234,12 +234,22 @@ impl Drop for Inner {
     }
 }
 
+/// Establishes a session, trying for as long as the caller's timeout around it lets: the
+/// ZooKeeper client gives up after one session timeout, which may be the shorter.
 async fn connect(hosts: &str, config: &ZooKeeperConfig) -> Result<zk::Client, zk::Error> {
-    zk::Client::connector()
-        .with_session_timeout(config.session_timeout)
-        .with_connection_timeout(config.connect_timeout)
-        .connect(hosts)
-        .await
+    loop {
+        let attempt = zk::Client::connector()
+            .with_session_timeout(config.session_timeout)
+            .with_connection_timeout(config.connect_timeout)
+            .connect(hosts)
+            .await;
+        match attempt {
+            Err(zk::Error::Timeout) => {
+                info!(target: TARGET, "no session with {hosts} within the session timeout; trying again")
+            }
+            attempt => return attempt,
+        }
+    }
 }
 
 /// Watches the session; once it has expired, starts a new one and publishes its client.
