@@ -832,3 +832,24 @@ fn durations_too_long_to_add_to_an_instant_mean_never() {
         Error::CircuitOpen { .. }
     ));
 }
+
+#[test]
+fn a_zero_pool_timeout_never_fails_a_fresh_clients_first_call() {
+    // r2d2 makes a fresh pool's tokens on its own thread: a first call that finds none, and then
+    // that they have all been made, must take one. The endpoint refuses connections, so trials
+    // are quick: a call that got its turn fails to connect, one that did not with `PoolWait`.
+    // Before this was fixed, one trial in about a thousand failed in a debug build, one in ten
+    // thousand in a release build.
+    let endpoint = support::refused_endpoint();
+    for n in 0..20_000 {
+        let config = ClientConfig::default()
+            .pool_size(1 + n % 4)
+            .pool_timeout(Duration::ZERO)
+            .connect_timeout(Duration::from_secs(5));
+        let calc = client(&endpoint, config);
+        match calc.call(|c| c.ping()).unwrap_err() {
+            Error::Connect { .. } => {}
+            err => panic!("trial {n}: {err}"),
+        }
+    }
+}

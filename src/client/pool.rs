@@ -341,18 +341,20 @@ impl<C> Pool<C> {
                 } else {
                     within(self.config.pool_timeout, deadline)
                 };
-                if wait.is_zero() {
-                    return Err(Error::Timeout(Timeout::PoolWait));
-                }
                 let _waiting = Waiting::new(&self.waiting);
                 // A call may have ended and kept its token since the look above.
                 if let Some(checkout) = self.take_any_kept() {
                     return Ok(checkout);
                 }
-                self.tokens
-                    .get_timeout(wait)
+                let token = if wait.is_zero() {
+                    // The last tokens may have been made since the first look.
+                    self.tokens.try_get()
+                } else {
+                    self.tokens.get_timeout(wait).ok()
+                };
+                token
                     .map(Box::new)
-                    .map_err(|_| Error::Timeout(Timeout::PoolWait))?
+                    .ok_or(Error::Timeout(Timeout::PoolWait))?
             }
         };
         if let Some(stranded) = token.claim.take() {
