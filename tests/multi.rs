@@ -804,6 +804,25 @@ fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
 }
 
 #[test]
+fn a_retry_the_budget_refuses_leaves_the_next_endpoint_alone() {
+    let b = named("b");
+    let config = patient().retry_budget(0.0, 0);
+    let refused = support::refused_endpoint();
+    let multi = fixed(&[refused.clone(), b.endpoint()], config);
+    let err = multi.call(|c| c.whoami(false)).unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    let stats = multi.stats();
+    assert_eq!((stats.retries, stats.retries_refused), (0, 1));
+    // Only the endpoint the call was made on is known: the next was never taken up.
+    let known: Vec<_> = stats
+        .endpoints
+        .iter()
+        .map(|(name, _)| name.to_string())
+        .collect();
+    assert_eq!(known, [refused]);
+}
+
+#[test]
 fn the_retry_budget_keeps_retries_to_a_share_of_calls() {
     let b = named("b");
     let time = ManualClock::new();

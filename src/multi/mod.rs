@@ -407,14 +407,9 @@ impl<C: Send + 'static> Shared<C> {
                 attempts.push((name.into(), Error::Timeout(Timeout::Deadline)));
                 return ControlFlow::Break(());
             }
-            let lease = match self.lease(name) {
-                Ok(lease) => lease,
-                Err(err) => {
-                    outcome = Some(Err(err));
-                    return ControlFlow::Break(());
-                }
-            };
-            if let Some((previous, err)) = attempts.last() {
+            // Asked before the endpoint is leased (and perhaps created) for a retry.
+            let retry = attempts.last();
+            if let Some((previous, err)) = retry {
                 if !self.budget.try_withdraw() {
                     self.counters
                         .retries_refused
@@ -424,6 +419,15 @@ impl<C: Send + 'static> Shared<C> {
                     outcome = Some(Err(err));
                     return ControlFlow::Break(());
                 }
+            }
+            let lease = match self.lease(name) {
+                Ok(lease) => lease,
+                Err(err) => {
+                    outcome = Some(Err(err));
+                    return ControlFlow::Break(());
+                }
+            };
+            if let Some((previous, err)) = retry {
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
                 log::debug!(target: TARGET, "{name}: retrying after {previous} failed: {err}");
             }
