@@ -216,6 +216,81 @@ fn connecting_waits_its_connect_timeout_not_one_session_timeout() {
 }
 
 #[test]
+fn a_callback_may_register_and_drop_registrations() {
+    if !zookeeper_available("a_callback_may_register_and_drop_registrations") {
+        return;
+    }
+    let server = ZkServer::start();
+    let zk = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    // On the session's own thread, the callback keeps a "mirror" instance for each "calc" one,
+    // registering new ones and dropping the others.
+    let mirrors: Arc<parking_lot::Mutex<Vec<Registration>>> = Arc::default();
+    let on_change = {
+        let (zk, mirrors) = (zk.clone(), mirrors.clone());
+        move |instances: &[ServiceInstance]| {
+            let mut mirrors = mirrors.lock();
+            mirrors.clear();
+            for instance in instances {
+                let port = instance.port.unwrap();
+                let mirror = ServiceInstance::new("mirror", "h", port).unwrap();
+                mirrors.push(Registration::register(&zk, mirror).unwrap());
+            }
+        }
+    };
+    let calc =
+        InstanceCache::follow_under(&zk, "/service", "calc", Some(Box::new(on_change))).unwrap();
+    let seen = InstanceCache::follow(&zk, "mirror").unwrap();
+    let first = Registration::register(&zk, ServiceInstance::new("calc", "h", 1).unwrap()).unwrap();
+    let second =
+        Registration::register(&zk, ServiceInstance::new("calc", "h", 2).unwrap()).unwrap();
+    let ports = |cache: &InstanceCache| {
+        let mut ports: Vec<_> = cache.instances().iter().filter_map(|i| i.port).collect();
+        ports.sort();
+        ports
+    };
+    assert!(
+        wait_until(SOON, || ports(&seen) == [1, 2]),
+        "{:?}",
+        ports(&seen)
+    );
+    drop(first);
+    assert!(
+        wait_until(SOON, || ports(&seen) == [2]),
+        "{:?}",
+        ports(&seen)
+    );
+    drop((second, calc));
+    zk.close();
+}
+
+#[test]
+fn a_session_whose_last_handle_a_callback_held_closes() {
+    if !zookeeper_available("a_session_whose_last_handle_a_callback_held_closes") {
+        return;
+    }
+    let server = ZkServer::start();
+    let watcher = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    let seen = InstanceCache::follow(&watcher, "held").unwrap();
+    // A session that would outlive this test if it were left to expire.
+    let config = ZooKeeperConfig::default().session_timeout(Duration::from_secs(20));
+    let zk = ZooKeeper::connect(&server.hosts(), config).unwrap();
+    let held = Registration::register(&zk, ServiceInstance::new("held", "h", 1).unwrap()).unwrap();
+    let held = (zk.clone(), parking_lot::Mutex::new(held));
+    let on_change = move |_: &[ServiceInstance]| {
+        let _ = (held.0.session_id(), held.1.lock().instance().id.len());
+    };
+    let cache =
+        InstanceCache::follow_under(&zk, "/service", "calc", Some(Box::new(on_change))).unwrap();
+    assert!(wait_until(SOON, || seen.instances().len() == 1));
+    // The cache's task drops the callback, with the registration and the last handle of its
+    // session, on the session's own thread: the node goes at once, not when the session expires.
+    drop(zk);
+    drop(cache);
+    assert!(wait_until(SOON, || seen.instances().is_empty()));
+    watcher.close();
+}
+
+#[test]
 fn a_process_that_dies_leaves_the_fleet_within_its_session_timeout() {
     if !zookeeper_available("a_process_that_dies_leaves_the_fleet_within_its_session_timeout") {
         return;

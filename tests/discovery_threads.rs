@@ -42,6 +42,31 @@ fn closing_a_session_joins_every_thread_it_started() {
         }
         drop(cache);
     }
+    // A cache's callback holds the last handle, and lets go of it on the session's own thread
+    // when the cache goes: the session closes all the same.
+    {
+        let zk = ZooKeeper::connect(&server.hosts(), ZooKeeperConfig::default()).unwrap();
+        let held = zk.clone();
+        let on_change = move |_: &[ServiceInstance]| {
+            let _ = held.session_id();
+        };
+        let cache = InstanceCache::follow_under(&zk, "/service", "calc", Some(Box::new(on_change)))
+            .unwrap();
+        let registration =
+            Registration::register(&zk, ServiceInstance::new("calc", "h", 2).unwrap()).unwrap();
+        assert!(support::wait_until(Duration::from_secs(10), || cache
+            .instances()
+            .len()
+            == 1));
+        drop((registration, zk));
+        assert!(ours() > before);
+        drop(cache);
+        assert!(
+            support::wait_until(Duration::from_secs(10), || ours() == before),
+            "after the callback's drop: {:?}",
+            names()
+        );
+    }
     // The nodes went with their sessions.
     let zk = ZooKeeper::connect(&server.hosts(), ZooKeeperConfig::default()).unwrap();
     let cache = InstanceCache::follow(&zk, "calc").unwrap();

@@ -1,6 +1,7 @@
 //! A ZooKeeper session kept alive for as long as the handle lives: it reconnects by itself,
 //! and after the session expires it starts a new one, which registrations and caches follow.
 
+use std::cell::Cell;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -97,12 +98,15 @@ impl ZooKeeper {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("blocking-thrift-zookeeper")
+            .on_thread_start(|| SESSION_THREAD.set(true))
             .enable_all()
             .build()
             .map_err(|err| DiscoveryError::ZooKeeper(err.to_string()))?;
         let handle = runtime.handle().clone();
-        let first = handle.block_on(async {
-            tokio::time::timeout(config.connect_timeout, connect(hosts, &config)).await
+        let first = blocking(|| {
+            handle.block_on(async {
+                tokio::time::timeout(config.connect_timeout, connect(hosts, &config)).await
+            })
         });
         let client = match first {
             Ok(Ok(client)) => client,
@@ -155,6 +159,9 @@ impl ZooKeeper {
     /// Ends the session, deleting the ephemeral nodes it holds, and joins the session's
     /// threads. Registrations and caches on it stop; a cache keeps its last instances.
     /// Closing twice is harmless.
+    ///
+    /// Called on a thread of an async runtime (a cache's callback, say), where it cannot wait,
+    /// it returns at once and a thread of its own closes the session.
     pub fn close(&self) {
         self.inner.close();
     }
@@ -187,9 +194,25 @@ impl ZooKeeper {
         Ok(())
     }
 
-    /// Waits, from a thread outside the runtime, for `work` done on it.
+    /// Waits for `work` done on the session's runtime.
     pub(super) fn wait<T>(&self, work: impl Future<Output = T>) -> T {
-        self.inner.handle.block_on(work)
+        blocking(|| self.inner.handle.block_on(work))
+    }
+}
+
+thread_local! {
+    /// Whether this thread is one of a session's runtime (where caches call their callbacks).
+    static SESSION_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `wait`, which blocks the thread until work on a session's runtime is done. On a
+/// session's own thread (in a cache's callback, say) its other tasks move to another thread
+/// meanwhile, so that they can do that work.
+fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    if SESSION_THREAD.get() {
+        tokio::task::block_in_place(wait)
+    } else {
+        wait()
     }
 }
 
@@ -201,16 +224,43 @@ impl Inner {
         let Some(runtime) = runtime else {
             return;
         };
-        runtime.block_on(async {
-            // Registrations delete their nodes, caches stop; then every client is dropped and
-            // the ZooKeeper client's own task ends the session.
-            let ended = futures_all(tasks);
-            let _ = tokio::time::timeout(self.config.connect_timeout, ended).await;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        });
-        runtime.shutdown_timeout(Duration::from_secs(1));
-        info!(target: TARGET, "session with {} closed", self.hosts);
+        if Handle::try_current().is_err() {
+            finish(runtime, tasks, &self.hosts, self.config.connect_timeout);
+            return;
+        }
+        // On a runtime's thread, perhaps this session's own (a cache's callback held the last
+        // handle), which cannot wait for itself to stop: another thread closes the session.
+        let parts = Arc::new(Mutex::new(Some((runtime, tasks))));
+        let (hosts, timeout) = (self.hosts.clone(), self.config.connect_timeout);
+        let closing = std::thread::Builder::new()
+            .name("blocking-thrift-zookeeper-close".to_owned())
+            .spawn({
+                let parts = parts.clone();
+                move || {
+                    if let Some((runtime, tasks)) = parts.lock().take() {
+                        finish(runtime, tasks, &hosts, timeout);
+                    }
+                }
+            });
+        if let Err(err) = closing {
+            warn!(target: TARGET, "cannot close the session with {}: {err}", self.hosts);
+            if let Some((runtime, _)) = parts.lock().take() {
+                runtime.shutdown_background();
+            }
+        }
     }
+}
+
+/// Lets the tasks of a closing session end, within `timeout`, then stops its runtime.
+fn finish(runtime: Runtime, tasks: Vec<JoinHandle<()>>, hosts: &str, timeout: Duration) {
+    runtime.block_on(async {
+        // Registrations delete their nodes, caches stop; then every client is dropped and the
+        // ZooKeeper client's own task ends the session.
+        let _ = tokio::time::timeout(timeout, futures_all(tasks)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    info!(target: TARGET, "session with {hosts} closed");
 }
 
 async fn futures_all(tasks: Vec<JoinHandle<()>>) {
