@@ -149,9 +149,13 @@ impl Error {
 
     /// Whether the request certainly never reached the server: the connection could not be
     /// made, no pooled connection was free, the breaker rejected the call, the request was
-    /// refused for its size, or the client was closed. Such a call can be retried even if it
-    /// must not run twice.
+    /// refused for its size, or the client was closed; for [`Error::Unavailable`], that no
+    /// attempt may have run. Such a call can be retried even if it must not run twice.
+    /// Always the opposite of [`may_have_run`](Self::may_have_run).
     pub fn is_unsent(&self) -> bool {
+        if let Error::Unavailable(_) = self {
+            return !self.may_have_run();
+        }
         matches!(
             self,
             Error::Connect { .. }
@@ -377,8 +381,10 @@ mod tests {
         }
         assert!(response().may_have_run() && !response().is_unsent());
         let tried = |attempts| Error::Unavailable(Box::new(Unavailable { attempts }));
-        assert!(!tried(vec![("a:1".into(), refused()), ("b:1".into(), open())]).may_have_run());
-        assert!(tried(vec![("a:1".into(), refused()), ("b:1".into(), response())]).may_have_run());
+        let unsent = tried(vec![("a:1".into(), refused()), ("b:1".into(), open())]);
+        assert!(unsent.is_unsent() && !unsent.may_have_run());
+        let ran = tried(vec![("a:1".into(), refused()), ("b:1".into(), response())]);
+        assert!(ran.may_have_run() && !ran.is_unsent());
         // Out of a direct call's generated method.
         let direct: thrift::Error = open().into();
         assert!(Error::in_direct(&direct).is_some_and(Error::is_circuit_open));
