@@ -804,6 +804,26 @@ fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
 }
 
 #[test]
+fn a_retryable_exception_whose_retry_is_refused_reaches_the_caller_typed() {
+    let (a, b) = (named("a"), named("b"));
+    let config = patient()
+        .retry_on::<TemporaryUnavailable>()
+        .retry_budget(0.0, 0);
+    let multi = fixed(&[a.endpoint(), b.endpoint()], config);
+    let err = multi.call(|c| c.whoami(true)).unwrap_err();
+    assert!(
+        err.user_exception::<TemporaryUnavailable>().is_some(),
+        "{err:?}"
+    );
+    let err = multi.direct().whoami(true).unwrap_err();
+    match &err {
+        thrift::Error::User(e) => assert!(e.is::<TemporaryUnavailable>(), "{err:?}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(multi.stats().retries_refused, 2);
+}
+
+#[test]
 fn a_retry_the_budget_refuses_leaves_the_next_endpoint_alone() {
     let b = named("b");
     let config = patient().retry_budget(0.0, 0);

@@ -265,6 +265,12 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
         let result = self
             .client
             .run(|client, deadline| attempt(client, deadline, &request, &mut copy));
+        let result = match result {
+            // A declared-retryable exception whose retry the retry budget refused: its response
+            // is still in the copy, and reaches the caller typed, as through `call`.
+            Err(Error::User(e)) if e.is::<RetriedException>() => Ok(Reply::Exception(Vec::new())),
+            result => result,
+        };
         match result {
             Ok(Reply::Sent) => {
                 self.spare = copy;
