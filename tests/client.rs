@@ -200,34 +200,9 @@ fn connection_refused_names_the_cause() {
 
 #[test]
 fn connect_times_out_against_a_listener_that_never_accepts() {
-    use socket2::{Domain, Socket, Type};
-    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    listener
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
-    listener.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap().as_socket().unwrap();
-    // Fill the accept queue until the kernel stops answering handshakes.
-    let mut held = Vec::new();
-    let mut full = false;
-    for _ in 0..64 {
-        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        match s.connect_timeout(&addr.into(), Duration::from_millis(100)) {
-            Ok(()) => held.push(s),
-            Err(_) => {
-                full = true;
-                break;
-            }
-        }
-    }
-    assert!(full, "the accept queue never filled");
+    let (endpoint, _held) = support::never_accepting();
     let calc = client(
-        &addr.to_string(),
+        &endpoint,
         ClientConfig::default().connect_timeout(Duration::from_millis(100)),
     );
     let started = Instant::now();

@@ -623,6 +623,33 @@ fn the_deadline_fires_within_milliseconds_of_its_time() {
 }
 
 #[test]
+fn a_connect_the_deadline_cuts_short_is_not_held_against_the_endpoint() {
+    let (endpoint, _held) = support::never_accepting();
+    // Deadlines that are no whole number of milliseconds, which the connect's wait must not
+    // round down.
+    for trial in 0..5 {
+        let config = ClientConfig::default()
+            .connect_timeout(Duration::from_secs(5))
+            .deadline(Some(Duration::from_micros(60_950 + 100 * trial)))
+            .retries(0)
+            .maxfail(0);
+        let multi = fixed(std::slice::from_ref(&endpoint), config);
+        let err = multi.call(|c| c.ping()).unwrap_err();
+        assert!(
+            matches!(
+                attempts(&err).last(),
+                Some((_, Error::Timeout(Timeout::Deadline)))
+            ),
+            "trial {trial}: {err}"
+        );
+        let stats = multi.stats();
+        let tried = stats.endpoint(&endpoint).unwrap();
+        assert_eq!(tried.failures, 0, "trial {trial}: {tried:?}");
+        assert_eq!(tried.breaker, BreakerState::Closed, "trial {trial}");
+    }
+}
+
+#[test]
 fn the_deadline_bounds_a_call_across_attempts() {
     let (a, b) = (named("a"), named("b"));
     // Each attempt times out after 400 ms; the deadline stops the call after two seconds,

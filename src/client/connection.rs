@@ -76,7 +76,7 @@ pub(crate) fn connect(
         if left.is_zero() {
             break;
         }
-        match connect_one(addr, left) {
+        match connect_one(addr, deadline) {
             Ok(stream) => return Ok(stream),
             Err(e) => last = Some(e),
         }
@@ -89,14 +89,36 @@ pub(crate) fn connect(
     }
 }
 
-fn connect_one(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+/// Connects to `addr`, giving up once `deadline` has passed, not before: a deadline of the
+/// whole call that cut the connect short must find itself passed.
+fn connect_one(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM,
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
-    socket.connect_timeout(&addr.into(), timeout)?;
+    socket.set_nonblocking(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {
+            // `poll` waits to the nanosecond, and wakes no earlier than asked.
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                if wait_ready(&socket, Ready::Write, left)? {
+                    break;
+                }
+            }
+            if let Some(e) = socket.take_error()? {
+                return Err(e);
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    socket.set_nonblocking(false)?;
     Ok(socket.into())
 }
 

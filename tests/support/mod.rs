@@ -387,6 +387,27 @@ pub fn resident_bytes() -> u64 {
 
 pub mod proxy;
 
+/// An endpoint on 127.0.0.1 whose accept queue is full, so that a connect to it never
+/// completes, and what keeps it so (to be held as long as it is needed).
+pub fn never_accepting() -> (String, Vec<socket2::Socket>) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    listener.bind(&any.into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    // Fill the accept queue until the kernel stops answering handshakes.
+    let mut held = vec![listener];
+    for _ in 0..64 {
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        match s.connect_timeout(&addr.into(), Duration::from_millis(100)) {
+            Ok(()) => held.push(s),
+            Err(_) => return (addr.to_string(), held),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
 /// Asserts that `call` ends within milliseconds of `expected`, never before it.
 ///
 /// Makes six calls at once, each started a little after the one before (so that they meet the
