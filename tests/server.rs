@@ -865,6 +865,65 @@ fn a_multiplexed_processor_is_served() {
 }
 
 #[test]
+fn a_multiplexed_client_reads_the_servers_own_error_replies() {
+    let _lock = shared_lock();
+    // The replies this server writes itself (a panic, a shed request) name the method as the
+    // multiplexed processor's would: without the service's prefix, which the generated client
+    // would refuse as the wrong method's.
+    let (handler, release) = Special::gated();
+    let mut processor = TMultiplexedProcessor::new();
+    processor
+        .register(
+            "Calculator",
+            Box::new(CalculatorSyncProcessor::new(handler)),
+            false,
+        )
+        .unwrap();
+    let config = ServerConfig::default()
+        .workers(1)
+        .max_queue_wait(Duration::from_millis(50));
+    let server = ThriftServer::bind("127.0.0.1:0", processor, config).unwrap();
+    server.start().unwrap();
+    let addr = server.local_addr();
+    let multiplexed = move || {
+        let (reader, writer) = TTcpChannel::with_stream(raw(addr)).split().unwrap();
+        let input = TBinaryInputProtocol::new(TFramedReadTransport::new(reader), true);
+        let output = TMultiplexedOutputProtocol::new(
+            "Calculator",
+            TBinaryOutputProtocol::new(TFramedWriteTransport::new(writer), true),
+        );
+        CalculatorSyncClient::new(input, output)
+    };
+    let mut client = multiplexed();
+    match client.add(666, 0) {
+        Err(thrift::Error::Application(err)) => {
+            assert_eq!(err.kind, ApplicationErrorKind::InternalError, "{err:?}")
+        }
+        other => panic!("add(666) gave {other:?}"),
+    }
+
+    let busy = thread::spawn(move || multiplexed().slow(1).map_err(|e| e.to_string()));
+    wait_for_stats(&server, "the slow call holds the only worker", |s| {
+        s.busy_workers == 1
+    });
+    let shed = thread::spawn(move || client.add(1, 2));
+    wait_for_stats(&server, "the add waits for the worker", |s| {
+        s.queued_connections == 1
+    });
+    // Four times the bound, in the queue behind the slow call.
+    thread::sleep(Duration::from_millis(200));
+    release.send(()).unwrap();
+    match shed.join().unwrap() {
+        Err(thrift::Error::Application(err)) => {
+            assert!(err.message.starts_with("server overloaded: "), "{err:?}")
+        }
+        other => panic!("the shed add gave {other:?}"),
+    }
+    assert_eq!(busy.join().unwrap(), Ok(1));
+    assert_eq!(server.stats().shed_requests, 1);
+}
+
+#[test]
 fn a_panicking_handler_fails_only_its_own_call() {
     let _lock = shared_lock();
     for transport in [Transport::Framed, Transport::Buffered] {

@@ -808,7 +808,13 @@ fn error_reply(
     if call.message_type == TMessageType::OneWay {
         return Ok(());
     }
-    let reply = TMessageIdentifier::new(call.name, TMessageType::Exception, call.sequence_number);
+    // A multiplexed call is answered as the multiplexed processor would: by the method's own
+    // name, without the service's (no method name of an IDL holds the separator).
+    let method = call
+        .name
+        .split_once(':')
+        .map_or(call.name.as_str(), |(_, method)| method);
+    let reply = TMessageIdentifier::new(method, TMessageType::Exception, call.sequence_number);
     let write = |o: &mut dyn TOutputProtocol| {
         o.write_message_begin(&reply)?;
         thrift::Error::write_application_error_to_out_protocol(error, o)?;
