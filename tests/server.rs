@@ -8,7 +8,7 @@ use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::panic;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Barrier, Mutex, Once, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -327,6 +327,8 @@ fn server_threads() -> usize {
 struct Special {
     inner: CalculatorService,
     gate: Option<crossbeam_channel::Receiver<()>>,
+    /// What `ping` does besides answering.
+    on_ping: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// What `add(666)` panics with.
@@ -353,6 +355,15 @@ impl Special {
         Special {
             inner: CalculatorService::new("special"),
             gate: None,
+            on_ping: None,
+        }
+    }
+
+    /// A handler whose `ping` calls `on_ping` before it answers.
+    fn pinging(on_ping: impl Fn() + Send + Sync + 'static) -> Self {
+        Special {
+            on_ping: Some(Box::new(on_ping)),
+            ..Special::new()
         }
     }
 
@@ -369,6 +380,9 @@ impl Special {
 
 impl CalculatorSyncHandler for Special {
     fn handle_ping(&self) -> thrift::Result<()> {
+        if let Some(on_ping) = &self.on_ping {
+            on_ping();
+        }
         self.inner.handle_ping()
     }
     fn handle_add(&self, num1: i32, num2: i32) -> thrift::Result<i32> {
@@ -610,6 +624,75 @@ fn stop_lets_running_requests_finish_and_deliver_their_responses() {
     }
     stopper.join().unwrap();
     assert_eq!(server.stats().open_connections, 0);
+}
+
+/// A server whose `ping` handler stops it (through `stop`, or by dropping its last handle),
+/// with a drain timeout no test waits for.
+fn stopped_by_its_handler(drop_it: bool) -> (Arc<Mutex<Option<Arc<ThriftServer>>>>, SocketAddr) {
+    let slot: Arc<Mutex<Option<Arc<ThriftServer>>>> = Arc::default();
+    let handler = Special::pinging({
+        let slot = slot.clone();
+        move || {
+            let server = slot.lock().unwrap().take().expect("a server to stop");
+            if !drop_it {
+                server.stop();
+            }
+        }
+    });
+    let config = patient().workers(2).drain_timeout(Duration::from_secs(600));
+    let server = Arc::new(serve(handler, config));
+    let addr = server.local_addr();
+    *slot.lock().unwrap() = Some(server);
+    (slot, addr)
+}
+
+#[test]
+fn a_handler_may_stop_its_own_server() {
+    let _lock = shared_lock();
+    for drop_it in [false, true] {
+        let (slot, addr) = stopped_by_its_handler(drop_it);
+        let mut client = framed_binary(addr);
+        assert_eq!(client.add(1, 2).unwrap(), 3);
+        // Answered, once the server has stopped without waiting for this call's worker.
+        client.ping().unwrap();
+        assert!(slot.lock().unwrap().is_none());
+        assert!(
+            TcpStream::connect(addr).is_err(),
+            "drop {drop_it}: still accepting"
+        );
+    }
+}
+
+#[test]
+fn a_handler_stopping_its_server_while_another_thread_does_holds_neither_up() {
+    let _lock = shared_lock();
+    let (release, gate) = crossbeam_channel::unbounded::<()>();
+    let slot: Arc<Mutex<Option<Arc<ThriftServer>>>> = Arc::default();
+    // `ping` waits for the test, then stops the server too.
+    let handler = Special::pinging({
+        let slot = slot.clone();
+        move || {
+            gate.recv_timeout(PATIENCE).expect("released");
+            let server = slot.lock().unwrap().clone();
+            server.expect("a server").stop();
+        }
+    });
+    let config = patient().workers(2).drain_timeout(Duration::from_secs(600));
+    let server = Arc::new(serve(handler, config));
+    *slot.lock().unwrap() = Some(server.clone());
+    let addr = server.local_addr();
+    let caller = thread::spawn(move || framed_binary(addr).ping());
+    wait_for_stats(&server, "the ping under way", |s| s.busy_workers == 1);
+    let stopper = {
+        let server = server.clone();
+        thread::spawn(move || server.stop())
+    };
+    assert!(wait_until(|| TcpStream::connect(addr).is_err()));
+    // Both stops return, and the ping is answered, without waiting for the drain timeout.
+    release.send(()).unwrap();
+    caller.join().unwrap().unwrap();
+    stopper.join().unwrap();
+    slot.lock().unwrap().take();
 }
 
 #[test]

@@ -22,6 +22,7 @@ mod framing;
 mod poller;
 mod ready;
 
+use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -690,13 +691,21 @@ impl ThriftServer {
     /// is free when this returns.
     ///
     /// Calling it again, or on a server that never started, does nothing more; a concurrent
-    /// call waits for the first to finish.
+    /// call waits for the first to finish. A handler may stop its own server (or drop it):
+    /// the stop then waits for every worker but the handler's own, which exits once the
+    /// handler returns, its response sent; a handler's call made while another thread is
+    /// stopping the server returns at once.
     pub fn stop(&self) {
+        // Called by a handler of this server, whose worker the stop must not wait for.
+        let own_worker = leave_workers_of(&self.shared);
         let threads = {
             let mut state = self.state.lock();
             loop {
                 match std::mem::replace(&mut *state, State::Stopping) {
                     State::Running(threads) => break threads,
+                    // Another call is stopping the server and waits for this worker's handler:
+                    // waiting for it in turn would hold both up for the drain timeout.
+                    State::Stopping if own_worker => return,
                     State::Stopping => self.state_changed.wait(&mut state),
                     State::Ready { listener, work_rx } => {
                         *state = State::Stopped;
@@ -734,7 +743,12 @@ impl ThriftServer {
             }
         };
         let mut abandoned = 0;
+        let this_thread = thread::current().id();
         for worker in threads.workers {
+            if worker.thread().id() == this_thread {
+                // A handler stopping its own server: its worker exits once it returns.
+                continue;
+            }
             if all_done || worker.is_finished() {
                 if worker.join().is_err() {
                     error!(target: TARGET, "a worker thread panicked");
@@ -802,8 +816,36 @@ impl std::fmt::Debug for ThriftServer {
     }
 }
 
-/// A worker thread's loop. `_done` is dropped when the worker exits.
-fn run_worker(shared: &Shared, work: &Receiver<Work>, _done: Sender<()>, n: usize) {
+thread_local! {
+    /// On a worker thread: the server it works for (its `Shared`'s address), and the sender
+    /// whose drop tells `stop()` the worker is done.
+    static WORKER_OF: RefCell<Option<(usize, Sender<()>)>> = const { RefCell::new(None) };
+}
+
+/// Whether this thread is a worker of the server of `shared`; if so, it no longer counts as
+/// one that `stop()` waits for.
+fn leave_workers_of(shared: &Shared) -> bool {
+    let id = shared as *const Shared as usize;
+    WORKER_OF.with(|worker| {
+        let mut worker = worker.borrow_mut();
+        let own = worker.as_ref().is_some_and(|(of, _)| *of == id);
+        if own {
+            *worker = None;
+        }
+        own
+    })
+}
+
+/// A worker thread's loop. `done` is dropped when the worker exits, or when a handler on it
+/// stops the server.
+fn run_worker(shared: &Shared, work: &Receiver<Work>, done: Sender<()>, n: usize) {
+    let id = shared as *const Shared as usize;
+    WORKER_OF.with(|worker| *worker.borrow_mut() = Some((id, done)));
+    work_until_stopped(shared, work, n);
+    WORKER_OF.with(|worker| worker.borrow_mut().take());
+}
+
+fn work_until_stopped(shared: &Shared, work: &Receiver<Work>, n: usize) {
     // One channel, so taking work is a single receive; requests that arrived before the poller
     // stopped are queued ahead of the stop and still answered.
     let taker = n < shared.takers;
