@@ -413,6 +413,49 @@ fn a_panicking_probe_lets_the_next_caller_probe() {
 }
 
 #[test]
+fn a_make_that_panics_on_the_probe_loses_neither_the_probe_nor_a_connection() {
+    let server = server();
+    let clock = ManualClock::new();
+    let panic_next = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let make = {
+        let panic_next = panic_next.clone();
+        move |input, output| {
+            if panic_next.swap(false, Ordering::SeqCst) {
+                panic!("the user's make fails");
+            }
+            CalculatorSyncClient::new(input, output)
+        }
+    };
+    let config = ClientConfig::default()
+        .pool_size(1)
+        .maxfail(0)
+        .clock(clock.clock());
+    let calc = ThriftClient::new(&server.endpoint(), make, config);
+    // One failure opens the breaker; after the reset timeout, the probe's `make` panics.
+    let _ = calc.call(|_| -> thrift::Result<()> {
+        Err(thrift::Error::Transport(thrift::TransportError::new(
+            thrift::TransportErrorKind::Unknown,
+            "the caller's failure",
+        )))
+    });
+    assert_eq!(calc.breaker_state(), BreakerState::Open);
+    clock.advance(Duration::from_secs(10));
+    panic_next.store(true, Ordering::SeqCst);
+    let panicked =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| calc.call(|c| c.ping())));
+    assert!(panicked.is_err());
+    assert_eq!(calc.stats().connections_open, 0);
+    // The next caller probes, on the one pooled connection there may be.
+    let again = calc.clone();
+    assert_eq!(
+        within_limit(Duration::from_secs(20), move || again.call(|c| c.add(1, 2))).unwrap(),
+        3
+    );
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+    assert_eq!(calc.stats().connections_open, 1);
+}
+
+#[test]
 fn a_probe_refused_before_it_was_sent_gives_its_turn_to_the_next_caller() {
     let config = ClientConfig::default().max_message_size(64 * 1024);
     let (calc, clock, old) = open_breaker_with(config, 3);

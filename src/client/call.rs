@@ -69,6 +69,20 @@ impl<C> Call<C> {
     }
 }
 
+/// A breaker's permit, released if it is dropped while still held.
+struct HeldPermit<'a> {
+    breaker: &'a Breaker,
+    permit: Option<Permit>,
+}
+
+impl Drop for HeldPermit<'_> {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.release(permit);
+        }
+    }
+}
+
 /// A snapshot of a client's counters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -186,7 +200,15 @@ impl<C> Endpoint<C> {
             });
         };
         self.stats.calls.bump();
-        match self.pool.checkout(deadline) {
+        // Given back should the checkout panic (in the user's `make`, say): a half-open
+        // breaker's one probe would be lost with it.
+        let mut held = HeldPermit {
+            breaker: &self.breaker,
+            permit: Some(permit),
+        };
+        let checkout = self.pool.checkout(deadline);
+        let permit = held.permit.take().expect("taken only here");
+        match checkout {
             Ok(mut slot) => {
                 slot.live()
                     .state

@@ -463,9 +463,11 @@ impl<C> Pool<C> {
         log::debug!(target: "blocking_thrift::pool", "{}: connection opened", self.endpoint);
         let input = wire::input(self.config.protocol, reader, self.config.limits());
         let output = wire::output(self.config.protocol, writer);
+        // Made first: should the user's `make` panic, no connection is counted open.
+        let client = (self.make)(input, output);
         self.open.fetch_add(1, Ordering::Relaxed);
         Ok(Live {
-            client: (self.make)(input, output),
+            client,
             state,
             open: self.open.clone(),
         })
