@@ -78,9 +78,11 @@ impl ManualClock {
         Clock::from_fn(move || *now.lock())
     }
 
-    /// Moves the clock forward by `by`.
+    /// Moves the clock forward by `by`, at most a century at a time, as the crate keeps
+    /// every duration (`Duration::MAX` moves it a century).
     pub fn advance(&self, by: Duration) {
-        *self.0.lock() += by;
+        let mut now = self.0.lock();
+        *now = now.checked_add(by.min(LONGEST)).unwrap_or(*now);
     }
 
     /// The time the clock stands at.
@@ -140,6 +142,9 @@ mod tests {
         time.clone().advance(Duration::from_secs(60));
         assert_eq!(clock.now(), start + Duration::from_secs(60));
         assert_eq!(time.now(), clock.now());
+        // Never past what the crate's arithmetic holds.
+        time.advance(Duration::MAX);
+        assert_eq!(clock.now(), start + Duration::from_secs(60) + LONGEST);
     }
 
     #[test]

@@ -372,6 +372,22 @@ fn within_limit<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send
 }
 
 #[test]
+fn a_clock_moved_on_by_duration_max_lets_the_probe_through() {
+    let (calc, clock, old) = open_breaker(3);
+    let _server = RefServer::start_on(
+        &old.endpoint(),
+        Transport::Framed,
+        Protocol::Binary,
+        old.service.clone(),
+    );
+    clock.advance(Duration::MAX);
+    assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+    assert_eq!(calc.breaker_state(), BreakerState::Closed);
+    clock.advance(Duration::MAX);
+    assert_eq!(calc.call(|c| c.add(2, 1)).unwrap(), 3);
+}
+
+#[test]
 fn a_panicking_call_gives_its_connection_back_closed() {
     let server = server();
     let calc = client(&server.endpoint(), ClientConfig::default().pool_size(1));
