@@ -1595,6 +1595,36 @@ fn store(seq: i32, uid: i32, name: &str) -> Vec<u8> {
 }
 
 #[test]
+fn a_request_whose_client_reset_the_connection_while_it_waited_is_shed() {
+    let _lock = shared_lock();
+    let (handler, release) = Special::gated();
+    let server = serve(handler, patient().workers(1));
+    let addr = server.local_addr();
+    let busy = thread::spawn(move || framed_binary(addr).slow(1).map_err(|e| e.to_string()));
+    wait_for_stats(&server, "the slow call holds the only worker", |s| {
+        s.busy_workers == 1
+    });
+    let leaving = raw(addr);
+    (&leaving).write_all(&add(1, 2, 3)).unwrap();
+    wait_for_stats(&server, "the add waits for the worker", |s| {
+        s.queued_connections == 1
+    });
+    // Closed with a reset, as a client does that leaves answers unread.
+    socket2::SockRef::from(&leaving)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(leaving);
+    release.send(()).unwrap();
+    assert_eq!(busy.join().unwrap(), Ok(1));
+    wait_for_stats(&server, "every connection closed", |s| {
+        s.open_connections == 0 && s.busy_workers == 0
+    });
+    let stats = server.stats();
+    assert_eq!(stats.requests, 1, "only the slow call ran: {stats:?}");
+    assert_eq!((stats.shed_requests, stats.errors), (1, 0), "{stats:?}");
+}
+
+#[test]
 fn a_request_that_waited_too_long_for_a_worker_is_answered_at_once_without_running() {
     let _lock = shared_lock();
     let (handler, release) = Special::gated();

@@ -347,6 +347,11 @@ impl Conn {
                     gone = true;
                     break;
                 }
+                // How a client that closes with answers unread (or lingering 0) leaves.
+                Err(Closed::Read(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    gone = true;
+                    break;
+                }
                 Err(closed) => return Some((Next::Close(closed), 0)),
             }
         }
