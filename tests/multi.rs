@@ -823,7 +823,11 @@ fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
     holder.join().unwrap().unwrap();
     let holder = hold_the_worker();
     let err = single.direct().add(1, 1).unwrap_err();
-    assert!(Error::from(err).is_overloaded());
+    let ours = Error::in_direct(&err);
+    assert!(
+        ours.is_some_and(|e| e.is_overloaded() && e.is_unsent()),
+        "{err:?}"
+    );
     holder.join().unwrap().unwrap();
     // Counted as what they were, through either way of calling.
     let stats = single.stats();

@@ -8,10 +8,11 @@ use thrift::protocol::{
     TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
     TStructIdentifier, TType,
 };
-use thrift::{ProtocolError, ProtocolErrorKind, TThriftClient};
+use thrift::{ApplicationError, ProtocolError, ProtocolErrorKind, TThriftClient};
 
 use super::call::{Answered, Call, Endpoint};
 use super::ThriftClient;
+use crate::error::Error;
 use crate::wire::mirror::Mirrored;
 
 /// Declares that [`Direct`] and [`MultiDirect`](crate::MultiDirect) handles speak a service,
@@ -249,29 +250,33 @@ impl<C: TThriftClient> Protocols<C> {
         }
     }
 
-    /// Ends the call normally: the message is complete on the wire.
-    fn complete(&mut self) {
-        if let Some(call) = self.active.take() {
-            if self.application_error {
-                let mut copy = TBinaryInputProtocol::new(&self.mirror.transport[..], true);
-                let answered = if crate::error::read_shed(&mut copy).is_some() {
-                    Answered::Overloaded
-                } else {
-                    Answered::ApplicationError
-                };
-                self.endpoint.end_answered(call, answered);
-            } else if self.exception {
-                let declared_failure = !self.mirror.transport.is_empty()
-                    && self
-                        .endpoint
-                        .config()
-                        .encodes_declared_failure(&self.mirror.transport);
-                self.endpoint
-                    .end_answered(call, Answered::Exception { declared_failure });
+    /// Ends the call normally: the message is complete on the wire. Returns the server's
+    /// reply if it shed the request.
+    fn complete(&mut self) -> Option<ApplicationError> {
+        let call = self.active.take()?;
+        if self.application_error {
+            let mut copy = TBinaryInputProtocol::new(&self.mirror.transport[..], true);
+            let shed = crate::error::read_shed(&mut copy);
+            let answered = if shed.is_some() {
+                Answered::Overloaded
             } else {
-                let _ = self.endpoint.end(call, Ok(()), None);
-            }
+                Answered::ApplicationError
+            };
+            self.endpoint.end_answered(call, answered);
+            return shed;
         }
+        if self.exception {
+            let declared_failure = !self.mirror.transport.is_empty()
+                && self
+                    .endpoint
+                    .config()
+                    .encodes_declared_failure(&self.mirror.transport);
+            self.endpoint
+                .end_answered(call, Answered::Exception { declared_failure });
+        } else {
+            let _ = self.endpoint.end(call, Ok(()), None);
+        }
+        None
     }
 
     fn check_response(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
@@ -340,8 +345,12 @@ impl<C: TThriftClient> TInputProtocol for Protocols<C> {
         if let Err(err) = clean {
             return Err(self.fail(err));
         }
-        self.complete();
-        Ok(())
+        match self.complete() {
+            // Reported as through `call`: the generated code fails with it in place of the
+            // `TApplicationException` it has read.
+            Some(shed) => Err(Error::Overloaded(shed).into()),
+            None => Ok(()),
+        }
     }
 
     fn read_struct_begin(&mut self) -> thrift::Result<Option<TStructIdentifier>> {
