@@ -695,6 +695,89 @@ fn a_handler_stopping_its_server_while_another_thread_does_holds_neither_up() {
     slot.lock().unwrap().take();
 }
 
+/// A connection whose client asked for a response of several megabytes and reads none of it
+/// (its receive buffer kept small), which waits to be sent in the server's poller.
+fn sluggard(server: &ThriftServer) -> TcpStream {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&server.local_addr().into()).unwrap();
+    let mut stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let profiles = call(
+        Transport::Framed,
+        Protocol::Binary,
+        "profiles",
+        1,
+        &[Arg::I32(1, 200_000)],
+    );
+    stream.write_all(&profiles).unwrap();
+    wait_for_stats(server, "the response waits for its client", |s| {
+        s.busy_workers == 0 && s.waiting_bytes > 1 << 20
+    });
+    stream
+}
+
+#[test]
+fn while_stopping_a_client_that_does_not_read_holds_no_worker_from_the_others() {
+    let _lock = shared_lock();
+    let (handler, release) = Special::gated();
+    let config = patient()
+        .workers(1)
+        .request_timeout(Duration::from_secs(600))
+        .drain_timeout(Duration::from_secs(600));
+    let server = Arc::new(serve(handler, config));
+    let addr = server.local_addr();
+    let mut sluggard = sluggard(&server);
+    let busy = thread::spawn(move || framed_binary(addr).slow(1).map_err(|e| e.to_string()));
+    wait_for_stats(&server, "the slow call holds the only worker", |s| {
+        s.busy_workers == 1
+    });
+    // The sluggard takes a little: its connection is queued for the worker, ahead of a call.
+    let mut some = vec![0; 1 << 20];
+    sluggard.read_exact(&mut some).unwrap();
+    wait_for_stats(&server, "the sluggard queued", |s| {
+        s.queued_connections == 1
+    });
+    let mut good = raw(addr);
+    good.write_all(&add(2, 40, 2)).unwrap();
+    wait_for_stats(&server, "the call queued", |s| s.queued_connections == 2);
+    let stopper = {
+        let server = server.clone();
+        thread::spawn(move || server.stop())
+    };
+    assert!(wait_until(|| TcpStream::connect(addr).is_err()));
+    release.send(()).unwrap();
+    assert_eq!(busy.join().unwrap(), Ok(1));
+    // Answered while the sluggard still holds its response up.
+    let reply = read_reply(&mut good, Transport::Framed, Protocol::Binary);
+    assert_eq!((reply.seq, reply.result), (2, Some(42)));
+    assert!(!stopper.is_finished());
+    // Once it reads, it gets the whole response, and the stop ends.
+    let mut rest = Vec::new();
+    sluggard.read_to_end(&mut rest).unwrap();
+    assert!(rest.len() > 1 << 20);
+    stopper.join().unwrap();
+}
+
+#[test]
+fn while_stopping_a_client_that_does_not_read_is_given_up_on_when_the_drain_timeout_ends() {
+    // Counts the server's threads: no other test runs a server meanwhile.
+    let _lock = exclusive_lock();
+    let config = patient()
+        .workers(1)
+        .request_timeout(Duration::from_secs(600))
+        .drain_timeout(Duration::from_millis(500));
+    let (server, _) = calculator(config);
+    let _sluggard = sluggard(&server);
+    server.stop();
+    // Its worker let go when the drain timeout ended, not after the request timeout.
+    assert!(
+        wait_until(|| server_threads() == 0),
+        "{} threads left after stop",
+        server_threads()
+    );
+}
+
 #[test]
 fn stop_answers_every_request_that_arrived_before_it() {
     let _lock = shared_lock();

@@ -108,6 +108,9 @@ pub(super) struct Conn {
     /// When the client must have taken the whole response, on the monotonic clock in
     /// nanoseconds; 0 while nothing waits to be sent.
     send_by: u64,
+    /// While the server stops: a response already waited for the client once, and was put
+    /// behind the other connections.
+    deferred: bool,
 }
 
 /// What the worker does with a connection once it lets it go.
@@ -156,6 +159,7 @@ impl Conn {
             output: Vec::new(),
             sent: 0,
             send_by: 0,
+            deferred: false,
         })
     }
 
@@ -295,13 +299,17 @@ impl Conn {
     }
 
     /// Answers the requests that have arrived whole, without waiting for more: for a server
-    /// that is stopping, before it closes the connection.
+    /// that is stopping, before it closes the connection. Returns `false` if a response waits
+    /// for a client that is not reading: the connection goes back in the queue, behind the
+    /// others, and is drained again.
     ///
     /// Reads at most what the socket held when it began (and what arrives with those reads),
     /// so a client that keeps sending cannot keep the worker.
-    pub(super) fn drain(&mut self, shared: &Shared) -> Result<(), Closed> {
+    pub(super) fn drain(&mut self, shared: &Shared) -> Result<bool, Closed> {
         let config = &shared.config;
-        self.flush_within(config.request_timeout)?;
+        if !self.flush_while_stopping(shared)? {
+            return Ok(false);
+        }
         let mut unread = rustix::io::ioctl_fionread(&self.socket).map_or(0, |n| n as usize);
         loop {
             match self
@@ -310,17 +318,33 @@ impl Conn {
                 .map_err(Closed::Refused)?
             {
                 Some(request) => {
-                    if !self.answer(shared, &request)? {
-                        self.flush_within(config.request_timeout)?;
+                    if !self.answer(shared, &request)? && !self.flush_while_stopping(shared)? {
+                        return Ok(false);
                     }
                 }
-                None if unread == 0 => return Ok(()),
+                None if unread == 0 => return Ok(true),
                 None => match self.receive(config, false)? {
-                    Received { got: 0, .. } => return Ok(()),
+                    Received { got: 0, .. } => return Ok(true),
                     Received { got, .. } => unread = unread.saturating_sub(got),
                 },
             }
         }
+    }
+
+    /// Sends the response waiting to be sent while the server stops, with no poller left to
+    /// wait for the client in. The first time the client does not take it at once, returns
+    /// `false`, so that the connections queued meanwhile go first; after that, waits for the
+    /// client within the request timeout and what is left of the drain timeout.
+    fn flush_while_stopping(&mut self, shared: &Shared) -> Result<bool, Closed> {
+        if self.flush()? {
+            return Ok(true);
+        }
+        if !self.deferred {
+            self.deferred = true;
+            return Ok(false);
+        }
+        let limit = shared.config.request_timeout.min(shared.drain_left());
+        self.flush_within(limit).map(|()| true)
     }
 
     /// Sheds what this connection has brought if nobody can use its answers any more: its

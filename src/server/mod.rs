@@ -199,6 +199,8 @@ struct Shared {
     /// wait for work wakes it to.
     watching: AtomicBool,
     stopping: AtomicBool,
+    /// While stopping: when the drain timeout ends, on the monotonic clock in nanoseconds.
+    drain_by: AtomicU64,
     counters: Counters,
 }
 
@@ -418,9 +420,11 @@ impl Shared {
     /// closes it.
     fn finish(&self, mut conn: Conn) {
         match conn.drain(self) {
-            Ok(()) => {
+            Ok(true) => {
                 debug!(target: TARGET, "closing connection from {}: the server is stopping", conn.peer())
             }
+            // Its client is not reading: its turn again after the connections queued now.
+            Ok(false) => return self.queue(conn),
             Err(closed) => {
                 if closed.is_error() {
                     self.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -429,6 +433,12 @@ impl Shared {
             }
         }
         self.discard(conn);
+    }
+
+    /// What is left of the drain timeout of a server that is stopping.
+    pub(super) fn drain_left(&self) -> Duration {
+        let by = self.drain_by.load(Ordering::SeqCst);
+        Duration::from_nanos(by.saturating_sub(crate::clock::monotonic_nanos()))
     }
 
     /// Counts a request shed.
@@ -556,6 +566,7 @@ impl ThriftServer {
             shortage: Shortage::new(Instant::now()),
             watching: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
+            drain_by: AtomicU64::new(u64::MAX),
             counters: Counters::default(),
         });
         Ok(ThriftServer {
@@ -686,7 +697,8 @@ impl ThriftServer {
     /// whole before the listener closed is answered (on a connection the system had queued but
     /// the server not yet accepted, too), as are requests already running, for up to the
     /// configured [drain timeout](ServerConfig::drain_timeout); then their connections are
-    /// closed. A request that was still arriving is not answered: its connection is closed. Returns once every thread has exited, or when the drain
+    /// closed. A response its client does not take at once is sent after the other
+    /// connections' answers, and given up on when the drain timeout ends. A request that was still arriving is not answered: its connection is closed. Returns once every thread has exited, or when the drain
     /// timeout expires with workers still busy; those are left to finish on their own. The port
     /// is free when this returns.
     ///
@@ -728,6 +740,9 @@ impl ThriftServer {
     fn shut_down(&self, threads: Threads) {
         let deadline = Instant::now() + self.shared.config.drain_timeout;
         info!(target: TARGET, "stopping the server on {}", self.local_addr);
+        let drain_by =
+            crate::clock::monotonic_nanos().saturating_add(nanos(self.shared.config.drain_timeout));
+        self.shared.drain_by.store(drain_by, Ordering::SeqCst);
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake_poller();
         if threads.poller.join().is_err() {
