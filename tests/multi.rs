@@ -835,6 +835,39 @@ fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
 }
 
 #[test]
+fn an_endpoint_made_again_waits_for_the_lookup_its_predecessor_started() {
+    // A resolver that hangs, for an endpoint reaped after every call and made again by the
+    // next: one lookup at a time, not one more thread per making.
+    let lookups = Arc::new(AtomicUsize::new(0));
+    let (release, hang) = crossbeam_channel::unbounded::<()>();
+    let config = ClientConfig::default()
+        .connect_timeout(Duration::from_millis(5))
+        .idle_timeout(Duration::ZERO)
+        .resolve_with({
+            let lookups = lookups.clone();
+            move |_| {
+                lookups.fetch_add(1, Ordering::SeqCst);
+                let _ = hang.recv_timeout(Duration::from_secs(60));
+                Ok(Vec::new())
+            }
+        });
+    let multi = MultiThriftClient::new(|| ["hanging.invalid:1"], CalculatorSyncClient::new, config);
+    for _ in 0..20 {
+        let err = multi.call(|c| c.ping()).unwrap_err();
+        assert!(
+            matches!(
+                attempts(&err).last(),
+                Some((_, Error::Timeout(Timeout::Connect)))
+            ),
+            "{err}"
+        );
+        multi.reap_idle();
+    }
+    assert_eq!(lookups.load(Ordering::SeqCst), 1);
+    drop(release);
+}
+
+#[test]
 fn a_retryable_exception_whose_retry_is_refused_reaches_the_caller_typed() {
     let (a, b) = (named("a"), named("b"));
     let config = patient()

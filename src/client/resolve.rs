@@ -3,8 +3,11 @@
 //! The system's resolver cannot be given a timeout, and a hanging one would stall a call past
 //! every timeout. So a name is resolved on a thread of its own, which the call waits for no
 //! longer than its connect timeout; one endpoint has at most one such thread at a time, which
-//! every call that connects meanwhile waits for.
+//! every call that connects meanwhile waits for. The lookups under way belong to the
+//! resolver, which the clients made from one configuration share: a multi-endpoint client
+//! that drops an idle endpoint and makes it again finds its lookup still under way.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -19,28 +22,67 @@ use crate::error::{Error, Timeout};
 
 type ResolveFn = dyn Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync;
 
-/// How endpoints become addresses: the system's resolver, or one the user gave.
+/// How endpoints become addresses: the system's resolver, or one the user gave; and the
+/// lookups under way, by endpoint, shared by its clones.
 #[derive(Clone, Default)]
-pub(crate) struct Resolver(Option<Arc<ResolveFn>>);
+pub(crate) struct Resolver {
+    custom: Option<Arc<ResolveFn>>,
+    running: Arc<Mutex<HashMap<Arc<str>, Arc<Lookup>>>>,
+}
 
 impl Resolver {
     pub(crate) fn custom(
         resolve: impl Fn(&str) -> io::Result<Vec<SocketAddr>> + Send + Sync + 'static,
     ) -> Self {
-        Resolver(Some(Arc::new(resolve)))
+        Resolver {
+            custom: Some(Arc::new(resolve)),
+            running: Arc::default(),
+        }
     }
 
     fn resolve(&self, endpoint: &str) -> io::Result<Vec<SocketAddr>> {
-        match &self.0 {
+        match &self.custom {
             Some(resolve) => resolve(endpoint),
             None => Ok(endpoint.to_socket_addrs()?.collect()),
         }
+    }
+
+    /// The lookup of `endpoint` under way, or a new one started on its own thread.
+    fn lookup(&self, endpoint: &Arc<str>) -> io::Result<Arc<Lookup>> {
+        let mut running = self.running.lock();
+        if let Some(lookup) = running.get(endpoint) {
+            if lookup.found.lock().is_none() {
+                return Ok(lookup.clone());
+            }
+        }
+        let lookup = Arc::new(Lookup::default());
+        let (name, resolver, result) = (endpoint.clone(), self.clone(), lookup.clone());
+        thread::Builder::new()
+            .name("blocking-thrift-resolver".to_owned())
+            .spawn(move || {
+                // A resolver that panics fails this lookup only: the next one asks it again.
+                let found = panic::catch_unwind(AssertUnwindSafe(|| resolver.resolve(&name)))
+                    .unwrap_or_else(|panic| {
+                        let said = crate::error::panic_message(&*panic).unwrap_or("no message");
+                        Err(io::Error::other(format!("the resolver panicked: {said}")))
+                    })
+                    .map_err(|e| (e.kind(), e.to_string()));
+                *result.found.lock() = Some(found);
+                result.done.notify_all();
+                // Done: the next connect starts a lookup of its own.
+                let mut running = resolver.running.lock();
+                if running.get(&name).is_some_and(|l| Arc::ptr_eq(l, &result)) {
+                    running.remove(&name);
+                }
+            })?;
+        running.insert(endpoint.clone(), lookup.clone());
+        Ok(lookup)
     }
 }
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_some() {
+        f.write_str(if self.custom.is_some() {
             "Resolver(custom)"
         } else {
             "Resolver(system)"
@@ -63,16 +105,11 @@ struct Lookup {
 pub(crate) struct Lookups {
     endpoint: Arc<str>,
     resolver: Resolver,
-    running: Mutex<Option<Arc<Lookup>>>,
 }
 
 impl Lookups {
     pub(crate) fn new(endpoint: Arc<str>, resolver: Resolver) -> Self {
-        Lookups {
-            endpoint,
-            resolver,
-            running: Mutex::new(None),
-        }
+        Lookups { endpoint, resolver }
     }
 
     /// The endpoint's addresses, found by `deadline`: otherwise the connect timed out.
@@ -82,12 +119,15 @@ impl Lookups {
             source,
         };
         // An address needs no resolving, and no thread.
-        if self.resolver.0.is_none() {
+        if self.resolver.custom.is_none() {
             if let Ok(addr) = self.endpoint.parse::<SocketAddr>() {
                 return Ok(vec![addr]);
             }
         }
-        let lookup = self.lookup().map_err(connect_error)?;
+        let lookup = self
+            .resolver
+            .lookup(&self.endpoint)
+            .map_err(connect_error)?;
         let mut found = lookup.found.lock();
         while found.is_none() {
             if lookup.done.wait_until(&mut found, deadline).timed_out() && found.is_none() {
@@ -103,34 +143,6 @@ impl Lookups {
             Ok(addrs) => Ok(addrs.clone()),
             Err((kind, message)) => Err(connect_error(io::Error::new(*kind, message.clone()))),
         }
-    }
-
-    /// The lookup under way, or a new one started on its own thread.
-    fn lookup(&self) -> io::Result<Arc<Lookup>> {
-        let mut running = self.running.lock();
-        if let Some(lookup) = &*running {
-            if lookup.found.lock().is_none() {
-                return Ok(lookup.clone());
-            }
-        }
-        let lookup = Arc::new(Lookup::default());
-        let (endpoint, resolver, result) =
-            (self.endpoint.clone(), self.resolver.clone(), lookup.clone());
-        thread::Builder::new()
-            .name("blocking-thrift-resolver".to_owned())
-            .spawn(move || {
-                // A resolver that panics fails this lookup only: the next one asks it again.
-                let found = panic::catch_unwind(AssertUnwindSafe(|| resolver.resolve(&endpoint)))
-                    .unwrap_or_else(|panic| {
-                        let said = crate::error::panic_message(&*panic).unwrap_or("no message");
-                        Err(io::Error::other(format!("the resolver panicked: {said}")))
-                    })
-                    .map_err(|e| (e.kind(), e.to_string()));
-                *result.found.lock() = Some(found);
-                result.done.notify_all();
-            })?;
-        *running = Some(lookup.clone());
-        Ok(lookup)
     }
 }
 
