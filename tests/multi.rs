@@ -937,3 +937,119 @@ fn the_retry_budget_keeps_retries_to_a_share_of_calls() {
     time.advance(Duration::from_secs(10));
     assert_eq!(multi.call(|c| c.whoami(false)).unwrap(), "b");
 }
+
+/// A framed server in `protocol` that answers every call with the service exception
+/// `InvalidOperation(whatOp = -1, why = "no")`, carrying besides a field this client's IDL does
+/// not have: `3: map<string, string>`, empty (a newer server's, say). The compact protocol
+/// writes an empty map without its types.
+fn server_raising_with_an_empty_map(protocol: Protocol) -> String {
+    use std::io::{Read, Write};
+    use thrift::protocol::{
+        TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+        TFieldIdentifier, TInputProtocol, TMapIdentifier, TMessageIdentifier, TMessageType,
+        TOutputProtocol, TStructIdentifier, TType,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || loop {
+                let mut header = [0u8; 4];
+                if stream.read_exact(&mut header).is_err() {
+                    return;
+                }
+                let mut request = vec![0; i32::from_be_bytes(header) as usize];
+                if stream.read_exact(&mut request).is_err() {
+                    return;
+                }
+                let call = match protocol {
+                    Protocol::Binary => TBinaryInputProtocol::new(&request[..], true)
+                        .read_message_begin()
+                        .unwrap(),
+                    Protocol::Compact => TCompactInputProtocol::new(&request[..])
+                        .read_message_begin()
+                        .unwrap(),
+                };
+                let mut reply = Vec::new();
+                let mut o: Box<dyn TOutputProtocol> = match protocol {
+                    Protocol::Binary => Box::new(TBinaryOutputProtocol::new(&mut reply, true)),
+                    Protocol::Compact => Box::new(TCompactOutputProtocol::new(&mut reply)),
+                };
+                let ident =
+                    TMessageIdentifier::new(call.name, TMessageType::Reply, call.sequence_number);
+                o.write_message_begin(&ident).unwrap();
+                o.write_struct_begin(&TStructIdentifier::new("result"))
+                    .unwrap();
+                o.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))
+                    .unwrap();
+                o.write_struct_begin(&TStructIdentifier::new("InvalidOperation"))
+                    .unwrap();
+                o.write_field_begin(&TFieldIdentifier::new("whatOp", TType::I32, 1))
+                    .unwrap();
+                o.write_i32(-1).unwrap();
+                o.write_field_end().unwrap();
+                o.write_field_begin(&TFieldIdentifier::new("why", TType::String, 2))
+                    .unwrap();
+                o.write_string("no").unwrap();
+                o.write_field_end().unwrap();
+                o.write_field_begin(&TFieldIdentifier::new("details", TType::Map, 3))
+                    .unwrap();
+                o.write_map_begin(&TMapIdentifier::new(TType::String, TType::String, 0))
+                    .unwrap();
+                o.write_map_end().unwrap();
+                o.write_field_end().unwrap();
+                o.write_field_stop().unwrap();
+                o.write_struct_end().unwrap();
+                o.write_field_end().unwrap();
+                o.write_field_stop().unwrap();
+                o.write_struct_end().unwrap();
+                o.write_message_end().unwrap();
+                drop(o);
+                let mut framed = (reply.len() as i32).to_be_bytes().to_vec();
+                framed.extend_from_slice(&reply);
+                if stream.write_all(&framed).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn direct_handles_read_a_compact_exception_holding_an_empty_map() {
+    let what_op = |err: thrift::Error| {
+        Error::from(err)
+            .user_exception::<InvalidOperation>()
+            .and_then(|e| e.what_op)
+    };
+    for protocol in [Protocol::Binary, Protocol::Compact] {
+        let endpoint = server_raising_with_an_empty_map(protocol);
+        // Declared, so that direct calls look at the exception's encoding (which, with a field
+        // the client does not know, is not the declared type's own).
+        let config = patient()
+            .protocol(protocol)
+            .failure_on::<InvalidOperation>()
+            .maxfail(u32::MAX);
+        let multi = fixed(std::slice::from_ref(&endpoint), config.clone());
+        let err = multi.call(|c| c.retrieve(-1)).unwrap_err();
+        assert_eq!(
+            err.user_exception::<InvalidOperation>()
+                .and_then(|e| e.what_op),
+            Some(-1),
+            "{protocol:?}: {err}"
+        );
+        assert_eq!(
+            multi.direct().retrieve(-1).map_err(what_op).unwrap_err(),
+            Some(-1),
+            "{protocol:?}"
+        );
+        let single: blocking_thrift::ThriftClient<Calc> =
+            blocking_thrift::ThriftClient::new(&endpoint, CalculatorSyncClient::new, config);
+        assert_eq!(
+            single.direct().retrieve(-1).map_err(what_op).unwrap_err(),
+            Some(-1),
+            "{protocol:?}"
+        );
+    }
+}

@@ -233,14 +233,9 @@ impl<C> Endpoint<C> {
         deadline: Option<Instant>,
         f: impl FnOnce(&mut C) -> thrift::Result<R>,
     ) -> Result<R, Error> {
-        let mut unfinished = Unfinished {
-            endpoint: self,
-            call: Some(self.begin(deadline)?),
-        };
-        let call = unfinished.call.as_mut().expect("taken only below");
-        let result = f(call.client());
-        let call = unfinished.call.take().expect("taken only here");
-        self.end(call, result, deadline)
+        let mut unfinished = Unfinished::new(self, self.begin(deadline)?);
+        let result = f(unfinished.call().client());
+        self.end(unfinished.finish(), result, deadline)
     }
 
     /// Ends a call with what the generated client returned. An error is told apart by the
@@ -409,10 +404,28 @@ pub(crate) fn error_of(err: thrift::Error, state: &ConnState) -> Error {
     Error::from_thrift(err, state.timed_out())
 }
 
-/// A call whose closure is running; abandoned if the closure panics.
-struct Unfinished<'a, C> {
+/// A call under way; abandoned if it is dropped unfinished (its caller panicked).
+pub(crate) struct Unfinished<'a, C> {
     endpoint: &'a Endpoint<C>,
     call: Option<Call<C>>,
+}
+
+impl<'a, C> Unfinished<'a, C> {
+    pub(crate) fn new(endpoint: &'a Endpoint<C>, call: Call<C>) -> Self {
+        Unfinished {
+            endpoint,
+            call: Some(call),
+        }
+    }
+
+    pub(crate) fn call(&mut self) -> &mut Call<C> {
+        self.call.as_mut().expect("taken only by finish")
+    }
+
+    /// The call, to end it.
+    pub(crate) fn finish(mut self) -> Call<C> {
+        self.call.take().expect("taken only here")
+    }
 }
 
 impl<C> Drop for Unfinished<'_, C> {

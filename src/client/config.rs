@@ -6,7 +6,10 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol, TSerializable};
+use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+    TSerializable,
+};
 
 use super::resolve::Resolver;
 use crate::clock::{Clock, LONGEST};
@@ -18,20 +21,34 @@ pub(crate) struct ErrorMatcher {
     name: &'static str,
     /// Whether a boxed error is of the type.
     is: fn(&(dyn StdError + Send + Sync + 'static)) -> bool,
-    /// Whether an exception struct, in the strict binary protocol, is of the type: it must
-    /// decode as the type and encode back to the very same bytes.
-    decodes: fn(&[u8]) -> bool,
+    /// Whether an exception struct, in the protocol given, is of the type: it must decode as
+    /// the type and encode back to the very same bytes.
+    decodes: fn(Protocol, &[u8]) -> bool,
     /// The `Debug` text of such an exception struct, if it is of the type.
-    describes: fn(&[u8]) -> Option<String>,
+    describes: fn(Protocol, &[u8]) -> Option<String>,
 }
 
-/// An exception struct, in the strict binary protocol, as a `T`, if it decodes as one and
-/// encodes back to the very same bytes.
-fn decode_exactly<T: TSerializable>(bytes: &[u8]) -> Option<T> {
-    let mut input = TBinaryInputProtocol::new(bytes, true);
-    let value = T::read_from_in_protocol(&mut input).ok()?;
-    let mut again = TBinaryOutputProtocol::new(Vec::with_capacity(bytes.len()), true);
-    (value.write_to_out_protocol(&mut again).is_ok() && again.transport == bytes).then_some(value)
+/// An exception struct, in `protocol`, as a `T`, if it decodes as one and encodes back to the
+/// very same bytes.
+fn decode_exactly<T: TSerializable>(protocol: Protocol, bytes: &[u8]) -> Option<T> {
+    let mut again = Vec::with_capacity(bytes.len());
+    let value = match protocol {
+        Protocol::Binary => {
+            let value = T::read_from_in_protocol(&mut TBinaryInputProtocol::new(bytes, true));
+            let value = value.ok()?;
+            let mut output = TBinaryOutputProtocol::new(&mut again, true);
+            value.write_to_out_protocol(&mut output).ok()?;
+            value
+        }
+        Protocol::Compact => {
+            let value = T::read_from_in_protocol(&mut TCompactInputProtocol::new(bytes)).ok()?;
+            value
+                .write_to_out_protocol(&mut TCompactOutputProtocol::new(&mut again))
+                .ok()?;
+            value
+        }
+    };
+    (again == bytes).then_some(value)
 }
 
 impl ErrorMatcher {
@@ -39,8 +56,10 @@ impl ErrorMatcher {
         ErrorMatcher {
             name: std::any::type_name::<T>(),
             is: |err| err.is::<T>(),
-            decodes: |bytes| decode_exactly::<T>(bytes).is_some(),
-            describes: |bytes| decode_exactly::<T>(bytes).map(|value| format!("{value:?}")),
+            decodes: |protocol, bytes| decode_exactly::<T>(protocol, bytes).is_some(),
+            describes: |protocol, bytes| {
+                decode_exactly::<T>(protocol, bytes).map(|value| format!("{value:?}"))
+            },
         }
     }
 }
@@ -387,16 +406,20 @@ impl ClientConfig {
         self.retryable.iter().any(|m| (m.is)(err))
     }
 
-    /// Whether an exception struct, encoded in the strict binary protocol, is of a type
+    /// Whether an exception struct, encoded in the configured protocol, is of a type
     /// declared with [`failure_on`](Self::failure_on).
     pub(crate) fn encodes_declared_failure(&self, exception: &[u8]) -> bool {
-        self.failures.iter().any(|m| (m.decodes)(exception))
+        self.failures
+            .iter()
+            .any(|m| (m.decodes)(self.protocol, exception))
     }
 
-    /// The `Debug` text of an exception struct, encoded in the strict binary protocol, if it
+    /// The `Debug` text of an exception struct, encoded in the configured protocol, if it
     /// is of a type declared with [`retry_on`](Self::retry_on); `None` for any other.
     pub(crate) fn describe_declared_retryable(&self, exception: &[u8]) -> Option<String> {
-        self.retryable.iter().find_map(|m| (m.describes)(exception))
+        self.retryable
+            .iter()
+            .find_map(|m| (m.describes)(self.protocol, exception))
     }
 }
 
@@ -520,6 +543,23 @@ mod tests {
         assert!(!c.is_declared_retryable(&Busy("x".into())));
         let io = std::io::Error::other("x");
         assert!(!c.is_declared_failure(&io));
+    }
+
+    #[test]
+    fn declared_exception_types_match_by_encoding_in_the_compact_protocol_too() {
+        let c = ClientConfig::default()
+            .protocol(Protocol::Compact)
+            .retry_on::<Busy>();
+        let mut busy = Vec::new();
+        Busy("later".into())
+            .write_to_out_protocol(&mut thrift::protocol::TCompactOutputProtocol::new(
+                &mut busy,
+            ))
+            .unwrap();
+        assert_eq!(
+            c.describe_declared_retryable(&busy).as_deref(),
+            Some(r#"Busy("later")"#)
+        );
     }
 
     #[test]

@@ -4,16 +4,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use thrift::protocol::{
-    TBinaryInputProtocol, TBinaryOutputProtocol, TFieldIdentifier, TInputProtocol, TListIdentifier,
-    TMapIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TSetIdentifier,
-    TStructIdentifier, TType,
+    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
+    TMessageType, TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
 use thrift::{ApplicationError, ProtocolError, ProtocolErrorKind, TThriftClient};
 
 use super::call::{Answered, Call, Endpoint};
 use super::ThriftClient;
 use crate::error::Error;
-use crate::wire::mirror::Mirrored;
+use crate::wire::mirror::{copy_reader, Copy, Mirrored};
 
 /// Declares that [`Direct`] and [`MultiDirect`](crate::MultiDirect) handles speak a service,
 /// so its generated methods can be called on them directly.
@@ -68,6 +67,7 @@ impl<C> ThriftClient<C> {
 
 impl<C> Direct<C> {
     fn new(endpoint: Arc<Endpoint<C>>) -> Self {
+        let endpoint_protocol = endpoint.config().protocol;
         Direct {
             call: Protocols {
                 endpoint,
@@ -79,7 +79,7 @@ impl<C> Direct<C> {
                 application_error: false,
                 depth: 0,
                 mirroring: false,
-                mirror: TBinaryOutputProtocol::new(Vec::new(), true),
+                mirror: Copy::new(endpoint_protocol),
             },
         }
     }
@@ -193,7 +193,7 @@ struct Protocols<C> {
     /// told against the types declared as failures; so is a `TApplicationException`, so that
     /// a server shedding the request can be told apart.
     mirroring: bool,
-    mirror: TBinaryOutputProtocol<Vec<u8>>,
+    mirror: Copy,
 }
 
 impl<C: TThriftClient> Protocols<C> {
@@ -228,7 +228,7 @@ impl<C: TThriftClient> Protocols<C> {
         let result = if self.mirroring {
             op(&mut Mirrored {
                 input,
-                copy: &mut self.mirror,
+                copy: self.mirror.output(),
             })
         } else {
             op(input)
@@ -255,8 +255,8 @@ impl<C: TThriftClient> Protocols<C> {
     fn complete(&mut self) -> Option<ApplicationError> {
         let call = self.active.take()?;
         if self.application_error {
-            let mut copy = TBinaryInputProtocol::new(&self.mirror.transport[..], true);
-            let shed = crate::error::read_shed(&mut copy);
+            let protocol = self.endpoint.config().protocol;
+            let shed = crate::error::read_shed(&mut *copy_reader(protocol, &self.mirror.bytes()));
             let answered = if shed.is_some() {
                 Answered::Overloaded
             } else {
@@ -266,11 +266,10 @@ impl<C: TThriftClient> Protocols<C> {
             return shed;
         }
         if self.exception {
-            let declared_failure = !self.mirror.transport.is_empty()
-                && self
-                    .endpoint
-                    .config()
-                    .encodes_declared_failure(&self.mirror.transport);
+            let copy = self.mirror.bytes();
+            let declared_failure =
+                !copy.is_empty() && self.endpoint.config().encodes_declared_failure(&copy);
+            drop(copy);
             self.endpoint
                 .end_answered(call, Answered::Exception { declared_failure });
         } else {
@@ -287,7 +286,7 @@ impl<C: TThriftClient> Protocols<C> {
         self.application_error = ident.message_type == TMessageType::Exception;
         self.depth = 0;
         self.mirroring = self.application_error;
-        self.mirror.transport.clear();
+        self.mirror.restart(self.endpoint.config().protocol);
         Ok(())
     }
 }

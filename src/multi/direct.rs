@@ -7,15 +7,15 @@ use std::io::Cursor;
 use std::time::Instant;
 
 use thrift::protocol::{
-    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
-    TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
-    TMessageType, TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TFieldIdentifier,
+    TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier, TMessageType,
+    TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
 use thrift::{TConfiguration, TThriftClient};
 
 use super::retry::RetriedException;
 use super::MultiThriftClient;
-use crate::client::call::Answered;
+use crate::client::call::{Answered, Unfinished};
 use crate::client::config::{ClientConfig, DEFAULT_MAX_DEPTH};
 use crate::client::direct::{
     check_answers, forward_reads, forward_writes, outside_call, thrift_client_on_protocols,
@@ -23,7 +23,7 @@ use crate::client::direct::{
 };
 use crate::client::ThriftClient;
 use crate::error::Error;
-use crate::wire::mirror::Mirrored;
+use crate::wire::mirror::{copy_reader, copy_writer, Mirrored};
 use crate::wire::Protocol;
 
 /// A request buffer larger than this is given back after its call.
@@ -167,22 +167,6 @@ impl Response {
     }
 }
 
-/// Writes a copy into `bytes` in `protocol`.
-fn copy_writer(protocol: Protocol, bytes: &mut Vec<u8>) -> Box<dyn TOutputProtocol + '_> {
-    match protocol {
-        Protocol::Binary => Box::new(TBinaryOutputProtocol::new(bytes, true)),
-        Protocol::Compact => Box::new(TCompactOutputProtocol::new(bytes)),
-    }
-}
-
-/// Reads a copy made in `protocol`.
-fn copy_reader(protocol: Protocol, bytes: &[u8]) -> Box<dyn TInputProtocol + '_> {
-    match protocol {
-        Protocol::Binary => Box::new(TBinaryInputProtocol::new(bytes, true)),
-        Protocol::Compact => Box::new(TCompactInputProtocol::new(bytes)),
-    }
-}
-
 /// The request as sent to every endpoint tried.
 struct Request<'a> {
     bytes: &'a [u8],
@@ -199,7 +183,7 @@ enum Reply {
     Value,
     /// The response is a `TApplicationException`.
     Application,
-    /// The response holds a service exception; these are its bytes in the strict binary
+    /// The response holds a service exception; these are its bytes, in the response's
     /// protocol, as the declared exception types are told apart in.
     Exception(Vec<u8>),
 }
@@ -302,8 +286,10 @@ fn attempt<C: TThriftClient>(
 ) -> Result<Reply, Error> {
     let endpoint = client.calls();
     let protocol = endpoint.config().protocol;
-    let mut call = endpoint.begin(deadline)?;
+    // Abandoned, its probe's turn passed on, should anything below panic.
+    let mut unfinished = Unfinished::new(endpoint, endpoint.begin(deadline)?);
     copy.clear();
+    let call = unfinished.call();
     let answered = talk(call.client(), request, &mut *copy_writer(protocol, copy));
     let result = answered
         .and_then(|answered| match answered {
@@ -314,6 +300,7 @@ fn attempt<C: TThriftClient>(
             call.connection().check_clean()?;
             Ok(reply)
         });
+    let mut call = unfinished.finish();
     match result {
         Ok(Reply::Exception(exception)) => {
             let config = endpoint.config();
@@ -404,13 +391,13 @@ fn classify(
     if field.field_type == TType::Stop || field.id.is_none_or(|id| id <= 0) {
         return Ok(Reply::Value);
     }
-    let mut exception = TBinaryOutputProtocol::new(Vec::new(), true);
+    let mut exception = Vec::new();
     Mirrored {
         input: &mut *input,
-        copy: &mut exception,
+        copy: &mut *copy_writer(protocol, &mut exception),
     }
     .skip(field.field_type)?;
-    Ok(Reply::Exception(exception.transport))
+    Ok(Reply::Exception(exception))
 }
 
 impl<C: TThriftClient + Send + 'static> TInputProtocol for Protocols<C> {

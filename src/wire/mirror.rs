@@ -1,10 +1,90 @@
 //! Copies every value read from a protocol into another protocol, so that a message (or a
 //! part of one) that generated code reads can also be kept as bytes in a known encoding.
 
+use std::io;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use thrift::protocol::{
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
     TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
     TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
+
+use super::Protocol;
+
+/// A copy being made in a protocol, value by value, over as many reads as it takes, and its
+/// bytes so far. In the wire's own protocol: the compact protocol leaves out what the binary
+/// one needs (an empty map's types), so a copy in another protocol cannot always be made.
+pub(crate) struct Copy {
+    bytes: Shared,
+    output: Box<dyn TOutputProtocol + Send>,
+}
+
+/// The bytes of a [`Copy`], which its protocol writes and its owner reads.
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl io::Write for Shared {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.lock().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Copy {
+    pub(crate) fn new(protocol: Protocol) -> Self {
+        let bytes = Shared::default();
+        Copy {
+            output: writer(protocol, bytes.clone()),
+            bytes,
+        }
+    }
+
+    /// Starts a new copy, in `protocol`.
+    pub(crate) fn restart(&mut self, protocol: Protocol) {
+        self.bytes.0.lock().clear();
+        self.output = writer(protocol, self.bytes.clone());
+    }
+
+    pub(crate) fn output(&mut self) -> &mut dyn TOutputProtocol {
+        &mut *self.output
+    }
+
+    pub(crate) fn bytes(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.bytes.0.lock()
+    }
+}
+
+/// Writes a copy into `bytes` in `protocol`.
+pub(crate) fn copy_writer(
+    protocol: Protocol,
+    bytes: &mut Vec<u8>,
+) -> Box<dyn TOutputProtocol + '_> {
+    match protocol {
+        Protocol::Binary => Box::new(TBinaryOutputProtocol::new(bytes, true)),
+        Protocol::Compact => Box::new(TCompactOutputProtocol::new(bytes)),
+    }
+}
+
+/// Reads a copy made in `protocol`.
+pub(crate) fn copy_reader(protocol: Protocol, bytes: &[u8]) -> Box<dyn TInputProtocol + '_> {
+    match protocol {
+        Protocol::Binary => Box::new(TBinaryInputProtocol::new(bytes, true)),
+        Protocol::Compact => Box::new(TCompactInputProtocol::new(bytes)),
+    }
+}
+
+fn writer(protocol: Protocol, bytes: Shared) -> Box<dyn TOutputProtocol + Send> {
+    match protocol {
+        Protocol::Binary => Box::new(TBinaryOutputProtocol::new(bytes, true)),
+        Protocol::Compact => Box::new(TCompactOutputProtocol::new(bytes)),
+    }
+}
 
 /// Reads from `input` and writes each value read to `copy`.
 ///
