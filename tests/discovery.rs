@@ -291,6 +291,47 @@ fn a_session_whose_last_handle_a_callback_held_closes() {
 }
 
 #[test]
+fn a_registration_closed_while_the_connection_is_dead_leaves_once_it_is_back() {
+    if !zookeeper_available(
+        "a_registration_closed_while_the_connection_is_dead_leaves_once_it_is_back",
+    ) {
+        return;
+    }
+    let server = ZkServer::start();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port).into());
+    // A session that outlives the test unless it is ended.
+    let config = ZooKeeperConfig::default()
+        .session_timeout(Duration::from_secs(20))
+        .connect_timeout(Duration::from_secs(3));
+    let zk = ZooKeeper::connect(&proxy.endpoint(), config).unwrap();
+    let registration =
+        Registration::register(&zk, ServiceInstance::new("calc", "h", 1).unwrap()).unwrap();
+    let watcher = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    let view = InstanceCache::follow(&watcher, "calc").unwrap();
+    assert_eq!(view.instances().len(), 1);
+    let session = zk.session_id();
+    // The connection goes silent at its next answer (a ping's), and the registration is
+    // closed meanwhile: its delete goes out on the dead connection.
+    proxy.set(Fault::Stall);
+    assert!(wait_until(SOON, || proxy.faulted_connections() >= 1));
+    registration.close();
+    proxy.set(Fault::Pass);
+    // Once the session is back on a new connection, the node goes.
+    assert!(
+        wait_until(SOON, || view.instances().is_empty()),
+        "{:?}",
+        ids(&view)
+    );
+    assert_eq!(
+        zk.session_id(),
+        session,
+        "the session lived through the blip"
+    );
+    zk.close();
+    watcher.close();
+}
+
+#[test]
 fn a_process_that_dies_leaves_the_fleet_within_its_session_timeout() {
     if !zookeeper_available("a_process_that_dies_leaves_the_fleet_within_its_session_timeout") {
         return;

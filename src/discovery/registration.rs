@@ -222,25 +222,68 @@ async fn create(client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::
 type Ack = oneshot::Sender<Result<(), DiscoveryError>>;
 
 /// What the registration's task does next after a command that came while the node could not
-/// be written (it does not exist yet, or its session is gone): an update becomes the data the
-/// node is written with next, its caller told once it is; a close ends the task (the node,
-/// if any, goes with its session).
+/// be written (it may not exist, or its session is gone): an update becomes the data the
+/// node is written with next, its caller told once it is; a close ends the task once the node
+/// is gone (see [`leave`]), telling its caller if there is one.
 fn keep_for_later(
     command: Option<Command>,
     data: &mut Vec<u8>,
     unwritten: &mut Vec<Ack>,
-) -> ControlFlow<()> {
+) -> ControlFlow<Option<oneshot::Sender<()>>> {
     match command {
         Some(Command::Update(bytes, ack)) => {
             *data = bytes;
             unwritten.push(ack);
             ControlFlow::Continue(())
         }
-        Some(Command::Close(ack)) => {
-            let _ = ack.send(());
-            ControlFlow::Break(())
+        Some(Command::Close(ack)) => ControlFlow::Break(Some(ack)),
+        None => ControlFlow::Break(None),
+    }
+}
+
+/// Deletes the node for good, and then tells `closed` (the caller of `close`, if it still
+/// waits). A delete that fails for want of ZooKeeper is tried again: the node would otherwise
+/// stay for as long as its session, which outlives a blip in the connection. Done once the
+/// node is gone, or its session (which takes it along), or the whole handle is closing (whose
+/// close ends the session).
+async fn leave(
+    path: &str,
+    clients: &mut watch::Receiver<Option<zk::Client>>,
+    closing: &mut watch::Receiver<bool>,
+    closed: Option<oneshot::Sender<()>>,
+) {
+    loop {
+        let Some(client) = clients.borrow_and_update().clone() else {
+            break;
+        };
+        match client.delete(path, None).await {
+            Ok(()) | Err(zk::Error::NoNode) => {
+                info!(target: TARGET, "unregistered {path}");
+                break;
+            }
+            Err(zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed) => {
+                break
+            }
+            Err(
+                err @ (zk::Error::NoAuth
+                | zk::Error::BadArguments(_)
+                | zk::Error::NotEmpty
+                | zk::Error::Unimplemented),
+            ) => {
+                warn!(target: TARGET, "cannot delete {path}: {err}; it goes with the session");
+                break;
+            }
+            Err(err) => warn!(target: TARGET, "cannot delete {path} yet: {err}; trying again"),
         }
-        None => ControlFlow::Break(()),
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            // A new session: the node went with the old one.
+            _ = clients.changed() => break,
+            _ = closing.changed() => break,
+        }
+    }
+    if let Some(closed) = closed {
+        let _ = closed.send(());
     }
 }
 
@@ -300,8 +343,10 @@ async fn keep_registered(
                 }
                 _ = closing.changed() => return,
                 command = commands.recv() => {
-                    if keep_for_later(command, &mut data, &mut unwritten).is_break() {
-                        return;
+                    // The node may exist: a create that failed for want of an answer may have
+                    // been made.
+                    if let ControlFlow::Break(closed) = keep_for_later(command, &mut data, &mut unwritten) {
+                        return leave(&path, &mut clients, &mut closing, closed).await;
                     }
                 }
             }
@@ -341,8 +386,8 @@ async fn keep_registered(
                         }
                         _ = closing.changed() => return,
                         command = commands.recv() => {
-                            if keep_for_later(command, &mut data, &mut unwritten).is_break() {
-                                return;
+                            if let ControlFlow::Break(closed) = keep_for_later(command, &mut data, &mut unwritten) {
+                                return leave(&path, &mut clients, &mut closing, closed).await;
                             }
                             stale = true;
                             continue;
@@ -367,8 +412,8 @@ async fn keep_registered(
                                 }
                                 _ = closing.changed() => return,
                                 command = commands.recv() => {
-                                    if keep_for_later(command, &mut data, &mut unwritten).is_break() {
-                                        return;
+                                    if let ControlFlow::Break(closed) = keep_for_later(command, &mut data, &mut unwritten) {
+                                        return leave(&path, &mut clients, &mut closing, closed).await;
                                     }
                                 }
                             }
@@ -390,17 +435,9 @@ async fn keep_registered(
                         stale = true;
                     }
                     Some(Command::Close(ack)) => {
-                        match client.delete(&path, None).await {
-                            Ok(()) | Err(zk::Error::NoNode) => info!(target: TARGET, "unregistered {path}"),
-                            Err(err) => warn!(target: TARGET, "cannot delete {path}: {err}; it goes with the session"),
-                        }
-                        let _ = ack.send(());
-                        return;
+                        return leave(&path, &mut clients, &mut closing, Some(ack)).await;
                     }
-                    None => {
-                        let _ = client.delete(&path, None).await;
-                        return;
-                    }
+                    None => return leave(&path, &mut clients, &mut closing, None).await,
                 },
             }
         }
