@@ -264,6 +264,34 @@ fn a_callback_may_register_and_drop_registrations() {
 }
 
 #[test]
+fn a_callback_may_fail_to_connect_and_the_cache_goes_on() {
+    if !zookeeper_available("a_callback_may_fail_to_connect_and_the_cache_goes_on") {
+        return;
+    }
+    let server = ZkServer::start();
+    let zk = ZooKeeper::connect(&server.hosts(), quick()).unwrap();
+    let failed = Arc::new(AtomicUsize::new(0));
+    let on_change = {
+        let failed = failed.clone();
+        move |_: &[ServiceInstance]| {
+            let config = ZooKeeperConfig::default().connect_timeout(Duration::from_millis(300));
+            let nobody = support::refused_endpoint();
+            assert!(ZooKeeper::connect(&nobody, config).is_err());
+            failed.fetch_add(1, Ordering::SeqCst);
+        }
+    };
+    let cache =
+        InstanceCache::follow_under(&zk, "/service", "calc", Some(Box::new(on_change))).unwrap();
+    let first = Registration::register(&zk, ServiceInstance::new("calc", "h", 1).unwrap()).unwrap();
+    assert!(wait_until(SOON, || failed.load(Ordering::SeqCst) >= 1));
+    let second =
+        Registration::register(&zk, ServiceInstance::new("calc", "h", 2).unwrap()).unwrap();
+    assert!(wait_until(SOON, || cache.instances().len() == 2));
+    drop((first, second, cache));
+    zk.close();
+}
+
+#[test]
 fn a_session_whose_last_handle_a_callback_held_closes() {
     if !zookeeper_available("a_session_whose_last_handle_a_callback_held_closes") {
         return;

@@ -53,9 +53,9 @@ impl InstanceCache {
 
     /// Follows the service `name` under `base`, calling `on_change` (if given) with every new
     /// set of instances, from the session's thread: it should return quickly. It may register,
-    /// update and drop [`Registration`](super::Registration)s and hold handles of the session:
-    /// while it waits for ZooKeeper the session's other work moves to another thread. Returns
-    /// once the first snapshot is read.
+    /// update and drop [`Registration`](super::Registration)s, connect sessions and hold their
+    /// handles: while it waits for ZooKeeper the session's other work moves to another thread.
+    /// Returns once the first snapshot is read.
     ///
     /// # Errors
     ///

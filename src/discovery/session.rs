@@ -108,14 +108,20 @@ impl ZooKeeper {
                 tokio::time::timeout(config.connect_timeout, connect(hosts, &config)).await
             })
         });
-        let client = match first {
-            Ok(Ok(client)) => client,
-            Ok(Err(err)) => return Err(DiscoveryError::ZooKeeper(err.to_string())),
-            Err(_) => {
-                return Err(DiscoveryError::ZooKeeper(format!(
-                    "no session with {hosts} within {:?}",
-                    config.connect_timeout
-                )))
+        let connected = match first {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(err)) => Err(DiscoveryError::ZooKeeper(err.to_string())),
+            Err(_) => Err(DiscoveryError::ZooKeeper(format!(
+                "no session with {hosts} within {:?}",
+                config.connect_timeout
+            ))),
+        };
+        let client = match connected {
+            Ok(client) => client,
+            Err(err) => {
+                // Not dropped: on a runtime's thread (a cache's callback), that would panic.
+                runtime.shutdown_background();
+                return Err(err);
             }
         };
         info!(target: TARGET, "session {:?} with {hosts}", client.session_id());
