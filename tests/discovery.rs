@@ -487,6 +487,37 @@ fn after_the_session_expires_nodes_come_back_and_the_cache_follows() {
     zk.close();
 }
 
+#[test]
+fn a_cache_dropped_while_its_session_is_gone_lets_go_of_its_callback() {
+    if !zookeeper_available("a_cache_dropped_while_its_session_is_gone_lets_go_of_its_callback") {
+        return;
+    }
+    /// Tells when it is dropped.
+    struct Held(Arc<AtomicBool>);
+    impl Drop for Held {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let zk_server = ZkServer::start();
+    let zk = ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let held = Held(dropped.clone());
+    let on_change = move |_: &[ServiceInstance]| {
+        let _ = &held;
+    };
+    let cache =
+        InstanceCache::follow_under(&zk, "/service", "calc", Some(Box::new(on_change))).unwrap();
+    // ZooKeeper away past the session's timeout (2 s; its client gives it up after 2.8 s):
+    // no new session can begin meanwhile.
+    zk_server.freeze(true);
+    std::thread::sleep(Duration::from_secs(5));
+    drop(cache);
+    assert!(wait_until(SOON, || dropped.load(Ordering::SeqCst)));
+    zk_server.freeze(false);
+    zk.close();
+}
+
 fn payload(cache: &InstanceCache) -> Vec<Option<serde_json::Value>> {
     cache
         .instances()

@@ -246,7 +246,7 @@ async fn keep_synced(
                                         };
                                         match event.session_state {
                                             zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                                                if clients.changed().await.is_err() { return; }
+                                                if !next_session(&mut clients, &mut closing, &mut stopped).await { return; }
                                                 continue 'session;
                                             }
                                             zk::SessionState::Disconnected => {}
@@ -255,7 +255,7 @@ async fn keep_synced(
                                     }
                                 }
                                 zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                                    if clients.changed().await.is_err() { return; }
+                                    if !next_session(&mut clients, &mut closing, &mut stopped).await { return; }
                                     continue 'session;
                                 }
                                 _ => {}
@@ -272,5 +272,19 @@ async fn keep_synced(
                 }
             }
         }
+    }
+}
+
+/// Waits for the session after one that ended; `false` if the cache is dropped or the handle
+/// closes meanwhile (ZooKeeper may be away for long), or no session will come.
+async fn next_session(
+    clients: &mut watch::Receiver<Option<zk::Client>>,
+    closing: &mut watch::Receiver<bool>,
+    stopped: &mut watch::Receiver<()>,
+) -> bool {
+    tokio::select! {
+        changed = clients.changed() => changed.is_ok(),
+        _ = closing.changed() => false,
+        _ = stopped.changed() => false,
     }
 }
