@@ -366,6 +366,47 @@ const TRANSPORTS: [Transport; 2] = [Transport::Framed, Transport::Buffered];
 const HUNDRED_MILLION_I64S: [u8; 5] = [0xf6, 0x80, 0xc2, 0xd7, 0x2f];
 
 #[test]
+fn a_buffered_client_that_does_not_read_the_reply_before_its_close_holds_no_worker() {
+    let _lock = shared_lock();
+    // One worker, and a request timeout no test waits for.
+    let config = ServerConfig::default()
+        .workers(1)
+        .transport(Transport::Buffered)
+        .max_queue_wait(Duration::MAX)
+        .request_timeout(Duration::from_secs(600));
+    let (server, _) = start_server(config);
+    let addr = server.local_addr();
+    // An unknown method with a 12 MB name, whose reply repeats it, and arguments that cannot
+    // be decoded: the reply is sent, then the connection closed, since where the next request
+    // would start is lost. Its client reads none of it.
+    let name = "x".repeat(12 << 20);
+    let mut request = bin_call(&name, 1);
+    request.extend([0x7f, 0, 1, 0, 0, 0, 0, 0]);
+    let hostile = raw(addr);
+    {
+        let mut writer = hostile.try_clone().unwrap();
+        thread::spawn(move || writer.write_all(&request))
+            .join()
+            .unwrap()
+            .unwrap();
+    }
+    wait_for_stats(&server, "the reply waiting for its client", |s| {
+        s.requests == 1 && s.busy_workers == 0 && s.waiting_bytes > 1 << 20
+    });
+    // Others are served meanwhile.
+    let mut fresh = raw(addr);
+    fresh.write_all(&bin_add(2, 40, 2)).unwrap();
+    let reply = read_reply(&mut fresh, Transport::Buffered, Protocol::Binary).unwrap();
+    assert_eq!(reply.result, Some(42));
+    // The hostile client, reading at last, gets its whole reply, then the close.
+    let mut rest = Vec::new();
+    let mut hostile = hostile;
+    hostile.set_read_timeout(Some(PATIENCE)).unwrap();
+    hostile.read_to_end(&mut rest).unwrap();
+    assert!(rest.len() > 12 << 20, "{} bytes", rest.len());
+}
+
+#[test]
 fn a_compact_list_header_claiming_100_million_elements_does_not_abort() {
     let _lock = shared_lock();
     assert_eq!(varint(100_000_000), HUNDRED_MILLION_I64S[1..]);

@@ -111,6 +111,9 @@ pub(super) struct Conn {
     /// While the server stops: a response already waited for the client once, and was put
     /// behind the other connections.
     deferred: bool,
+    /// Why the connection closes once the response waiting to be sent is taken (a buffered
+    /// request that could not be decoded: where the next one starts is lost).
+    closing: Option<Box<Closed>>,
 }
 
 /// What the worker does with a connection once it lets it go.
@@ -160,6 +163,7 @@ impl Conn {
             sent: 0,
             send_by: 0,
             deferred: false,
+            closing: None,
         })
     }
 
@@ -232,6 +236,9 @@ impl Conn {
                 Ok(true) => {}
             }
         }
+        if let Some(closed) = self.closing.take() {
+            return Next::Close(*closed);
+        }
         let mut readable = true;
         let mut served = false;
         loop {
@@ -257,6 +264,9 @@ impl Conn {
                             Ok(true) => {}
                             Ok(false) => return Next::Park(self.send_deadline()),
                         },
+                    }
+                    if let Some(closed) = self.closing.take() {
+                        return Next::Close(*closed);
                     }
                     served = true;
                     // The client has not seen the response yet; its next request, if it sent
@@ -310,6 +320,9 @@ impl Conn {
         if !self.flush_while_stopping(shared)? {
             return Ok(false);
         }
+        if let Some(closed) = self.closing.take() {
+            return Err(*closed);
+        }
         let mut unread = rustix::io::ioctl_fionread(&self.socket).map_or(0, |n| n as usize);
         loop {
             match self
@@ -320,6 +333,9 @@ impl Conn {
                 Some(request) => {
                     if !self.answer(shared, &request)? && !self.flush_while_stopping(shared)? {
                         return Ok(false);
+                    }
+                    if let Some(closed) = self.closing.take() {
+                        return Err(*closed);
                     }
                 }
                 None if unread == 0 => return Ok(true),
@@ -513,12 +529,14 @@ impl Conn {
         self.acked = false;
         let sent = answered.and_then(|close_after| match close_after {
             None => self.send(config.transport, config.request_timeout),
-            // Sent before the connection closes, within the request timeout.
+            // Sent before the connection closes; what the socket does not take at once waits
+            // for the client as any response does, holding no worker.
             Some(closed) => {
-                if !self.send(config.transport, config.request_timeout)? {
-                    self.flush_within(config.request_timeout)?;
+                if self.send(config.transport, config.request_timeout)? {
+                    return Err(closed);
                 }
-                Err(closed)
+                self.closing = Some(Box::new(closed));
+                Ok(false)
             }
         });
         counters.busy.unbump();
