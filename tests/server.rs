@@ -779,6 +779,33 @@ fn while_stopping_a_client_that_does_not_read_is_given_up_on_when_the_drain_time
 }
 
 #[test]
+fn while_stopping_no_connection_is_counted_queued_that_is_not() {
+    let _lock = shared_lock();
+    let (handler, release) = Special::gated();
+    let server = Arc::new(serve(handler, patient().workers(1)));
+    let addr = server.local_addr();
+    let busy = thread::spawn(move || framed_binary(addr).slow(1).map_err(|e| e.to_string()));
+    wait_for_stats(&server, "the slow call under way", |s| s.busy_workers == 1);
+    let mut idle = raw(addr);
+    let stopper = {
+        let server = server.clone();
+        thread::spawn(move || server.stop())
+    };
+    // Idle connections are closed first; the worker's stop message is queued moments later
+    // and waits there for the slow call. It is no connection.
+    assert!(closed_by_server(&mut idle));
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        let stats = server.stats();
+        assert_eq!(stats.queued_connections, 0, "{stats:?}");
+        thread::sleep(Duration::from_millis(5));
+    }
+    release.send(()).unwrap();
+    assert_eq!(busy.join().unwrap(), Ok(1));
+    stopper.join().unwrap();
+}
+
+#[test]
 fn stop_answers_every_request_that_arrived_before_it() {
     let _lock = shared_lock();
     // Races between a request arriving and the server stopping: on a connection waiting in

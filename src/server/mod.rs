@@ -201,6 +201,8 @@ struct Shared {
     stopping: AtomicBool,
     /// While stopping: when the drain timeout ends, on the monotonic clock in nanoseconds.
     drain_by: AtomicU64,
+    /// The workers' stop messages in the channel, which are no queued connections.
+    stops_queued: AtomicUsize,
     counters: Counters,
 }
 
@@ -567,6 +569,7 @@ impl ThriftServer {
             watching: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             drain_by: AtomicU64::new(u64::MAX),
+            stops_queued: AtomicUsize::new(0),
             counters: Counters::default(),
         });
         Ok(ThriftServer {
@@ -786,6 +789,7 @@ impl ThriftServer {
     /// Tells `workers` workers to exit once the connections queued so far are served.
     fn stop_workers(&self, workers: usize) {
         for _ in 0..workers {
+            self.shared.stops_queued.fetch_add(1, Ordering::SeqCst);
             // Cannot fail: `self.shared` holds a receiver.
             let _ = self.shared.work_tx.send(Work::Stop);
         }
@@ -804,7 +808,8 @@ impl ThriftServer {
             open_connections: open,
             idle_connections: idle,
             waiting_bytes: held,
-            queued_connections: self.shared.work_tx.len(),
+            queued_connections: (self.shared.work_tx.len())
+                .saturating_sub(self.shared.stops_queued.load(Ordering::SeqCst)),
             accepted_connections: counters.accepted.load(Ordering::Relaxed),
             rejected_connections: counters.rejected.load(Ordering::Relaxed),
             requests: counters.requests.get(),
@@ -877,6 +882,9 @@ fn work_until_stopped(shared: &Shared, work: &Receiver<Work>, n: usize) {
         };
         shared.free_workers.fetch_sub(1, Ordering::Relaxed);
         let Some(Work::Serve(conn)) = next else {
+            if next.is_some() {
+                shared.stops_queued.fetch_sub(1, Ordering::SeqCst);
+            }
             finish_queued(shared, work);
             return;
         };
