@@ -102,8 +102,8 @@ pub struct ServerStats {
     pub busy_workers: usize,
     /// Client connections open, idle or not.
     pub open_connections: usize,
-    /// Open connections waiting in the poller for their client's next request, or for the rest
-    /// of one.
+    /// Open connections waiting in the poller for their client's next request, for the rest
+    /// of one, or for their client to take the rest of a response.
     pub idle_connections: usize,
     /// Bytes the buffers of those waiting connections hold, bounded by
     /// [`ServerConfig::max_waiting_bytes`].
