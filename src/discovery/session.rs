@@ -225,8 +225,12 @@ fn blocking<T>(wait: impl FnOnce() -> T) -> T {
 impl Inner {
     fn close(&self) {
         let _ = self.closed.send(true);
-        let tasks = std::mem::take(&mut *self.tasks.lock());
-        let runtime = self.runtime.lock().take();
+        // Both under the lock `spawn` takes first: a task it adds is either among those waited
+        // for below, or refused since the runtime is gone.
+        let (tasks, runtime) = {
+            let mut tasks = self.tasks.lock();
+            (std::mem::take(&mut *tasks), self.runtime.lock().take())
+        };
         let Some(runtime) = runtime else {
             return;
         };
