@@ -282,8 +282,8 @@ impl<C> Pool<C> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let mut checkout = match self.take_own_kept() {
-            Some(checkout) => checkout,
+        let (mut checkout, opening_since) = match self.take_own_kept() {
+            Some(checkout) => (checkout, None),
             None => self.checkout_with_token(deadline)?,
         };
         if let Some(live) = &checkout.live {
@@ -293,7 +293,12 @@ impl<C> Pool<C> {
             log::debug!(target: "blocking_thrift::pool", "{}: pooled connection was closed by the server; reconnecting", self.endpoint);
             checkout.discard();
         }
-        match self.open(within(self.config.connect_timeout, deadline)) {
+        // A wait for the pool's first tokens was part of opening: the connect timeout bounds both.
+        let connect_timeout = match opening_since {
+            Some(since) => self.config.connect_timeout.saturating_sub(since.elapsed()),
+            None => self.config.connect_timeout,
+        };
+        match self.open(within(connect_timeout, deadline)) {
             Ok(live) => {
                 checkout.live = Some(Box::new(live));
                 Ok(checkout)
@@ -326,17 +331,23 @@ impl<C> Pool<C> {
         })
     }
 
-    /// A token from r2d2, or a kept one, and a cell for it.
-    fn checkout_with_token(&self, deadline: Option<Instant>) -> Result<Checkout<C>, Error> {
+    /// A token from r2d2, or a kept one, and a cell for it; and, if the pool's tokens were
+    /// still being made, since when the caller waited for one (see `checkout`).
+    fn checkout_with_token(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(Checkout<C>, Option<Instant>), Error> {
+        let mut opening_since = None;
         let mut token = match self.tokens.try_get() {
             Some(token) => Box::new(token),
             None => {
                 if let Some(checkout) = self.take_any_kept() {
-                    return Ok(checkout);
+                    return Ok((checkout, None));
                 }
                 let wait = if self.tokens.state().connections < self.config.pool_size {
                     // The tokens are still being made: no connection is busy, so this is no
                     // wait for one but part of opening one.
+                    opening_since = Some(Instant::now());
                     within(self.config.connect_timeout, deadline)
                 } else {
                     within(self.config.pool_timeout, deadline)
@@ -344,7 +355,7 @@ impl<C> Pool<C> {
                 let _waiting = Waiting::new(&self.waiting);
                 // A call may have ended and kept its token since the look above.
                 if let Some(checkout) = self.take_any_kept() {
-                    return Ok(checkout);
+                    return Ok((checkout, None));
                 }
                 let token = if wait.is_zero() {
                     // The last tokens may have been made since the first look.
@@ -364,11 +375,12 @@ impl<C> Pool<C> {
             return Err(Error::Closed);
         }
         let (cell, live) = self.take_cell();
-        Ok(Checkout {
+        let checkout = Checkout {
             live,
             cell,
             token: claiming(token, cell),
-        })
+        };
+        Ok((checkout, opening_since))
     }
 
     /// Marks a cell busy and takes its connection: this thread's last cell if it is idle, else
@@ -701,5 +713,54 @@ mod tests {
         pool.checkin(busy);
         assert_eq!(pool.open_connections(), 0);
         assert!(matches!(pool.checkout(None), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn a_wait_for_the_first_tokens_counts_against_the_connect_timeout() {
+        // An endpoint whose accept queue is full: a connect to it never completes.
+        let listener =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        listener.bind(&any.into()).unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let mut held = Vec::new();
+        loop {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            if s.connect_timeout(&addr.into(), Duration::from_millis(100))
+                .is_err()
+            {
+                break;
+            }
+            held.push(s);
+        }
+        // r2d2's helper thread busy elsewhere: the pool's tokens wait to be made.
+        let helpers = helpers();
+        let (release, busy) = crossbeam_channel::bounded::<()>(0);
+        helpers.execute(move || {
+            let _ = busy.recv();
+        });
+        let connect_timeout = Duration::from_secs(2);
+        let config = ClientConfig::default().connect_timeout(connect_timeout);
+        let pool: Pool<()> = Pool::new(
+            addr.to_string().into(),
+            config,
+            Arc::new(|_, _| ()),
+            helpers,
+        );
+        let started = Instant::now();
+        let caller = std::thread::spawn(move || pool.checkout(None).map(drop));
+        std::thread::sleep(connect_timeout * 3 / 4);
+        release.send(()).unwrap();
+        let result = caller.join().unwrap();
+        let took = started.elapsed();
+        assert!(
+            matches!(result, Err(Error::Timeout(Timeout::Connect))),
+            "{result:?}"
+        );
+        // Not the connect timeout again on top of the wait for a token.
+        assert!(took < connect_timeout * 3 / 2, "took {took:?}");
+        drop(held);
     }
 }
