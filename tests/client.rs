@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -886,4 +886,82 @@ fn a_zero_pool_timeout_never_fails_a_fresh_clients_first_call() {
             err => panic!("trial {n}: {err}"),
         }
     }
+}
+
+thread_local! {
+    /// Set on the thread whose next clock reading holds it (inside `force_open`, under the
+    /// breaker's lock) until released.
+    static HOLDS_THE_LOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+type OnClient = dyn FnOnce(&ThriftClient<Calc>) + Send;
+
+/// Runs this thread on CPU 0 only.
+fn pin_to_cpu_0() {
+    // SAFETY: the set is initialized before use and only read by the call, for the size given.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[test]
+fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_through() {
+    // A first `force_open` holds the breaker's lock (in its clock reading) while a reset and
+    // then another `force_open` queue for it, all on one CPU, so that the one woken next may
+    // run before the reset is done. The clock never moves: a breaker left open must reject.
+    let mut broken = 0;
+    for _ in 0..300 {
+        let (entered, release) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let now = Instant::now();
+        let clock = {
+            let (entered, release) = (entered.clone(), release.clone());
+            blocking_thrift::Clock::from_fn(move || {
+                if HOLDS_THE_LOCK.with(|h| h.replace(false)) {
+                    entered.store(true, Ordering::SeqCst);
+                    while !release.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_micros(50));
+                    }
+                }
+                now
+            })
+        };
+        let calc = client(
+            &support::refused_endpoint(),
+            ClientConfig::default().clock(clock),
+        );
+        let on_cpu_0 = |f: Box<OnClient>| {
+            let calc = calc.clone();
+            std::thread::spawn(move || {
+                pin_to_cpu_0();
+                f(&calc)
+            })
+        };
+        let holder = on_cpu_0(Box::new(|calc| {
+            HOLDS_THE_LOCK.with(|h| h.set(true));
+            calc.force_open();
+        }));
+        while !entered.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        let reset = on_cpu_0(Box::new(|calc| calc.reset_breaker()));
+        std::thread::sleep(Duration::from_millis(2));
+        let forced = on_cpu_0(Box::new(|calc| calc.force_open()));
+        std::thread::sleep(Duration::from_millis(2));
+        release.store(true, Ordering::SeqCst);
+        for thread in [holder, reset, forced] {
+            thread.join().unwrap();
+        }
+        if calc.breaker_state() == BreakerState::Open
+            && !calc.call(|c| c.ping()).unwrap_err().is_circuit_open()
+        {
+            broken += 1;
+        }
+    }
+    assert_eq!(broken, 0, "open breakers that let calls through, of 300");
 }

@@ -272,10 +272,14 @@ impl Breaker {
 
     /// Closes the breaker and forgets the failures counted so far.
     pub(crate) fn reset(&self) {
-        *self.state.lock() = State::Closed {
+        // The gate under the lock, as every change of state sets it: stored after the lock
+        // was let go, it could undo the gate of a change made meanwhile (forced or opened).
+        let mut state = self.state.lock();
+        *state = State::Closed {
             failures: window(self.settings.maxfail),
         };
         self.gate.store(GATE_OPEN, Ordering::Release);
+        drop(state);
         log::info!(target: "blocking_thrift::breaker", "{}: circuit reset to closed", self.endpoint);
     }
 
