@@ -779,6 +779,48 @@ fn while_stopping_a_client_that_does_not_read_is_given_up_on_when_the_drain_time
 }
 
 #[test]
+fn a_handler_stopping_its_server_during_another_stop_keeps_to_the_drain_timeout() {
+    let _lock = shared_lock();
+    let (stopping_tx, stopping) = crossbeam_channel::bounded::<()>(1);
+    let (release, gate) = crossbeam_channel::bounded::<()>(1);
+    let slot: Arc<Mutex<Option<Arc<ThriftServer>>>> = Arc::default();
+    // `ping` stops the server once another thread is stopping it, then goes on working.
+    let handler = Special::pinging({
+        let slot = slot.clone();
+        move || {
+            stopping
+                .recv_timeout(PATIENCE)
+                .expect("the test stops the server");
+            let server = slot.lock().unwrap().clone();
+            server.expect("a server").stop();
+            let _ = gate.recv_timeout(PATIENCE);
+        }
+    });
+    let config = patient()
+        .workers(2)
+        .drain_timeout(Duration::from_millis(500));
+    let server = Arc::new(serve(handler, config));
+    *slot.lock().unwrap() = Some(server.clone());
+    let addr = server.local_addr();
+    let caller = thread::spawn(move || framed_binary(addr).ping());
+    wait_for_stats(&server, "the ping under way", |s| s.busy_workers == 1);
+    let started = Instant::now();
+    let stopper = {
+        let server = server.clone();
+        thread::spawn(move || server.stop())
+    };
+    assert!(wait_until(|| TcpStream::connect(addr).is_err()));
+    stopping_tx.send(()).unwrap();
+    // The stop returns once the drain timeout ends, leaving the busy handler to finish.
+    stopper.join().unwrap();
+    let took = started.elapsed();
+    release.send(()).unwrap();
+    let _ = caller.join();
+    slot.lock().unwrap().take();
+    assert!(took < PATIENCE / 2, "stop took {took:?}");
+}
+
+#[test]
 fn while_stopping_no_connection_is_counted_queued_that_is_not() {
     let _lock = shared_lock();
     let (handler, release) = Special::gated();

@@ -712,12 +712,17 @@ impl ThriftServer {
     /// stopping the server returns at once.
     pub fn stop(&self) {
         // Called by a handler of this server, whose worker the stop must not wait for.
-        let own_worker = leave_workers_of(&self.shared);
+        let own_worker = is_worker_of(&self.shared);
         let threads = {
             let mut state = self.state.lock();
             loop {
                 match std::mem::replace(&mut *state, State::Stopping) {
-                    State::Running(threads) => break threads,
+                    State::Running(threads) => {
+                        if own_worker {
+                            leave_workers();
+                        }
+                        break threads;
+                    }
                     // Another call is stopping the server and waits for this worker's handler:
                     // waiting for it in turn would hold both up for the drain timeout.
                     State::Stopping if own_worker => return,
@@ -842,18 +847,15 @@ thread_local! {
     static WORKER_OF: RefCell<Option<(usize, Sender<()>)>> = const { RefCell::new(None) };
 }
 
-/// Whether this thread is a worker of the server of `shared`; if so, it no longer counts as
-/// one that `stop()` waits for.
-fn leave_workers_of(shared: &Shared) -> bool {
+/// Whether this thread is a worker of the server of `shared`.
+fn is_worker_of(shared: &Shared) -> bool {
     let id = shared as *const Shared as usize;
-    WORKER_OF.with(|worker| {
-        let mut worker = worker.borrow_mut();
-        let own = worker.as_ref().is_some_and(|(of, _)| *of == id);
-        if own {
-            *worker = None;
-        }
-        own
-    })
+    WORKER_OF.with(|worker| worker.borrow().as_ref().is_some_and(|(of, _)| *of == id))
+}
+
+/// Makes this worker one that `stop()` does not wait for: its handler is running the stop.
+fn leave_workers() {
+    WORKER_OF.with(|worker| worker.borrow_mut().take());
 }
 
 /// A worker thread's loop. `done` is dropped when the worker exits, or when a handler on it
