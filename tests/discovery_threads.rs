@@ -67,6 +67,38 @@ fn closing_a_session_joins_every_thread_it_started() {
             names()
         );
     }
+    // Closed on a thread an async runtime lends for blocking work, where it can wait: the
+    // session ends before `close` returns, as anywhere else.
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let hosts = server.hosts();
+        let left = runtime.block_on(async move {
+            tokio::task::spawn_blocking(move || {
+                let zk = ZooKeeper::connect(&hosts, ZooKeeperConfig::default()).unwrap();
+                let registration =
+                    Registration::register(&zk, ServiceInstance::new("calc", "h", 3).unwrap())
+                        .unwrap();
+                assert!(ours() > before);
+                zk.close();
+                let left = names();
+                drop(registration);
+                left
+            })
+            .await
+            .unwrap()
+        });
+        drop(runtime);
+        let left: Vec<_> = left
+            .into_iter()
+            .filter(|name| name.starts_with("blocking-thrift"))
+            .collect();
+        assert!(
+            left.is_empty(),
+            "after close() on a blocking thread: {left:?}"
+        );
+    }
     // The nodes went with their sessions.
     let zk = ZooKeeper::connect(&server.hosts(), ZooKeeperConfig::default()).unwrap();
     let cache = InstanceCache::follow(&zk, "calc").unwrap();

@@ -166,8 +166,8 @@ impl ZooKeeper {
     /// threads. Registrations and caches on it stop; a cache keeps its last instances.
     /// Closing twice is harmless.
     ///
-    /// Called on a thread of an async runtime (a cache's callback, say), where it cannot wait,
-    /// it returns at once and a thread of its own closes the session.
+    /// Called on a session's own thread (in a cache's callback), where it cannot wait, it
+    /// returns at once and a thread of its own closes the session.
     pub fn close(&self) {
         self.inner.close();
     }
@@ -234,11 +234,11 @@ impl Inner {
         let Some(runtime) = runtime else {
             return;
         };
-        if Handle::try_current().is_err() {
+        if !SESSION_THREAD.get() {
             finish(runtime, tasks, &self.hosts, self.config.connect_timeout);
             return;
         }
-        // On a runtime's thread, perhaps this session's own (a cache's callback held the last
+        // On a session's thread, perhaps this session's own (a cache's callback held the last
         // handle), which cannot wait for itself to stop: another thread closes the session.
         let parts = Arc::new(Mutex::new(Some((runtime, tasks))));
         let (hosts, timeout) = (self.hosts.clone(), self.config.connect_timeout);
