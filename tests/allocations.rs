@@ -10,6 +10,8 @@ use std::cell::Cell;
 use blocking_thrift::{ClientConfig, Protocol, ThriftClient, Transport};
 use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
 use support::{Calc, RefServer};
+
+blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
 use thrift::protocol::{TBinaryInputProtocol, TBinaryOutputProtocol};
 use thrift::transport::{TFramedReadTransport, TFramedWriteTransport, TIoChannel, TTcpChannel};
 
@@ -74,10 +76,20 @@ fn a_pooled_call_allocates_no_more_than_a_bare_generated_call() {
     let pooled_allocations = allocations_during(calls, || {
         assert_eq!(pooled.call(|c| c.add(1, 2)).unwrap(), 3)
     });
+    let mut direct = pooled.direct();
+    let direct_allocations = allocations_during(calls, || assert_eq!(direct.add(1, 2).unwrap(), 3));
 
-    println!("{calls} calls: {pooled_allocations} allocations pooled, {bare_allocations} bare");
+    println!(
+        "{calls} calls: {pooled_allocations} allocations pooled, {direct_allocations} direct, \
+         {bare_allocations} bare"
+    );
     assert!(
         pooled_allocations <= bare_allocations,
         "{pooled_allocations} allocations for {calls} pooled calls, {bare_allocations} bare"
+    );
+    // A direct call makes the generated client's own allocations, not its connection's.
+    assert!(
+        direct_allocations < bare_allocations,
+        "{direct_allocations} allocations for {calls} direct calls, {bare_allocations} bare"
     );
 }

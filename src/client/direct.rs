@@ -286,7 +286,12 @@ impl<C: TThriftClient> Protocols<C> {
         self.application_error = ident.message_type == TMessageType::Exception;
         self.depth = 0;
         self.mirroring = self.application_error;
-        self.mirror.restart(self.endpoint.config().protocol);
+        if self.mirroring {
+            self.mirror.restart(self.endpoint.config().protocol);
+        } else {
+            // Made anew only when a copy starts: most responses need none.
+            self.mirror.clear();
+        }
         Ok(())
     }
 }
@@ -377,6 +382,9 @@ impl<C: TThriftClient> TInputProtocol for Protocols<C> {
         {
             self.exception = true;
             self.mirroring = !self.endpoint.config().failures.is_empty();
+            if self.mirroring {
+                self.mirror.restart(self.endpoint.config().protocol);
+            }
         }
         Ok(field)
     }

@@ -45,6 +45,12 @@ impl Copy {
         }
     }
 
+    /// Forgets the copy's bytes, keeping its protocol's state: for a copy that will not be
+    /// used before the next [`restart`](Self::restart).
+    pub(crate) fn clear(&mut self) {
+        self.bytes.0.lock().clear();
+    }
+
     /// Starts a new copy, in `protocol`.
     pub(crate) fn restart(&mut self, protocol: Protocol) {
         self.bytes.0.lock().clear();
