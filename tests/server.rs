@@ -1590,6 +1590,44 @@ fn partial_requests_waiting_together_cannot_hold_more_than_max_waiting_bytes() {
 }
 
 #[test]
+fn buffers_idle_connections_keep_for_reuse_leave_room_for_partial_requests() {
+    let _lock = shared_lock();
+    let limit = 1024 * 1024;
+    let config = patient()
+        .workers(2)
+        .request_timeout(Duration::from_secs(30))
+        .max_waiting_bytes(limit);
+    let (server, _) = calculator(config);
+    let addr = server.local_addr();
+    // Six connections that carried 200 KiB each way, idle now, keep buffers to reuse.
+    let mut idle: Vec<Client> = (0..6).map(|_| framed_binary(addr)).collect();
+    for client in &mut idle {
+        assert_eq!(client.echo(vec![1; 200 * 1024]).unwrap().len(), 200 * 1024);
+    }
+    wait_for_stats(&server, "six idle connections", |s| s.idle_connections == 6);
+    // A request far under the limit arrives in two parts, the first waiting in the poller.
+    let mut message = encode(Protocol::Binary, "echo", TMessageType::Call, 9, &[]);
+    message.pop();
+    message.extend_from_slice(&[11, 0, 1]);
+    message.extend_from_slice(&(200 * 1024i32).to_be_bytes());
+    message.extend(vec![2u8; 200 * 1024]);
+    message.push(0);
+    let request = wire(Transport::Framed, message);
+    let mut slow = raw(addr);
+    slow.write_all(&request[..100 * 1024]).unwrap();
+    wait_for_stats(&server, "the partial request waits", |s| {
+        s.idle_connections == 7 || s.errors > 0
+    });
+    slow.write_all(&request[100 * 1024..]).unwrap();
+    let mut header = [0u8; 4];
+    slow.read_exact(&mut header).unwrap();
+    assert!(i32::from_be_bytes(header) > 200 * 1024);
+    let stats = server.stats();
+    assert_eq!(stats.errors, 0, "{stats:?}");
+    assert!(stats.waiting_bytes <= limit, "{stats:?}");
+}
+
+#[test]
 fn undecodable_arguments_are_answered_and_counted_as_bad_requests() {
     let _lock = shared_lock();
     let (server, _) = calculator(ServerConfig::default());

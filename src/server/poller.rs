@@ -114,7 +114,8 @@ impl Table {
     /// back, to be closed, when the server is stopping or the set refused it (with the error).
     ///
     /// A connection whose buffers would take what parked connections hold past `max_held` is
-    /// refused too, after an idle one has given its buffers back.
+    /// refused too, once the idle ones (itself included) have given their buffers back: those
+    /// are kept only to be reused, and the limit is for partial requests and responses.
     pub(super) fn park(
         &mut self,
         mut conn: Conn,
@@ -127,6 +128,9 @@ impl Table {
         }
         if self.held.saturating_add(conn.held_bytes()) > max_held {
             conn.release_buffers();
+            if self.held.saturating_add(conn.held_bytes()) > max_held {
+                self.release_idle_buffers();
+            }
             if self.held.saturating_add(conn.held_bytes()) > max_held {
                 let err = io::Error::new(
                     io::ErrorKind::OutOfMemory,
@@ -151,6 +155,18 @@ impl Table {
         self.idle += 1;
         self.held += held;
         None
+    }
+
+    /// Frees the buffers every parked connection keeps between requests.
+    fn release_idle_buffers(&mut self) {
+        for slot in &mut self.slots {
+            if let Slot::Parked { conn, held, .. } = slot {
+                conn.release_buffers();
+                let now = conn.held_bytes();
+                self.held -= *held - now;
+                *held = now;
+            }
+        }
     }
 
     /// Takes out every parked connection that expires at `now` or earlier, freeing their slots.
