@@ -388,6 +388,25 @@ fn a_clock_moved_on_by_duration_max_lets_the_probe_through() {
 }
 
 #[test]
+fn a_oneway_direct_call_is_not_taken_for_the_exception_before_it() {
+    let server = server();
+    let config = ClientConfig::default().failure_on::<support::calculator::TemporaryUnavailable>();
+    let calc = client(&server.endpoint(), config);
+    let mut direct = calc.direct();
+    direct.whoami(true).unwrap_err();
+    for _ in 0..3 {
+        direct.zip().unwrap();
+    }
+    let stats = calc.stats();
+    assert_eq!(
+        (stats.successes, stats.user_exceptions, stats.failures),
+        (3, 1, 1),
+        "{stats:?}"
+    );
+    assert_eq!(stats.breaker, BreakerState::Closed);
+}
+
+#[test]
 fn a_panicking_call_gives_its_connection_back_closed() {
     let server = server();
     let calc = client(&server.endpoint(), ClientConfig::default().pool_size(1));

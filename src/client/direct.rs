@@ -199,6 +199,12 @@ struct Protocols<C> {
 impl<C: TThriftClient> Protocols<C> {
     fn begin(&mut self, ident: &TMessageIdentifier) -> thrift::Result<()> {
         self.abandon();
+        // Nothing of the last call's response carries over (a oneway call reads none).
+        self.exception = false;
+        self.application_error = false;
+        self.mirroring = false;
+        self.depth = 0;
+        self.mirror.clear();
         let call = self.endpoint.begin(None)?;
         self.method.clear();
         self.method.push_str(&ident.name);
