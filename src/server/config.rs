@@ -199,12 +199,13 @@ impl ServerConfig {
     }
 
     /// How long [`ThriftServer::stop`](crate::ThriftServer::stop) waits for requests that are
-    /// already running to finish and deliver their responses.
+    /// already running to finish and deliver their responses, and for clients slow to take
+    /// them. (A request still arriving when the server stops is not waited for: its
+    /// connection is closed.)
     ///
     /// Worker threads still busy when it expires are not joined: they finish their request on
-    /// their own and exit. Defaults to 30 seconds, longer than the default request timeout so a
-    /// request that is still arriving when the server stops can complete. Zero means stop does
-    /// not wait.
+    /// their own and exit. Defaults to 30 seconds, time for slow handlers and slow readers.
+    /// Zero means stop does not wait.
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout.min(LONGEST);
         self
