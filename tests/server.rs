@@ -1141,19 +1141,30 @@ fn a_multiplexed_client_reads_the_servers_own_error_replies() {
     wait_for_stats(&server, "the slow call holds the only worker", |s| {
         s.busy_workers == 1
     });
-    let shed = thread::spawn(move || client.add(1, 2));
-    wait_for_stats(&server, "the add waits for the worker", |s| {
-        s.queued_connections == 1
-    });
+    let mut waiting = raw(addr);
+    let message = encode(
+        Protocol::Binary,
+        "Calculator:add",
+        TMessageType::Call,
+        5,
+        &[Arg::I32(1, 1), Arg::I32(2, 2)],
+    );
+    waiting
+        .write_all(&wire(Transport::Framed, message))
+        .unwrap();
     // Four times the bound, in the queue behind the slow call.
     thread::sleep(Duration::from_millis(200));
     release.send(()).unwrap();
-    match shed.join().unwrap() {
-        Err(thrift::Error::Application(err)) => {
-            assert!(err.message.starts_with("server overloaded: "), "{err:?}")
-        }
-        other => panic!("the shed add gave {other:?}"),
-    }
+    let reply = read_reply(&mut waiting, Transport::Framed, Protocol::Binary);
+    assert_eq!(
+        (reply.name.as_str(), reply.kind, reply.seq),
+        ("add", TMessageType::Exception, 5),
+        "{reply:?}"
+    );
+    assert!(
+        reply.message.starts_with("server overloaded: "),
+        "{reply:?}"
+    );
     assert_eq!(busy.join().unwrap(), Ok(1));
     assert_eq!(server.stats().shed_requests, 1);
 }
