@@ -488,6 +488,54 @@ fn after_the_session_expires_nodes_come_back_and_the_cache_follows() {
 }
 
 #[test]
+fn an_outage_past_the_session_timeout_leaves_no_empty_fleet_while_it_registers_again() {
+    if !zookeeper_available(
+        "an_outage_past_the_session_timeout_leaves_no_empty_fleet_while_it_registers_again",
+    ) {
+        return;
+    }
+    let zk_server = ZkServer::start();
+    // The registering process reaches ZooKeeper through a proxy, which keeps it away a little
+    // longer than the following one once ZooKeeper is back.
+    let proxy = FaultProxy::start(([127, 0, 0, 1], zk_server.port).into());
+    let registering = ZooKeeper::connect(&proxy.endpoint(), quick()).unwrap();
+    let registration =
+        Registration::register(&registering, ServiceInstance::new("calc", "h", 1).unwrap())
+            .unwrap();
+    let following = ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap();
+    let published: Arc<parking_lot::Mutex<Vec<usize>>> = Arc::default();
+    let on_change = {
+        let published = published.clone();
+        move |instances: &[ServiceInstance]| published.lock().push(instances.len())
+    };
+    let cache =
+        InstanceCache::follow_under(&following, "/service", "calc", Some(Box::new(on_change)))
+            .unwrap();
+    assert_eq!(cache.instances().len(), 1);
+    let (registering_session, following_session) =
+        (registering.session_id(), following.session_id());
+    // Away past the 2 s session timeout (ZooKeeper's own clock): every session expires, and
+    // the node goes with its own.
+    zk_server.freeze(true);
+    proxy.set(Fault::Stall);
+    std::thread::sleep(Duration::from_secs(4));
+    zk_server.freeze(false);
+    assert!(wait_until(Duration::from_secs(30), || following
+        .session_id()
+        != following_session));
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.set(Fault::Pass);
+    assert!(wait_until(Duration::from_secs(30), || {
+        registering.session_id() != registering_session && ids(&cache).len() == 1
+    }));
+    assert_eq!(ids(&cache), [registration.instance().id.clone()]);
+    assert!(!published.lock().contains(&0), "{:?}", published.lock());
+    drop(registration);
+    registering.close();
+    following.close();
+}
+
+#[test]
 fn a_cache_dropped_while_its_session_is_gone_lets_go_of_its_callback() {
     if !zookeeper_available("a_cache_dropped_while_its_session_is_gone_lets_go_of_its_callback") {
         return;

@@ -25,7 +25,10 @@ type OnChange = dyn Fn(&[ServiceInstance]) + Send + Sync;
 /// a node whose data does not parse as an instance, or that its ACL keeps from this client, is
 /// skipped and logged. While ZooKeeper is unreachable the cache keeps its last instances (and
 /// logs that they may be stale), and synchronises again once the session is back, or a new one
-/// after it expired.
+/// after it expired. Back after an outage past the session timeout, which takes the fleet's
+/// nodes with their sessions, it finds no instances until their servers register again: it
+/// keeps the last ones meanwhile, until instances are seen again or for at most the session
+/// and connect timeouts of its own session.
 ///
 /// Clones share the cache; it stops when the last clone is dropped or the session closes.
 #[derive(Clone)]
@@ -77,6 +80,9 @@ impl InstanceCache {
         let (first, synced) = tokio::sync::oneshot::channel();
         zk.spawn(keep_synced(
             path,
+            // Time for a server whose session expired to notice, start another and register
+            // again; the same for every session, as a fleet's share its settings.
+            zk.config().session_timeout + zk.config().connect_timeout,
             Arc::downgrade(&shared),
             on_change,
             zk.clients(),
@@ -151,6 +157,7 @@ async fn read(client: &zk::Client, path: &str) -> Result<Vec<ServiceInstance>, z
 #[allow(clippy::too_many_arguments)]
 async fn keep_synced(
     path: String,
+    grace: Duration,
     cache: std::sync::Weak<Shared>,
     on_change: Option<Box<OnChange>>,
     mut clients: watch::Receiver<Option<zk::Client>>,
@@ -159,6 +166,11 @@ async fn keep_synced(
     first: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut first = Some(first);
+    let held = || {
+        cache
+            .upgrade()
+            .is_some_and(|c| !c.instances.read().is_empty())
+    };
     let publish = |instances: Vec<ServiceInstance>| {
         let Some(cache) = cache.upgrade() else {
             return false;
@@ -176,10 +188,18 @@ async fn keep_synced(
         true
     };
     let mut stale = false;
+    // Right after ZooKeeper comes back, until then or until instances are seen again: an outage
+    // past the session timeout took the fleet's nodes with their sessions, and their servers
+    // are registering again. No instances read meanwhile replace the last ones; they are read
+    // again when it ends.
+    let mut grace_until: Option<tokio::time::Instant> = None;
+    let mut first_session = true;
     'session: loop {
         let Some(client) = clients.borrow_and_update().clone() else {
             return;
         };
+        // A new session follows one that ended: the first read on it is a comeback.
+        stale |= !std::mem::take(&mut first_session);
         // The watch first, then the read: no change falls between them. Set again after every
         // reconnection, since events during one can be lost (ZOOKEEPER-4698).
         'watch: loop {
@@ -204,11 +224,20 @@ async fn keep_synced(
             loop {
                 match read(&client, &path).await {
                     Ok(instances) => {
+                        let now = tokio::time::Instant::now();
                         if stale {
                             info!(target: TARGET, "{path}: synchronised again");
                             stale = false;
+                            grace_until = Some(now + grace);
                         }
-                        if !publish(instances) {
+                        let in_grace = grace_until.is_some_and(|until| now < until);
+                        // Over once it has passed, or once the fleet is seen back.
+                        if !in_grace || !instances.is_empty() {
+                            grace_until = None;
+                        }
+                        if instances.is_empty() && in_grace && held() {
+                            info!(target: TARGET, "{path}: no instances yet after ZooKeeper came back; keeping the last ones for up to {grace:?} while they register again");
+                        } else if !publish(instances) {
                             return;
                         }
                         if let Some(first) = first.take() {
@@ -222,10 +251,13 @@ async fn keep_synced(
                         }
                     }
                 }
-                // Waits for a change; after a failed read, tries again a little later.
+                // Waits for a change; after a failed read, tries again a little later, and once
+                // the grace after a comeback ends, reads again what it held back.
                 let retry = async {
                     if stale {
                         tokio::time::sleep(Duration::from_millis(500)).await
+                    } else if let Some(until) = grace_until {
+                        tokio::time::sleep_until(until).await
                     } else {
                         std::future::pending().await
                     }
@@ -246,6 +278,7 @@ async fn keep_synced(
                                         };
                                         match event.session_state {
                                             zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                                                stale = true;
                                                 if !next_session(&mut clients, &mut closing, &mut stopped).await { return; }
                                                 continue 'session;
                                             }
@@ -255,6 +288,7 @@ async fn keep_synced(
                                     }
                                 }
                                 zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                                    stale = true;
                                     if !next_session(&mut clients, &mut closing, &mut stopped).await { return; }
                                     continue 'session;
                                 }
