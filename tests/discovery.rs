@@ -536,6 +536,41 @@ fn an_outage_past_the_session_timeout_leaves_no_empty_fleet_while_it_registers_a
 }
 
 #[test]
+fn after_a_mere_reconnect_a_service_that_emptied_shows_empty() {
+    if !zookeeper_available("after_a_mere_reconnect_a_service_that_emptied_shows_empty") {
+        return;
+    }
+    let zk_server = ZkServer::start();
+    // Sessions that outlive the test: nothing expires here.
+    let config = ZooKeeperConfig::default()
+        .session_timeout(Duration::from_secs(15))
+        .connect_timeout(Duration::from_secs(10));
+    let registering = ZooKeeper::connect(&zk_server.hosts(), config.clone()).unwrap();
+    let registration =
+        Registration::register(&registering, ServiceInstance::new("calc", "h", 1).unwrap())
+            .unwrap();
+    let proxy = FaultProxy::start(([127, 0, 0, 1], zk_server.port).into());
+    let following = ZooKeeper::connect(&proxy.endpoint(), config).unwrap();
+    let cache = InstanceCache::follow(&following, "calc").unwrap();
+    assert_eq!(cache.instances().len(), 1);
+    let session = following.session_id();
+    // The follower's connection is reset at its next ping; the only instance leaves meanwhile.
+    proxy.set(Fault::Reset);
+    assert!(wait_until(SOON, || proxy.faulted_connections() > 0));
+    drop(registration);
+    registering.close();
+    proxy.set(Fault::Pass);
+    // Back on the same session, the cache says the service is empty.
+    assert!(
+        wait_until(SOON, || cache.instances().is_empty()),
+        "{:?}",
+        ids(&cache)
+    );
+    assert_eq!(following.session_id(), session, "the session lived on");
+    following.close();
+}
+
+#[test]
 fn a_cache_dropped_while_its_session_is_gone_lets_go_of_its_callback() {
     if !zookeeper_available("a_cache_dropped_while_its_session_is_gone_lets_go_of_its_callback") {
         return;

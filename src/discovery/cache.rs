@@ -193,13 +193,19 @@ async fn keep_synced(
     // are registering again. No instances read meanwhile replace the last ones; they are read
     // again when it ends.
     let mut grace_until: Option<tokio::time::Instant> = None;
+    // A session ended: the next read that succeeds is a comeback, which may find the fleet's
+    // nodes gone with their own sessions. (A mere reconnect loses no nodes.)
+    let mut comeback = false;
     let mut first_session = true;
     'session: loop {
         let Some(client) = clients.borrow_and_update().clone() else {
             return;
         };
-        // A new session follows one that ended: the first read on it is a comeback.
-        stale |= !std::mem::take(&mut first_session);
+        // A new session follows one that ended.
+        if !std::mem::take(&mut first_session) {
+            stale = true;
+            comeback = true;
+        }
         // The watch first, then the read: no change falls between them. Set again after every
         // reconnection, since events during one can be lost (ZOOKEEPER-4698).
         'watch: loop {
@@ -228,6 +234,8 @@ async fn keep_synced(
                         if stale {
                             info!(target: TARGET, "{path}: synchronised again");
                             stale = false;
+                        }
+                        if std::mem::take(&mut comeback) {
                             grace_until = Some(now + grace);
                         }
                         let in_grace = grace_until.is_some_and(|until| now < until);
