@@ -99,6 +99,22 @@ fn closing_a_session_joins_every_thread_it_started() {
             "after close() on a blocking thread: {left:?}"
         );
     }
+    // Dropped by an async task (application state holding the handle): no panic, and the
+    // session ends before the drop returns.
+    {
+        let zk = ZooKeeper::connect(&server.hosts(), ZooKeeperConfig::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async move { drop(zk) });
+        drop(runtime);
+        assert_eq!(
+            ours(),
+            before,
+            "after a drop in an async task: {:?}",
+            names()
+        );
+    }
     // The nodes went with their sessions.
     let zk = ZooKeeper::connect(&server.hosts(), ZooKeeperConfig::default()).unwrap();
     let cache = InstanceCache::follow(&zk, "calc").unwrap();

@@ -234,12 +234,14 @@ impl Inner {
         let Some(runtime) = runtime else {
             return;
         };
-        if !SESSION_THREAD.get() {
+        if Handle::try_current().is_err() {
             finish(runtime, tasks, &self.hosts, self.config.connect_timeout);
             return;
         }
-        // On a session's thread, perhaps this session's own (a cache's callback held the last
-        // handle), which cannot wait for itself to stop: another thread closes the session.
+        // In an async runtime's context, where blocking on another runtime panics: a thread of
+        // its own closes the session, and this one waits for it, unless it is one of a
+        // session's own threads (a cache's callback held the last handle), which cannot wait
+        // for its session to stop.
         let parts = Arc::new(Mutex::new(Some((runtime, tasks))));
         let (hosts, timeout) = (self.hosts.clone(), self.config.connect_timeout);
         let closing = std::thread::Builder::new()
@@ -252,10 +254,16 @@ impl Inner {
                     }
                 }
             });
-        if let Err(err) = closing {
-            warn!(target: TARGET, "cannot close the session with {}: {err}", self.hosts);
-            if let Some((runtime, _)) = parts.lock().take() {
-                runtime.shutdown_background();
+        match closing {
+            Ok(closing) if !SESSION_THREAD.get() => {
+                let _ = closing.join();
+            }
+            Ok(_) => {}
+            Err(err) => {
+                warn!(target: TARGET, "cannot close the session with {}: {err}", self.hosts);
+                if let Some((runtime, _)) = parts.lock().take() {
+                    runtime.shutdown_background();
+                }
             }
         }
     }
