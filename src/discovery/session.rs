@@ -166,8 +166,9 @@ impl ZooKeeper {
     /// threads. Registrations and caches on it stop; a cache keeps its last instances.
     /// Closing twice is harmless.
     ///
-    /// Called on a session's own thread (in a cache's callback), where it cannot wait, it
-    /// returns at once and a thread of its own closes the session.
+    /// In an async runtime's context it closes the session from a thread of its own and waits
+    /// for it; on a session's own thread (in a cache's callback), where it cannot wait, it
+    /// returns at once.
     pub fn close(&self) {
         self.inner.close();
     }
