@@ -11,7 +11,9 @@ use blocking_thrift::discovery::{
     ZooKeeperConfig,
 };
 use blocking_thrift::{ClientConfig, MultiThriftClient, ServerConfig, ThriftServer};
-use support::calculator::{CalculatorSyncClient, CalculatorSyncProcessor, TCalculatorSyncClient};
+use support::calculator::{
+    CalculatorSyncClient, CalculatorSyncProcessor, TCalculatorSyncClient, TemporaryUnavailable,
+};
 use support::proxy::{Fault, FaultProxy};
 use support::zookeeper::{
     curator_available, curator_query, zk_cli, zookeeper_available, CuratorRegistration, ZkServer,
@@ -568,6 +570,69 @@ fn after_a_mere_reconnect_a_service_that_emptied_shows_empty() {
     );
     assert_eq!(following.session_id(), session, "the session lived on");
     following.close();
+}
+
+#[test]
+fn a_retry_never_goes_to_an_instance_that_left_while_its_call_was_under_way() {
+    if !zookeeper_available(
+        "a_retry_never_goes_to_an_instance_that_left_while_its_call_was_under_way",
+    ) {
+        return;
+    }
+    let zk_server = ZkServer::start();
+    let zk = ZooKeeper::connect(&zk_server.hosts(), quick()).unwrap();
+    let mut fleet: Vec<(ThriftServer, Announcement)> = ["a", "b", "c"]
+        .iter()
+        .map(|name| {
+            let server = calculator_with(name, ServerConfig::default().workers(16));
+            let announcement = Announcement::register(&zk, &server, "calc", None).unwrap();
+            (server, announcement)
+        })
+        .collect();
+    let cache = InstanceCache::follow(&zk, "calc").unwrap();
+    assert!(wait_until(SOON, || cache.instances().len() == 3));
+    let client: MultiThriftClient<Calc> = MultiThriftClient::discovered(
+        cache.clone(),
+        CalculatorSyncClient::new,
+        ClientConfig::default()
+            .read_timeout(Duration::from_secs(5))
+            .retries(1)
+            .retry_on::<TemporaryUnavailable>(),
+    );
+    let (leaving, announcement) = fleet.remove(0);
+    // Calls whose first attempt is slow, then says "busy" (retryable): each retries once,
+    // after "a" has left and stopped. A third of them would pick it.
+    let start = Arc::new(Barrier::new(13));
+    let callers: Vec<_> = (0..12)
+        .map(|_| {
+            let (client, start) = (client.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                let mut first = true;
+                client.call(|c| {
+                    if std::mem::take(&mut first) {
+                        c.slow(1200)?;
+                        c.whoami(true)
+                    } else {
+                        c.whoami(false)
+                    }
+                })
+            })
+        })
+        .collect();
+    start.wait();
+    std::thread::sleep(Duration::from_millis(100));
+    announcement.leave_and_stop(&leaving, Duration::from_millis(300));
+    let failed: Vec<String> = callers
+        .into_iter()
+        .filter_map(|caller| caller.join().unwrap().err().map(|e| e.to_string()))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    client.close();
+    for (server, announcement) in fleet {
+        announcement.leave_and_stop(&server, Duration::ZERO);
+    }
+    zk.close();
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use std::cell::Cell;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use log::info;
@@ -17,21 +18,29 @@ use crate::{ClientConfig, MultiThriftClient, ThriftServer};
 impl<C: Send + 'static> MultiThriftClient<C> {
     /// A client of the service that `cache` follows: every call tries the live instances in
     /// a shuffled order, as the original's `service_client` did, with every knob of the
-    /// multi-endpoint client. Instances that left the fleet are closed once idle, like any
-    /// endpoint no call uses.
+    /// multi-endpoint client; an instance that left while a call was under way is not tried
+    /// by its retries. Instances that left the fleet are closed once idle, like any endpoint no
+    /// call uses.
     pub fn discovered<F>(cache: InstanceCache, make: F, config: ClientConfig) -> Self
     where
         F: Fn(InputProtocol, OutputProtocol) -> C + Send + Sync + 'static,
     {
         MultiThriftClient::new(
             move || {
-                let mut endpoints: Vec<String> = cache
-                    .instances()
-                    .iter()
-                    .filter_map(ServiceInstance::endpoint)
-                    .collect();
+                let seen = cache.instances();
+                let mut endpoints: Vec<String> =
+                    seen.iter().filter_map(ServiceInstance::endpoint).collect();
                 shuffle(&mut endpoints);
-                endpoints
+                // Each looked up again when its turn comes: a retry may come after an instance
+                // left, and after the grace its server had given clients, stopped.
+                let cache = cache.clone();
+                endpoints.into_iter().filter(move |endpoint| {
+                    let now = cache.instances();
+                    Arc::ptr_eq(&now, &seen)
+                        || now
+                            .iter()
+                            .any(|i| i.endpoint().as_deref() == Some(endpoint.as_str()))
+                })
             },
             make,
             config,
