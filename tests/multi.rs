@@ -835,6 +835,21 @@ fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
 }
 
 #[test]
+fn a_closed_client_fails_every_later_call_as_closed() {
+    // With no endpoint to try, and with a deadline already passed: closed all the same.
+    let empty = MultiThriftClient::new(Vec::<String>::new, CalculatorSyncClient::new, patient());
+    let late = fixed(
+        &[support::refused_endpoint()],
+        patient().deadline(Some(Duration::ZERO)),
+    );
+    for multi in [empty, late] {
+        multi.close();
+        let err = multi.call(|c| c.ping()).unwrap_err();
+        assert!(matches!(err, Error::Closed), "{err:?}");
+    }
+}
+
+#[test]
 fn an_endpoint_made_again_waits_for_the_lookup_its_predecessor_started() {
     // A resolver that hangs, for an endpoint reaped after every call and made again by the
     // next: one lookup at a time, not one more thread per making.

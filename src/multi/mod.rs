@@ -393,6 +393,10 @@ impl<C: Send + 'static> Shared<C> {
         mut attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        // Whatever the endpoints or the deadline would say: closed is closed.
+        if self.state.read().helpers.is_none() {
+            return Err(Error::Closed);
+        }
         self.budget.deposit();
         // A deadline too far away to represent is no deadline.
         let deadline = self
