@@ -92,6 +92,8 @@ pub enum Error {
 pub struct Unavailable {
     /// Every attempt in order: the endpoint and what went wrong there.
     pub attempts: Vec<(Arc<str>, Error)>,
+    /// The last attempt is the endpoint the deadline kept from being tried at all.
+    pub(crate) last_untried: bool,
 }
 
 impl Error {
@@ -177,7 +179,12 @@ impl Error {
     /// say, leaves it unknown whether the server did the work.
     pub fn may_have_run(&self) -> bool {
         match self {
-            Error::Unavailable(u) => u.attempts.iter().any(|(_, err)| err.may_have_run()),
+            Error::Unavailable(u) => {
+                let tried = u.attempts.len() - usize::from(u.last_untried);
+                u.attempts[..tried]
+                    .iter()
+                    .any(|(_, err)| err.may_have_run())
+            }
             // The deadline may have cut a response short: whether it ran is unknown.
             Error::Timeout(Timeout::Deadline) => true,
             err => !err.is_unsent(),
@@ -380,7 +387,12 @@ mod tests {
             assert!(unsent.is_unsent() && !unsent.may_have_run(), "{unsent}");
         }
         assert!(response().may_have_run() && !response().is_unsent());
-        let tried = |attempts| Error::Unavailable(Box::new(Unavailable { attempts }));
+        let tried = |attempts| {
+            Error::Unavailable(Box::new(Unavailable {
+                attempts,
+                last_untried: false,
+            }))
+        };
         let unsent = tried(vec![("a:1".into(), refused()), ("b:1".into(), open())]);
         assert!(unsent.is_unsent() && !unsent.may_have_run());
         let ran = tried(vec![("a:1".into(), refused()), ("b:1".into(), response())]);
@@ -436,6 +448,7 @@ mod tests {
                     },
                 ),
             ],
+            last_untried: false,
         }));
         assert_eq!(
             err.to_string(),

@@ -835,6 +835,46 @@ fn a_request_shed_for_overload_moves_on_even_when_only_unsent_ones_may() {
 }
 
 #[test]
+fn an_endpoint_the_deadline_kept_from_being_tried_leaves_the_call_unsent() {
+    // The first endpoint refuses; time runs out before the second is tried.
+    let (refused, untried) = (support::refused_endpoint(), support::refused_endpoint());
+    let multi = MultiThriftClient::new(
+        move || {
+            let (refused, untried) = (refused.clone(), untried.clone());
+            [refused, untried]
+                .into_iter()
+                .enumerate()
+                .map(|(n, endpoint)| {
+                    if n == 1 {
+                        std::thread::sleep(Duration::from_millis(300));
+                    }
+                    endpoint
+                })
+        },
+        CalculatorSyncClient::new,
+        patient()
+            .retries(1)
+            .deadline(Some(Duration::from_millis(200))),
+    );
+    let err = multi.call(|c| c.ping()).unwrap_err();
+    let tried = attempts(&err);
+    assert!(tried.len() == 2 && tried[0].1.is_connect(), "{err}");
+    assert!(
+        matches!(tried[1].1, Error::Timeout(Timeout::Deadline)),
+        "{err}"
+    );
+    assert!(err.is_unsent() && !err.may_have_run(), "{err}");
+    // And a deadline past before the first endpoint: nothing tried, nothing made.
+    let late = fixed(
+        &[support::refused_endpoint()],
+        patient().deadline(Some(Duration::ZERO)),
+    );
+    let err = late.call(|c| c.ping()).unwrap_err();
+    assert!(err.is_unsent() && !err.may_have_run(), "{err}");
+    assert!(late.stats().endpoints.is_empty());
+}
+
+#[test]
 fn a_closed_client_fails_every_later_call_as_closed() {
     // With no endpoint to try, and with a deadline already passed: closed all the same.
     let empty = MultiThriftClient::new(Vec::<String>::new, CalculatorSyncClient::new, patient());

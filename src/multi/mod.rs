@@ -406,9 +406,11 @@ impl<C: Send + 'static> Shared<C> {
         let allowed = (self.config.retries as usize).saturating_add(1);
         let mut attempts: Vec<(Arc<str>, Error)> = Vec::new();
         let mut outcome = None;
+        let mut last_untried = false;
         (self.endpoints)(&mut |name: &str| {
             if deadline.is_some_and(|at| Instant::now() >= at) {
                 attempts.push((name.into(), Error::Timeout(Timeout::Deadline)));
+                last_untried = true;
                 return ControlFlow::Break(());
             }
             // Asked before the endpoint is leased (and perhaps created) for a retry.
@@ -463,7 +465,10 @@ impl<C: Send + 'static> Shared<C> {
         });
         outcome.unwrap_or_else(|| {
             self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
-            let err = Error::Unavailable(Box::new(Unavailable { attempts }));
+            let err = Error::Unavailable(Box::new(Unavailable {
+                attempts,
+                last_untried,
+            }));
             log::debug!(target: TARGET, "call failed: {err}");
             Err(err)
         })
