@@ -13,6 +13,7 @@ use support::calculator::{
     CalculatorSyncClient, InvalidOperation, TCalculatorSyncClient, TemporaryUnavailable,
 };
 use support::{Calc, CalculatorService, RefServer};
+use thrift::protocol::TOutputProtocol;
 
 blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
 
@@ -492,20 +493,22 @@ fn an_oversized_request_is_refused_once_and_opens_no_breaker() {
     assert_eq!(multi.direct().add(1, 2).unwrap(), 3);
 }
 
-/// A framed, compact server whose every `retrieve` reply carries, besides the profile, a field
-/// this client does not know: a list of `zeros` i64 zeros, one byte each in the compact
-/// protocol and eight in the binary one (a newer server's, say).
-fn compact_server_with_an_unknown_list(zeros: i32) -> String {
+/// A framed server in `protocol` whose every reply's result struct is written by `result`.
+fn framed_server(
+    protocol: Protocol,
+    result: impl Fn(&mut dyn TOutputProtocol) -> thrift::Result<()> + Send + Sync + 'static,
+) -> String {
     use std::io::{Read, Write};
     use thrift::protocol::{
-        TCompactInputProtocol, TCompactOutputProtocol, TFieldIdentifier, TInputProtocol,
-        TListIdentifier, TMessageIdentifier, TMessageType, TOutputProtocol, TStructIdentifier,
-        TType,
+        TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
+        TInputProtocol, TMessageIdentifier, TMessageType,
     };
+    let result = Arc::new(result);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
     std::thread::spawn(move || {
         for mut stream in listener.incoming().flatten() {
+            let result = result.clone();
             std::thread::spawn(move || loop {
                 let mut header = [0u8; 4];
                 if stream.read_exact(&mut header).is_err() {
@@ -515,38 +518,23 @@ fn compact_server_with_an_unknown_list(zeros: i32) -> String {
                 if stream.read_exact(&mut request).is_err() {
                     return;
                 }
-                let call = TCompactInputProtocol::new(&request[..])
-                    .read_message_begin()
-                    .unwrap();
+                let call = match protocol {
+                    Protocol::Binary => TBinaryInputProtocol::new(&request[..], true)
+                        .read_message_begin()
+                        .unwrap(),
+                    Protocol::Compact => TCompactInputProtocol::new(&request[..])
+                        .read_message_begin()
+                        .unwrap(),
+                };
                 let mut reply = Vec::new();
-                let mut o = TCompactOutputProtocol::new(&mut reply);
+                let mut o: Box<dyn TOutputProtocol> = match protocol {
+                    Protocol::Binary => Box::new(TBinaryOutputProtocol::new(&mut reply, true)),
+                    Protocol::Compact => Box::new(TCompactOutputProtocol::new(&mut reply)),
+                };
                 let ident =
                     TMessageIdentifier::new(call.name, TMessageType::Reply, call.sequence_number);
                 o.write_message_begin(&ident).unwrap();
-                o.write_struct_begin(&TStructIdentifier::new("result"))
-                    .unwrap();
-                o.write_field_begin(&TFieldIdentifier::new("success", TType::Struct, 0))
-                    .unwrap();
-                o.write_struct_begin(&TStructIdentifier::new("UserProfile"))
-                    .unwrap();
-                o.write_field_begin(&TFieldIdentifier::new("uid", TType::I32, 1))
-                    .unwrap();
-                o.write_i32(5).unwrap();
-                o.write_field_end().unwrap();
-                o.write_field_begin(&TFieldIdentifier::new("history", TType::List, 9))
-                    .unwrap();
-                o.write_list_begin(&TListIdentifier::new(TType::I64, zeros))
-                    .unwrap();
-                for _ in 0..zeros {
-                    o.write_i64(0).unwrap();
-                }
-                o.write_list_end().unwrap();
-                o.write_field_end().unwrap();
-                o.write_field_stop().unwrap();
-                o.write_struct_end().unwrap();
-                o.write_field_end().unwrap();
-                o.write_field_stop().unwrap();
-                o.write_struct_end().unwrap();
+                result(&mut *o).unwrap();
                 o.write_message_end().unwrap();
                 drop(o);
                 let mut framed = (reply.len() as i32).to_be_bytes().to_vec();
@@ -558,6 +546,33 @@ fn compact_server_with_an_unknown_list(zeros: i32) -> String {
         }
     });
     endpoint
+}
+
+/// A framed, compact server whose every `retrieve` reply carries, besides the profile, a field
+/// this client does not know: a list of `zeros` i64 zeros, one byte each in the compact
+/// protocol and eight in the binary one (a newer server's, say).
+fn compact_server_with_an_unknown_list(zeros: i32) -> String {
+    use thrift::protocol::{TFieldIdentifier, TListIdentifier, TStructIdentifier, TType};
+    framed_server(Protocol::Compact, move |o| {
+        o.write_struct_begin(&TStructIdentifier::new("result"))?;
+        o.write_field_begin(&TFieldIdentifier::new("success", TType::Struct, 0))?;
+        o.write_struct_begin(&TStructIdentifier::new("UserProfile"))?;
+        o.write_field_begin(&TFieldIdentifier::new("uid", TType::I32, 1))?;
+        o.write_i32(5)?;
+        o.write_field_end()?;
+        o.write_field_begin(&TFieldIdentifier::new("history", TType::List, 9))?;
+        o.write_list_begin(&TListIdentifier::new(TType::I64, zeros))?;
+        for _ in 0..zeros {
+            o.write_i64(0)?;
+        }
+        o.write_list_end()?;
+        o.write_field_end()?;
+        o.write_field_stop()?;
+        o.write_struct_end()?;
+        o.write_field_end()?;
+        o.write_field_stop()?;
+        o.write_struct_end()
+    })
 }
 
 #[test]
@@ -998,77 +1013,27 @@ fn the_retry_budget_keeps_retries_to_a_share_of_calls() {
 /// not have: `3: map<string, string>`, empty (a newer server's, say). The compact protocol
 /// writes an empty map without its types.
 fn server_raising_with_an_empty_map(protocol: Protocol) -> String {
-    use std::io::{Read, Write};
-    use thrift::protocol::{
-        TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
-        TFieldIdentifier, TInputProtocol, TMapIdentifier, TMessageIdentifier, TMessageType,
-        TOutputProtocol, TStructIdentifier, TType,
-    };
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            std::thread::spawn(move || loop {
-                let mut header = [0u8; 4];
-                if stream.read_exact(&mut header).is_err() {
-                    return;
-                }
-                let mut request = vec![0; i32::from_be_bytes(header) as usize];
-                if stream.read_exact(&mut request).is_err() {
-                    return;
-                }
-                let call = match protocol {
-                    Protocol::Binary => TBinaryInputProtocol::new(&request[..], true)
-                        .read_message_begin()
-                        .unwrap(),
-                    Protocol::Compact => TCompactInputProtocol::new(&request[..])
-                        .read_message_begin()
-                        .unwrap(),
-                };
-                let mut reply = Vec::new();
-                let mut o: Box<dyn TOutputProtocol> = match protocol {
-                    Protocol::Binary => Box::new(TBinaryOutputProtocol::new(&mut reply, true)),
-                    Protocol::Compact => Box::new(TCompactOutputProtocol::new(&mut reply)),
-                };
-                let ident =
-                    TMessageIdentifier::new(call.name, TMessageType::Reply, call.sequence_number);
-                o.write_message_begin(&ident).unwrap();
-                o.write_struct_begin(&TStructIdentifier::new("result"))
-                    .unwrap();
-                o.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))
-                    .unwrap();
-                o.write_struct_begin(&TStructIdentifier::new("InvalidOperation"))
-                    .unwrap();
-                o.write_field_begin(&TFieldIdentifier::new("whatOp", TType::I32, 1))
-                    .unwrap();
-                o.write_i32(-1).unwrap();
-                o.write_field_end().unwrap();
-                o.write_field_begin(&TFieldIdentifier::new("why", TType::String, 2))
-                    .unwrap();
-                o.write_string("no").unwrap();
-                o.write_field_end().unwrap();
-                o.write_field_begin(&TFieldIdentifier::new("details", TType::Map, 3))
-                    .unwrap();
-                o.write_map_begin(&TMapIdentifier::new(TType::String, TType::String, 0))
-                    .unwrap();
-                o.write_map_end().unwrap();
-                o.write_field_end().unwrap();
-                o.write_field_stop().unwrap();
-                o.write_struct_end().unwrap();
-                o.write_field_end().unwrap();
-                o.write_field_stop().unwrap();
-                o.write_struct_end().unwrap();
-                o.write_message_end().unwrap();
-                drop(o);
-                let mut framed = (reply.len() as i32).to_be_bytes().to_vec();
-                framed.extend_from_slice(&reply);
-                if stream.write_all(&framed).is_err() {
-                    return;
-                }
-            });
-        }
-    });
-    endpoint
+    use thrift::protocol::{TFieldIdentifier, TMapIdentifier, TStructIdentifier, TType};
+    framed_server(protocol, |o| {
+        o.write_struct_begin(&TStructIdentifier::new("result"))?;
+        o.write_field_begin(&TFieldIdentifier::new("err", TType::Struct, 1))?;
+        o.write_struct_begin(&TStructIdentifier::new("InvalidOperation"))?;
+        o.write_field_begin(&TFieldIdentifier::new("whatOp", TType::I32, 1))?;
+        o.write_i32(-1)?;
+        o.write_field_end()?;
+        o.write_field_begin(&TFieldIdentifier::new("why", TType::String, 2))?;
+        o.write_string("no")?;
+        o.write_field_end()?;
+        o.write_field_begin(&TFieldIdentifier::new("details", TType::Map, 3))?;
+        o.write_map_begin(&TMapIdentifier::new(TType::String, TType::String, 0))?;
+        o.write_map_end()?;
+        o.write_field_end()?;
+        o.write_field_stop()?;
+        o.write_struct_end()?;
+        o.write_field_end()?;
+        o.write_field_stop()?;
+        o.write_struct_end()
+    })
 }
 
 #[test]
