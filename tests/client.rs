@@ -312,6 +312,16 @@ fn close_ends_every_connection_and_later_calls_fail() {
     assert_eq!(calc.stats().connections_open, 0);
 }
 
+/// The server `old` served, back on its endpoint.
+fn restarted(old: &RefServer) -> RefServer {
+    RefServer::start_on(
+        &old.endpoint(),
+        Transport::Framed,
+        Protocol::Binary,
+        old.service.clone(),
+    )
+}
+
 /// Opens the breaker of a client whose server has gone away.
 fn open_breaker(maxfail: u32) -> (ThriftClient<Calc>, ManualClock, RefServer) {
     open_breaker_with(ClientConfig::default(), maxfail)
@@ -341,12 +351,7 @@ fn open_breaker_with(
 #[test]
 fn open_breaker_rejects_without_touching_the_network() {
     let (calc, clock, old) = open_breaker(3);
-    let server = RefServer::start_on(
-        &old.endpoint(),
-        Transport::Framed,
-        Protocol::Binary,
-        old.service.clone(),
-    );
+    let server = restarted(&old);
     clock.advance(Duration::from_millis(9_999));
     for _ in 0..100 {
         assert!(matches!(
@@ -374,12 +379,7 @@ fn within_limit<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send
 #[test]
 fn a_clock_moved_on_by_duration_max_lets_the_probe_through() {
     let (calc, clock, old) = open_breaker(3);
-    let _server = RefServer::start_on(
-        &old.endpoint(),
-        Transport::Framed,
-        Protocol::Binary,
-        old.service.clone(),
-    );
+    let _server = restarted(&old);
     clock.advance(Duration::MAX);
     assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
     assert_eq!(calc.breaker_state(), BreakerState::Closed);
@@ -431,12 +431,7 @@ fn a_panicking_call_gives_its_connection_back_closed() {
 #[test]
 fn a_panicking_probe_lets_the_next_caller_probe() {
     let (calc, clock, old) = open_breaker(3);
-    let _server = RefServer::start_on(
-        &old.endpoint(),
-        Transport::Framed,
-        Protocol::Binary,
-        old.service.clone(),
-    );
+    let _server = restarted(&old);
     clock.advance(Duration::from_secs(10));
     let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         calc.call(|_| -> thrift::Result<()> { panic!("the caller's own bug") })
@@ -494,12 +489,7 @@ fn a_make_that_panics_on_the_probe_loses_neither_the_probe_nor_a_connection() {
 fn a_probe_refused_before_it_was_sent_gives_its_turn_to_the_next_caller() {
     let config = ClientConfig::default().max_message_size(64 * 1024);
     let (calc, clock, old) = open_breaker_with(config, 3);
-    let _server = RefServer::start_on(
-        &old.endpoint(),
-        Transport::Framed,
-        Protocol::Binary,
-        old.service.clone(),
-    );
+    let _server = restarted(&old);
     clock.advance(Duration::from_secs(10));
     // Refused for its size before anything was sent: the server proved nothing.
     let err = calc.call(|c| c.echo(vec![7; 100 * 1024])).unwrap_err();
@@ -536,12 +526,7 @@ fn failed_probe_reopens_the_breaker() {
 #[test]
 fn exactly_one_probe_among_eight_concurrent_callers() {
     let (calc, clock, old) = open_breaker(3);
-    let server = RefServer::start_on(
-        &old.endpoint(),
-        Transport::Framed,
-        Protocol::Binary,
-        old.service.clone(),
-    );
+    let server = restarted(&old);
     clock.advance(Duration::from_secs(10));
     let rejected = Arc::new(AtomicUsize::new(0));
     let start = Arc::new(Barrier::new(8));
