@@ -1074,6 +1074,17 @@ fn from_listener_serves_on_the_given_socket() {
     assert_eq!(framed_binary(addr).whoami(false).unwrap(), "listener");
 }
 
+/// The thrift crate's client of the service "Calculator" on a multiplexed server.
+fn multiplexed_client(addr: SocketAddr) -> impl TCalculatorSyncClient {
+    let (reader, writer) = TTcpChannel::with_stream(raw(addr)).split().unwrap();
+    let input = TBinaryInputProtocol::new(TFramedReadTransport::new(reader), true);
+    let output = TMultiplexedOutputProtocol::new(
+        "Calculator",
+        TBinaryOutputProtocol::new(TFramedWriteTransport::new(writer), true),
+    );
+    CalculatorSyncClient::new(input, output)
+}
+
 #[test]
 fn a_multiplexed_processor_is_served() {
     let _lock = shared_lock();
@@ -1086,15 +1097,7 @@ fn a_multiplexed_processor_is_served() {
         ThriftServer::bind("127.0.0.1:0", processor, ServerConfig::default().workers(1)).unwrap();
     server.start().unwrap();
 
-    let (reader, writer) = TTcpChannel::with_stream(raw(server.local_addr()))
-        .split()
-        .unwrap();
-    let input = TBinaryInputProtocol::new(TFramedReadTransport::new(reader), true);
-    let output = TMultiplexedOutputProtocol::new(
-        "Calculator",
-        TBinaryOutputProtocol::new(TFramedWriteTransport::new(writer), true),
-    );
-    let mut c = CalculatorSyncClient::new(input, output);
+    let mut c = multiplexed_client(server.local_addr());
     assert_eq!(c.whoami(false).unwrap(), "multiplexed");
     assert_eq!(c.add(2, 2).unwrap(), 4);
 }
@@ -1115,15 +1118,7 @@ fn a_multiplexed_client_reads_the_servers_own_error_replies() {
         .unwrap();
     let server = ThriftServer::bind("127.0.0.1:0", processor, patient().workers(1)).unwrap();
     server.start().unwrap();
-    let (reader, writer) = TTcpChannel::with_stream(raw(server.local_addr()))
-        .split()
-        .unwrap();
-    let input = TBinaryInputProtocol::new(TFramedReadTransport::new(reader), true);
-    let output = TMultiplexedOutputProtocol::new(
-        "Calculator",
-        TBinaryOutputProtocol::new(TFramedWriteTransport::new(writer), true),
-    );
-    let mut client = CalculatorSyncClient::new(input, output);
+    let mut client = multiplexed_client(server.local_addr());
     match client.add(666, 0) {
         Err(thrift::Error::Application(err)) => {
             assert_eq!(err.kind, ApplicationErrorKind::InternalError, "{err:?}")
