@@ -19,6 +19,9 @@ use super::Protocol;
 pub(crate) struct Copy {
     bytes: Shared,
     output: Box<dyn TOutputProtocol + Send>,
+    /// A copy was started since the bytes were last cleared: until then they are empty, and
+    /// clearing them costs no lock.
+    started: bool,
 }
 
 /// The bytes of a [`Copy`], which its protocol writes and its owner reads.
@@ -42,19 +45,23 @@ impl Copy {
         Copy {
             output: writer(protocol, bytes.clone()),
             bytes,
+            started: false,
         }
     }
 
     /// Forgets the copy's bytes, keeping its protocol's state: for a copy that will not be
     /// used before the next [`restart`](Self::restart).
     pub(crate) fn clear(&mut self) {
-        self.bytes.0.lock().clear();
+        if std::mem::take(&mut self.started) {
+            self.bytes.0.lock().clear();
+        }
     }
 
     /// Starts a new copy, in `protocol`.
     pub(crate) fn restart(&mut self, protocol: Protocol) {
         self.bytes.0.lock().clear();
         self.output = writer(protocol, self.bytes.clone());
+        self.started = true;
     }
 
     pub(crate) fn output(&mut self) -> &mut dyn TOutputProtocol {
