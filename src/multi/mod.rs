@@ -393,10 +393,6 @@ impl<C: Send + 'static> Shared<C> {
         mut attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
     ) -> Result<T, Error> {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
-        // Whatever the endpoints or the deadline would say: closed is closed.
-        if self.state.read().helpers.is_none() {
-            return Err(Error::Closed);
-        }
         self.budget.deposit();
         // A deadline too far away to represent is no deadline.
         let deadline = self
@@ -464,6 +460,11 @@ impl<C: Send + 'static> Shared<C> {
             }
         });
         outcome.unwrap_or_else(|| {
+            // A closed client found out only by leasing: with no endpoint leased (none yielded,
+            // or the deadline passed first), closed is still what the call is.
+            if self.state.read().helpers.is_none() {
+                return Err(Error::Closed);
+            }
             self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
             let err = Error::Unavailable(Box::new(Unavailable {
                 attempts,
