@@ -621,7 +621,11 @@ fn a_retry_never_goes_to_an_instance_that_left_while_its_call_was_under_way() {
         })
         .collect();
     start.wait();
-    std::thread::sleep(Duration::from_millis(100));
+    // Every call's first attempt under way.
+    assert!(wait_until(SOON, || {
+        let busy = |server: &ThriftServer| server.stats().busy_workers;
+        busy(&leaving) + fleet.iter().map(|(s, _)| busy(s)).sum::<usize>() == 12
+    }));
     announcement.leave_and_stop(&leaving, Duration::from_millis(300));
     let failed: Vec<String> = callers
         .into_iter()
