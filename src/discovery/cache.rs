@@ -2,14 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use log::{info, warn};
 use parking_lot::RwLock;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 use zookeeper_client as zk;
 
+use super::follow::{Next, SessionWork, Sessions};
 use super::instance::ServiceInstance;
 use super::registration::{service_path, DEFAULT_BASE_PATH};
 use super::session::{ZooKeeper, TARGET};
@@ -33,10 +37,11 @@ type OnChange = dyn Fn(&[ServiceInstance]) + Send + Sync;
 /// Clones share the cache; it stops when the last clone is dropped or the session closes.
 #[derive(Clone)]
 pub struct InstanceCache {
-    shared: Arc<Shared>,
+    service: Arc<CachedService>,
 }
 
-struct Shared {
+/// The service as last read, shared by a cache's clones; its task holds it weakly.
+struct CachedService {
     name: String,
     instances: RwLock<Arc<Vec<ServiceInstance>>>,
     /// Dropped with the last clone, which stops the cache's task.
@@ -72,49 +77,50 @@ impl InstanceCache {
     ) -> Result<Self, DiscoveryError> {
         let path = service_path(base, name)?;
         let (stop, stopped) = watch::channel(());
-        let shared = Arc::new(Shared {
+        let service = Arc::new(CachedService {
             name: name.to_owned(),
             instances: RwLock::new(Arc::new(Vec::new())),
             _stop: stop,
         });
-        let (first, synced) = tokio::sync::oneshot::channel();
-        zk.spawn(keep_synced(
+        let (first, synced) = oneshot::channel();
+        zk.spawn(Sessions::of(zk).until_dropped(stopped).run(CacheSync {
             path,
             // Time for a server whose session expired to notice, start another and register
             // again; the same for every session, as a fleet's share its settings.
-            zk.config().session_timeout + zk.config().connect_timeout,
-            Arc::downgrade(&shared),
+            grace: zk.config().session_timeout + zk.config().connect_timeout,
+            cache: Arc::downgrade(&service),
             on_change,
-            zk.clients(),
-            zk.closing(),
-            stopped,
-            first,
-        ))?;
+            first: Some(first),
+            stale: false,
+            grace_until: None,
+            comeback: false,
+            first_session: true,
+        }))?;
         let timeout = zk.config().connect_timeout;
         zk.wait(async { tokio::time::timeout(timeout, synced).await })
             .map_err(|_| {
                 DiscoveryError::ZooKeeper(format!("{name}'s instances not read within {timeout:?}"))
             })?
             .map_err(|_| DiscoveryError::Closed)?;
-        Ok(InstanceCache { shared })
+        Ok(InstanceCache { service })
     }
 
     /// The service's live, enabled instances now, sorted by id.
     pub fn instances(&self) -> Arc<Vec<ServiceInstance>> {
-        self.shared.instances.read().clone()
+        self.service.instances.read().clone()
     }
 
     /// The service's name.
     pub fn name(&self) -> &str {
-        &self.shared.name
+        &self.service.name
     }
 }
 
 impl fmt::Debug for InstanceCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("InstanceCache")
-            .field("name", &self.shared.name)
-            .field("instances", &self.shared.instances.read().len())
+            .field("name", &self.service.name)
+            .field("instances", &self.service.instances.read().len())
             .finish()
     }
 }
@@ -154,179 +160,209 @@ async fn read(client: &zk::Client, path: &str) -> Result<Vec<ServiceInstance>, z
 
 /// The cache's task: reads the instances whenever the watch on the service reports a change,
 /// and again after a reconnect or a new session.
-#[allow(clippy::too_many_arguments)]
-async fn keep_synced(
+struct CacheSync {
     path: String,
+    /// How long after a comeback an empty read leaves the last instances in place.
     grace: Duration,
-    cache: std::sync::Weak<Shared>,
+    cache: Weak<CachedService>,
     on_change: Option<Box<OnChange>>,
-    mut clients: watch::Receiver<Option<zk::Client>>,
-    mut closing: watch::Receiver<bool>,
-    mut stopped: watch::Receiver<()>,
-    first: tokio::sync::oneshot::Sender<()>,
-) {
-    let mut first = Some(first);
-    let held = || {
-        cache
-            .upgrade()
-            .is_some_and(|c| !c.instances.read().is_empty())
-    };
-    let publish = |instances: Vec<ServiceInstance>| {
-        let Some(cache) = cache.upgrade() else {
-            return false;
-        };
-        let changed = **cache.instances.read() != instances;
-        if changed {
-            info!(target: TARGET, "{path}: {} instance(s)", instances.len());
-            let instances = Arc::new(instances);
-            *cache.instances.write() = instances.clone();
-            // Called with no lock held: it may read the cache.
-            if let Some(on_change) = &on_change {
-                on_change(&instances);
-            }
-        }
-        true
-    };
-    let mut stale = false;
-    // Right after ZooKeeper comes back, until then or until instances are seen again: an outage
-    // past the session timeout took the fleet's nodes with their sessions, and their servers
-    // are registering again. No instances read meanwhile replace the last ones; they are read
-    // again when it ends.
-    let mut grace_until: Option<tokio::time::Instant> = None;
-    // A session ended: the next read that succeeds is a comeback, which may find the fleet's
-    // nodes gone with their own sessions. (A mere reconnect loses no nodes.)
-    let mut comeback = false;
-    let mut first_session = true;
-    'session: loop {
-        let Some(client) = clients.borrow_and_update().clone() else {
-            return;
-        };
+    /// Told once the first snapshot is read.
+    first: Option<oneshot::Sender<()>>,
+    /// Whether the instances held may be out of date: ZooKeeper could not be read.
+    stale: bool,
+    /// Right after ZooKeeper comes back, until then or until instances are seen again: an
+    /// outage past the session timeout took the fleet's nodes with their sessions, and their
+    /// servers are registering again. No instances read meanwhile replace the last ones; they
+    /// are read again when it ends.
+    grace_until: Option<Instant>,
+    /// A session ended: the next read that succeeds is a comeback, which may find the fleet's
+    /// nodes gone with their own sessions. (A mere reconnect loses no nodes.)
+    comeback: bool,
+    first_session: bool,
+}
+
+impl SessionWork for CacheSync {
+    async fn with_session(&mut self, client: zk::Client, sessions: &mut Sessions) -> Next {
         // A new session follows one that ended.
-        if !std::mem::take(&mut first_session) {
-            stale = true;
-            comeback = true;
+        if !std::mem::take(&mut self.first_session) {
+            self.stale = true;
+            self.comeback = true;
         }
         // The watch first, then the read: no change falls between them. Set again after every
         // reconnection, since events during one can be lost (ZOOKEEPER-4698).
-        'watch: loop {
-            let mut watcher = loop {
-                match client
-                    .watch(&path, zk::AddWatchMode::PersistentRecursive)
-                    .await
-                {
-                    Ok(watcher) => break watcher,
-                    Err(err) => warn!(target: TARGET, "cannot watch {path} yet: {err}"),
-                }
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    changed = clients.changed() => {
-                        if changed.is_err() { return; }
-                        continue 'session;
-                    }
-                    _ = closing.changed() => return,
-                    _ = stopped.changed() => return,
-                }
+        loop {
+            let watcher = match self.watch(&client, sessions).await {
+                ControlFlow::Continue(watcher) => watcher,
+                ControlFlow::Break(next) => return next,
             };
-            loop {
-                match read(&client, &path).await {
-                    Ok(instances) => {
-                        let now = tokio::time::Instant::now();
-                        if stale {
-                            info!(target: TARGET, "{path}: synchronised again");
-                            stale = false;
-                        }
-                        if std::mem::take(&mut comeback) {
-                            grace_until = Some(now + grace);
-                        }
-                        let in_grace = grace_until.is_some_and(|until| now < until);
-                        // Over once it has passed, or once the fleet is seen back.
-                        if !in_grace || !instances.is_empty() {
-                            grace_until = None;
-                        }
-                        if instances.is_empty() && in_grace && held() {
-                            info!(target: TARGET, "{path}: no instances yet after ZooKeeper came back; keeping the last ones for up to {grace:?} while they register again");
-                        } else if !publish(instances) {
-                            return;
-                        }
-                        if let Some(first) = first.take() {
-                            let _ = first.send(());
-                        }
-                    }
-                    Err(err) => {
-                        if !stale {
-                            warn!(target: TARGET, "{path}: keeping the last instances, which may be stale: {err}");
-                            stale = true;
-                        }
-                    }
-                }
-                // Waits for a change; after a failed read, tries again a little later, and once
-                // the grace after a comeback ends, reads again what it held back.
-                let retry = async {
-                    if stale {
-                        tokio::time::sleep(Duration::from_millis(500)).await
-                    } else if let Some(until) = grace_until {
-                        tokio::time::sleep_until(until).await
-                    } else {
-                        std::future::pending().await
-                    }
-                };
-                tokio::select! {
-                    event = watcher.changed() => {
-                        if event.event_type == zk::EventType::Session {
-                            match event.session_state {
-                                zk::SessionState::Disconnected => {
-                                    warn!(target: TARGET, "{path}: disconnected; keeping the last instances, which may be stale");
-                                    stale = true;
-                                    // Read again once reconnected.
-                                    loop {
-                                        let event = tokio::select! {
-                                            event = watcher.changed() => event,
-                                            _ = closing.changed() => return,
-                                            _ = stopped.changed() => return,
-                                        };
-                                        match event.session_state {
-                                            zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                                                stale = true;
-                                                if !next_session(&mut clients, &mut closing, &mut stopped).await { return; }
-                                                continue 'session;
-                                            }
-                                            zk::SessionState::Disconnected => {}
-                                            _ => continue 'watch,
-                                        }
-                                    }
-                                }
-                                zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                                    stale = true;
-                                    if !next_session(&mut clients, &mut closing, &mut stopped).await { return; }
-                                    continue 'session;
-                                }
-                                _ => {}
-                            }
-                        }
-                    }
-                    () = retry => {}
-                    changed = clients.changed() => {
-                        if changed.is_err() { return; }
-                        continue 'session;
-                    }
-                    _ = closing.changed() => return,
-                    _ = stopped.changed() => return,
-                }
+            if let ControlFlow::Break(next) = self.follow(&client, watcher, sessions).await {
+                return next;
             }
         }
     }
 }
 
-/// Waits for the session after one that ended; `false` if the cache is dropped or the handle
-/// closes meanwhile (ZooKeeper may be away for long), or no session will come.
-async fn next_session(
-    clients: &mut watch::Receiver<Option<zk::Client>>,
-    closing: &mut watch::Receiver<bool>,
-    stopped: &mut watch::Receiver<()>,
-) -> bool {
-    tokio::select! {
-        changed = clients.changed() => changed.is_ok(),
-        _ = closing.changed() => false,
-        _ = stopped.changed() => false,
+impl CacheSync {
+    /// Sets the watch on the service, trying again until it is set or the session changes.
+    async fn watch(
+        &self,
+        client: &zk::Client,
+        sessions: &mut Sessions,
+    ) -> ControlFlow<Next, zk::PersistentWatcher> {
+        loop {
+            match client
+                .watch(&self.path, zk::AddWatchMode::PersistentRecursive)
+                .await
+            {
+                Ok(watcher) => return ControlFlow::Continue(watcher),
+                Err(err) => warn!(target: TARGET, "cannot watch {} yet: {err}", self.path),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                next = sessions.next() => return ControlFlow::Break(next),
+            }
+        }
+    }
+
+    /// Reads the instances, and again whenever `watcher` reports a change; `Continue` once
+    /// reconnected, for the watch to be set again.
+    async fn follow(
+        &mut self,
+        client: &zk::Client,
+        mut watcher: zk::PersistentWatcher,
+        sessions: &mut Sessions,
+    ) -> ControlFlow<Next> {
+        loop {
+            self.refresh(client).await?;
+            let retry = self.retry();
+            tokio::select! {
+                event = watcher.changed() => {
+                    if event.event_type == zk::EventType::Session {
+                        match event.session_state {
+                            zk::SessionState::Disconnected => {
+                                warn!(target: TARGET, "{}: disconnected; keeping the last instances, which may be stale", self.path);
+                                self.stale = true;
+                                return self.reconnected(&mut watcher, sessions).await;
+                            }
+                            zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
+                                return ControlFlow::Break(self.session_ended(sessions).await);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                () = retry => {}
+                next = sessions.next() => return ControlFlow::Break(next),
+            }
+        }
+    }
+
+    /// Reads the instances and publishes them, unless the grace after a comeback holds back
+    /// an empty set; `Break` once the cache is gone.
+    async fn refresh(&mut self, client: &zk::Client) -> ControlFlow<Next> {
+        let instances = match read(client, &self.path).await {
+            Ok(instances) => instances,
+            Err(err) => {
+                if !self.stale {
+                    warn!(target: TARGET, "{}: keeping the last instances, which may be stale: {err}", self.path);
+                    self.stale = true;
+                }
+                return ControlFlow::Continue(());
+            }
+        };
+        let now = Instant::now();
+        if self.stale {
+            info!(target: TARGET, "{}: synchronised again", self.path);
+            self.stale = false;
+        }
+        if std::mem::take(&mut self.comeback) {
+            self.grace_until = Some(now + self.grace);
+        }
+        let in_grace = self.grace_until.is_some_and(|until| now < until);
+        // Over once it has passed, or once the fleet is seen back.
+        if !in_grace || !instances.is_empty() {
+            self.grace_until = None;
+        }
+        if instances.is_empty() && in_grace && self.holds_instances() {
+            info!(target: TARGET, "{}: no instances yet after ZooKeeper came back; keeping the last ones for up to {:?} while they register again", self.path, self.grace);
+        } else if !self.publish(instances) {
+            return ControlFlow::Break(Next::Stop);
+        }
+        if let Some(first) = self.first.take() {
+            let _ = first.send(());
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// When to read again with no change reported: a little after a failed read, and once the
+    /// grace after a comeback ends, to read again what it held back.
+    fn retry(&self) -> impl Future<Output = ()> {
+        let (stale, grace_until) = (self.stale, self.grace_until);
+        async move {
+            if stale {
+                tokio::time::sleep(Duration::from_millis(500)).await
+            } else if let Some(until) = grace_until {
+                tokio::time::sleep_until(until).await
+            } else {
+                std::future::pending().await
+            }
+        }
+    }
+
+    /// Waits, after a disconnection, for the session to come back (`Continue`, to read again)
+    /// or to end.
+    async fn reconnected(
+        &mut self,
+        watcher: &mut zk::PersistentWatcher,
+        sessions: &mut Sessions,
+    ) -> ControlFlow<Next> {
+        loop {
+            let event = tokio::select! {
+                event = watcher.changed() => event,
+                end = sessions.ended() => return ControlFlow::Break(end),
+            };
+            match event.session_state {
+                zk::SessionState::Expired
+                | zk::SessionState::Closed
+                | zk::SessionState::AuthFailed => {
+                    return ControlFlow::Break(self.session_ended(sessions).await)
+                }
+                zk::SessionState::Disconnected => {}
+                _ => return ControlFlow::Continue(()),
+            }
+        }
+    }
+
+    /// Waits for the session after one that ended: ZooKeeper may be away for long, and the
+    /// cache dropped or the handle closed meanwhile.
+    async fn session_ended(&mut self, sessions: &mut Sessions) -> Next {
+        self.stale = true;
+        sessions.next().await
+    }
+
+    /// Whether the cache, if still there, holds any instance.
+    fn holds_instances(&self) -> bool {
+        self.cache
+            .upgrade()
+            .is_some_and(|c| !c.instances.read().is_empty())
+    }
+
+    /// Puts `instances` in the cache if they changed, and calls back; `false` once the cache
+    /// is gone.
+    fn publish(&self, instances: Vec<ServiceInstance>) -> bool {
+        let Some(cache) = self.cache.upgrade() else {
+            return false;
+        };
+        let changed = **cache.instances.read() != instances;
+        if changed {
+            info!(target: TARGET, "{}: {} instance(s)", self.path, instances.len());
+            let instances = Arc::new(instances);
+            *cache.instances.write() = instances.clone();
+            // Called with no lock held: it may read the cache.
+            if let Some(on_change) = &self.on_change {
+                on_change(&instances);
+            }
+        }
+        true
     }
 }

@@ -26,6 +26,7 @@
 
 mod cache;
 mod client;
+mod follow;
 mod instance;
 mod registration;
 mod session;
