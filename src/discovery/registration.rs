@@ -5,9 +5,10 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use log::{debug, info, warn};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use zookeeper_client as zk;
 
+use super::follow::{Next, SessionWork, Sessions};
 use super::instance::ServiceInstance;
 use super::session::{ZooKeeper, TARGET};
 use super::DiscoveryError;
@@ -62,14 +63,14 @@ impl Registration {
         let path = instance_path(base, &instance.name, &instance.id)?;
         let (commands, receiver) = mpsc::unbounded_channel();
         let (created, first) = oneshot::channel();
-        zk.spawn(keep_registered(
-            path.clone(),
-            instance.to_json(),
-            zk.clients(),
-            zk.closing(),
-            receiver,
-            created,
-        ))?;
+        zk.spawn(Sessions::of(zk).run(NodeKeeper {
+            path: path.clone(),
+            data: instance.to_json(),
+            commands: receiver,
+            created: Some(created),
+            unwritten: Vec::new(),
+            node_behind: false,
+        }))?;
         let timeout = zk_timeout(zk);
         zk.wait(async { tokio::time::timeout(timeout, first).await })
             .map_err(|_| {
@@ -221,69 +222,218 @@ async fn create(client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::
 /// A caller waiting for an update to be written.
 type Ack = oneshot::Sender<Result<(), DiscoveryError>>;
 
-/// What the registration's task does next after a command that came while the node could not
-/// be written (it may not exist, or its session is gone): an update becomes the data the
-/// node is written with next, its caller told once it is; a close ends the task once the node
-/// is gone (see [`leave`]), telling its caller if there is one.
-fn keep_for_later(
-    command: Option<Command>,
-    data: &mut Vec<u8>,
-    unwritten: &mut Vec<Ack>,
-) -> ControlFlow<Option<oneshot::Sender<()>>> {
-    match command {
-        Some(Command::Update(bytes, ack)) => {
-            *data = bytes;
-            unwritten.push(ack);
-            ControlFlow::Continue(())
+/// The registration's task: creates the node, re-creates it whenever it goes, applies updates,
+/// and deletes it on close.
+///
+/// An update is never dropped: one that cannot be written now (ZooKeeper is away, or the node
+/// is being re-created) is written when it can be, as Curator's `updateService` does; its
+/// caller, if still waiting, is told then.
+struct NodeKeeper {
+    path: String,
+    /// What the node is to hold: the instance's JSON, as last updated.
+    data: Vec<u8>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    /// The caller of `register_under`, until the node first exists.
+    created: Option<oneshot::Sender<Result<(), DiscoveryError>>>,
+    /// Updates taken into `data` and not yet written to the node.
+    unwritten: Vec<Ack>,
+    /// Whether `data` is newer than what the node holds: an update whose write failed.
+    node_behind: bool,
+}
+
+impl SessionWork for NodeKeeper {
+    async fn with_session(&mut self, client: zk::Client, sessions: &mut Sessions) -> Next {
+        if let ControlFlow::Break(next) = self.create(&client, sessions).await {
+            return next;
         }
-        Some(Command::Close(ack)) => ControlFlow::Break(Some(ack)),
-        None => ControlFlow::Break(None),
+        answer(&mut self.unwritten, Ok(()));
+        if let Some(created) = self.created.take() {
+            let _ = created.send(Ok(()));
+        } else {
+            info!(target: TARGET, "registered {} again", self.path);
+        }
+        self.keep(&client, sessions).await
     }
 }
 
-/// Deletes the node for good, and then tells `closed` (the caller of `close`, if it still
-/// waits). A delete that fails for want of ZooKeeper is tried again: the node would otherwise
-/// stay for as long as its session, which outlives a blip in the connection. Done once the
-/// node is gone, or its session (which takes it along), or the whole handle is closing (whose
-/// close ends the session).
-async fn leave(
-    path: &str,
-    clients: &mut watch::Receiver<Option<zk::Client>>,
-    closing: &mut watch::Receiver<bool>,
-    closed: Option<oneshot::Sender<()>>,
-) {
-    loop {
-        let Some(client) = clients.borrow_and_update().clone() else {
-            break;
-        };
-        match client.delete(path, None).await {
-            Ok(()) | Err(zk::Error::NoNode) => {
-                info!(target: TARGET, "unregistered {path}");
-                break;
+impl NodeKeeper {
+    /// (Re-)creates the node, until it exists or the session changes. The first time, the
+    /// caller stops waiting after its timeout and drops the registration.
+    async fn create(&mut self, client: &zk::Client, sessions: &mut Sessions) -> ControlFlow<Next> {
+        loop {
+            match create(client, &self.path, &self.data).await {
+                Ok(()) => return ControlFlow::Continue(()),
+                Err(
+                    err @ (zk::Error::InvalidAcl | zk::Error::NoAuth | zk::Error::BadArguments(_)),
+                ) => {
+                    if let Some(created) = self.created.take() {
+                        let _ = created.send(Err(DiscoveryError::ZooKeeper(err.to_string())));
+                    }
+                    answer(&mut self.unwritten, Err(err));
+                    return ControlFlow::Break(Next::Stop);
+                }
+                Err(err) => warn!(target: TARGET, "cannot register {} yet: {err}", self.path),
             }
-            Err(zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed) => {
-                break
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                next = sessions.next() => return ControlFlow::Break(next),
+                // The node may exist: a create that failed for want of an answer may have
+                // been made.
+                command = self.commands.recv() => self.keep_for_later(command, sessions).await?,
             }
-            Err(
-                err @ (zk::Error::NoAuth
-                | zk::Error::BadArguments(_)
-                | zk::Error::NotEmpty
-                | zk::Error::Unimplemented),
-            ) => {
-                warn!(target: TARGET, "cannot delete {path}: {err}; it goes with the session");
-                break;
-            }
-            Err(err) => warn!(target: TARGET, "cannot delete {path} yet: {err}; trying again"),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            // A new session: the node went with the old one.
-            _ = clients.changed() => break,
-            _ = closing.changed() => break,
         }
     }
-    if let Some(closed) = closed {
-        let _ = closed.send(());
+
+    /// Keeps the node, writing updates to it, until it goes or the session changes.
+    async fn keep(&mut self, client: &zk::Client, sessions: &mut Sessions) -> Next {
+        self.node_behind = false;
+        loop {
+            let gone = match self.watch(client, sessions).await {
+                ControlFlow::Continue(gone) => gone,
+                ControlFlow::Break(next) => return next,
+            };
+            tokio::select! {
+                event = gone.changed() => {
+                    if event.event_type == zk::EventType::NodeDeleted {
+                        warn!(target: TARGET, "{} was deleted; registering it again", self.path);
+                        return Next::Session;
+                    }
+                    // A data change (ours) or the session's end: look again.
+                    if matches!(event.session_state, zk::SessionState::Expired | zk::SessionState::Closed) {
+                        // The node went with the session: it is made again on the next one.
+                        return self.next_session(sessions).await;
+                    }
+                }
+                next = sessions.next() => {
+                    if next == Next::Close {
+                        let _ = client.delete(&self.path, None).await;
+                    }
+                    return next;
+                }
+                command = self.commands.recv() => {
+                    if let ControlFlow::Break(next) = self.keep_for_later(command, sessions).await {
+                        return next;
+                    }
+                    self.node_behind = true;
+                }
+            }
+        }
+    }
+
+    /// Writes `data` to the node if it is behind, then watches it; tries again, taking
+    /// commands meanwhile, until it can or the node or session is gone.
+    async fn watch(
+        &mut self,
+        client: &zk::Client,
+        sessions: &mut Sessions,
+    ) -> ControlFlow<Next, zk::OneshotWatcher> {
+        loop {
+            let looked = if self.node_behind {
+                match client.set_data(&self.path, &self.data, None).await {
+                    Ok(_) => {
+                        self.node_behind = false;
+                        answer(&mut self.unwritten, Ok(()));
+                        client.check_and_watch_stat(&self.path).await
+                    }
+                    Err(zk::Error::NoNode) => return ControlFlow::Break(Next::Session),
+                    Err(err) => Err(err),
+                }
+            } else {
+                client.check_and_watch_stat(&self.path).await
+            };
+            let err = match looked {
+                Ok((Some(_), watcher)) => return ControlFlow::Continue(watcher),
+                Ok((None, _)) => return ControlFlow::Break(Next::Session),
+                Err(err) => err,
+            };
+            debug!(target: TARGET, "cannot write or watch {}: {err}", self.path);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                next = sessions.next() => return ControlFlow::Break(next),
+                command = self.commands.recv() => {
+                    self.keep_for_later(command, sessions).await?;
+                    self.node_behind = true;
+                }
+            }
+        }
+    }
+
+    /// Waits for the session after the one that took the node along, taking commands
+    /// meanwhile.
+    async fn next_session(&mut self, sessions: &mut Sessions) -> Next {
+        loop {
+            tokio::select! {
+                next = sessions.next() => return next,
+                command = self.commands.recv() => {
+                    if let ControlFlow::Break(next) = self.keep_for_later(command, sessions).await {
+                        return next;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a command that came while the node could not be written (it may not exist, or
+    /// its session is gone): an update becomes the data the node is written with next, its
+    /// caller told once it is; a close ends the task once the node is gone (see
+    /// [`leave`](Self::leave)), telling its caller if there is one.
+    async fn keep_for_later(
+        &mut self,
+        command: Option<Command>,
+        sessions: &mut Sessions,
+    ) -> ControlFlow<Next> {
+        let closed = match command {
+            Some(Command::Update(bytes, ack)) => {
+                self.data = bytes;
+                self.unwritten.push(ack);
+                return ControlFlow::Continue(());
+            }
+            Some(Command::Close(ack)) => Some(ack),
+            None => None,
+        };
+        self.leave(sessions, closed).await;
+        ControlFlow::Break(Next::Stop)
+    }
+
+    /// Deletes the node for good, and then tells `closed` (the caller of `close`, if it still
+    /// waits). A delete that fails for want of ZooKeeper is tried again: the node would
+    /// otherwise stay for as long as its session, which outlives a blip in the connection.
+    /// Done once the node is gone, or its session (which takes it along), or the whole handle
+    /// is closing (whose close ends the session).
+    async fn leave(&self, sessions: &mut Sessions, closed: Option<oneshot::Sender<()>>) {
+        let path = &self.path;
+        loop {
+            let Some(client) = sessions.current() else {
+                break;
+            };
+            match client.delete(path, None).await {
+                Ok(()) | Err(zk::Error::NoNode) => {
+                    info!(target: TARGET, "unregistered {path}");
+                    break;
+                }
+                Err(
+                    zk::Error::SessionExpired | zk::Error::ClientClosed | zk::Error::AuthFailed,
+                ) => break,
+                Err(
+                    err @ (zk::Error::NoAuth
+                    | zk::Error::BadArguments(_)
+                    | zk::Error::NotEmpty
+                    | zk::Error::Unimplemented),
+                ) => {
+                    warn!(target: TARGET, "cannot delete {path}: {err}; it goes with the session");
+                    break;
+                }
+                Err(err) => warn!(target: TARGET, "cannot delete {path} yet: {err}; trying again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                // A new session (the node went with the old one), or the handle closing.
+                _ = sessions.next() => break,
+            }
+        }
+        if let Some(closed) = closed {
+            let _ = closed.send(());
+        }
     }
 }
 
@@ -295,152 +445,6 @@ fn answer(unwritten: &mut Vec<Ack>, result: Result<(), zk::Error>) {
                 .clone()
                 .map_err(|err| DiscoveryError::ZooKeeper(err.to_string())),
         );
-    }
-}
-
-/// The registration's task: creates the node, re-creates it whenever it goes, applies updates,
-/// and deletes it on close.
-///
-/// An update is never dropped: one that cannot be written now (ZooKeeper is away, or the node
-/// is being re-created) is written when it can be, as Curator's `updateService` does; its
-/// caller, if still waiting, is told then.
-async fn keep_registered(
-    path: String,
-    mut data: Vec<u8>,
-    mut clients: watch::Receiver<Option<zk::Client>>,
-    mut closing: watch::Receiver<bool>,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    created: oneshot::Sender<Result<(), DiscoveryError>>,
-) {
-    let mut created = Some(created);
-    // Updates taken into `data` and not yet written to the node.
-    let mut unwritten: Vec<Ack> = Vec::new();
-    'session: loop {
-        let Some(client) = clients.borrow_and_update().clone() else {
-            return;
-        };
-        // (Re-)create the node, until it exists or the session changes. The first time, the
-        // caller stops waiting after its timeout and drops the registration.
-        loop {
-            match create(&client, &path, &data).await {
-                Ok(()) => break,
-                Err(
-                    err @ (zk::Error::InvalidAcl | zk::Error::NoAuth | zk::Error::BadArguments(_)),
-                ) => {
-                    if let Some(created) = created.take() {
-                        let _ = created.send(Err(DiscoveryError::ZooKeeper(err.to_string())));
-                    }
-                    answer(&mut unwritten, Err(err));
-                    return;
-                }
-                Err(err) => warn!(target: TARGET, "cannot register {path} yet: {err}"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                changed = clients.changed() => {
-                    if changed.is_err() { return; }
-                    continue 'session;
-                }
-                _ = closing.changed() => return,
-                command = commands.recv() => {
-                    // The node may exist: a create that failed for want of an answer may have
-                    // been made.
-                    if let ControlFlow::Break(closed) = keep_for_later(command, &mut data, &mut unwritten) {
-                        return leave(&path, &mut clients, &mut closing, closed).await;
-                    }
-                }
-            }
-        }
-        answer(&mut unwritten, Ok(()));
-        if let Some(created) = created.take() {
-            let _ = created.send(Ok(()));
-        } else {
-            info!(target: TARGET, "registered {path} again");
-        }
-        // Whether `data` is newer than what the node holds: an update whose write failed.
-        let mut stale = false;
-        loop {
-            let looked = if stale {
-                match client.set_data(&path, &data, None).await {
-                    Ok(_) => {
-                        stale = false;
-                        answer(&mut unwritten, Ok(()));
-                        client.check_and_watch_stat(&path).await
-                    }
-                    Err(zk::Error::NoNode) => continue 'session,
-                    Err(err) => Err(err),
-                }
-            } else {
-                client.check_and_watch_stat(&path).await
-            };
-            let gone = match looked {
-                Ok((Some(_), watcher)) => watcher,
-                Ok((None, _)) => continue 'session,
-                Err(err) => {
-                    debug!(target: TARGET, "cannot write or watch {path}: {err}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
-                        changed = clients.changed() => {
-                            if changed.is_err() { return; }
-                            continue 'session;
-                        }
-                        _ = closing.changed() => return,
-                        command = commands.recv() => {
-                            if let ControlFlow::Break(closed) = keep_for_later(command, &mut data, &mut unwritten) {
-                                return leave(&path, &mut clients, &mut closing, closed).await;
-                            }
-                            stale = true;
-                            continue;
-                        }
-                    }
-                }
-            };
-            tokio::select! {
-                event = gone.changed() => {
-                    if event.event_type == zk::EventType::NodeDeleted {
-                        warn!(target: TARGET, "{path} was deleted; registering it again");
-                        continue 'session;
-                    }
-                    // A data change (ours) or the session's end: look again.
-                    if matches!(event.session_state, zk::SessionState::Expired | zk::SessionState::Closed) {
-                        // The node went with the session: it is made again on the next one.
-                        loop {
-                            tokio::select! {
-                                changed = clients.changed() => {
-                                    if changed.is_err() { return; }
-                                    continue 'session;
-                                }
-                                _ = closing.changed() => return,
-                                command = commands.recv() => {
-                                    if let ControlFlow::Break(closed) = keep_for_later(command, &mut data, &mut unwritten) {
-                                        return leave(&path, &mut clients, &mut closing, closed).await;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                changed = clients.changed() => {
-                    if changed.is_err() { return; }
-                    continue 'session;
-                }
-                _ = closing.changed() => {
-                    let _ = client.delete(&path, None).await;
-                    return;
-                }
-                command = commands.recv() => match command {
-                    Some(Command::Update(bytes, ack)) => {
-                        data = bytes;
-                        unwritten.push(ack);
-                        stale = true;
-                    }
-                    Some(Command::Close(ack)) => {
-                        return leave(&path, &mut clients, &mut closing, Some(ack)).await;
-                    }
-                    None => return leave(&path, &mut clients, &mut closing, None).await,
-                },
-            }
-        }
     }
 }
 
