@@ -127,13 +127,15 @@ impl ZooKeeper {
         info!(target: TARGET, "session {:?} with {hosts}", client.session_id());
         let (publish, current) = watch::channel(Some(client.clone()));
         let (closed, closing) = watch::channel(false);
-        let keeper = handle.spawn(keep_session(
-            hosts.to_owned(),
-            config.clone(),
-            client,
-            publish,
-            closing,
-        ));
+        let keeper = handle.spawn(
+            SessionKeeper {
+                hosts: hosts.to_owned(),
+                config: config.clone(),
+                publish,
+                closing,
+            }
+            .run(client),
+        );
         Ok(ZooKeeper {
             inner: Arc::new(Inner {
                 hosts: hosts.to_owned(),
@@ -321,15 +323,42 @@ async fn connect(hosts: &str, config: &ZooKeeperConfig) -> Result<zk::Client, zk
     }
 }
 
-/// Watches the session; once it has expired, starts a new one and publishes its client.
-async fn keep_session(
+/// The session's own task: watches the session and, once it has ended, starts a new one and
+/// publishes its client; publishes `None` once the handle closes.
+struct SessionKeeper {
     hosts: String,
     config: ZooKeeperConfig,
-    mut client: zk::Client,
     publish: watch::Sender<Option<zk::Client>>,
-    mut closing: watch::Receiver<bool>,
-) {
-    loop {
+    closing: watch::Receiver<bool>,
+}
+
+impl SessionKeeper {
+    /// Keeps a session from `client`'s on, until the handle closes.
+    async fn run(mut self, mut client: zk::Client) {
+        loop {
+            let Some(state) = self.ended(&client).await else {
+                break;
+            };
+            let hosts = &self.hosts;
+            if state == zk::SessionState::Expired {
+                warn!(target: TARGET, "session with {hosts} expired; starting a new one");
+            } else {
+                warn!(target: TARGET, "session with {hosts} ended: {state:?}; starting a new one");
+            }
+            let Some(renewed) = self.renewed().await else {
+                break;
+            };
+            client = renewed;
+            info!(target: TARGET, "new session {:?} with {}", client.session_id(), self.hosts);
+            let _ = self.publish.send(Some(client.clone()));
+        }
+        let _ = self.publish.send(None);
+    }
+
+    /// Waits for the session of `client` to end, logging its disconnections; `None` once the
+    /// handle closes first.
+    async fn ended(&mut self, client: &zk::Client) -> Option<zk::SessionState> {
+        let hosts = &self.hosts;
         let mut states = client.state_watcher();
         // The watcher starts at the session's state now, and a session that ended before it
         // was made sends no change to wait for.
@@ -340,10 +369,7 @@ async fn keep_session(
         ) {
             state = tokio::select! {
                 state = states.changed() => state,
-                _ = closing.changed() => {
-                    let _ = publish.send(None);
-                    return;
-                }
+                _ = self.closing.changed() => return None,
             };
             match state {
                 zk::SessionState::Disconnected => {
@@ -355,27 +381,23 @@ async fn keep_session(
                 _ => {}
             }
         }
-        if state == zk::SessionState::Expired {
-            warn!(target: TARGET, "session with {hosts} expired; starting a new one");
-        } else {
-            warn!(target: TARGET, "session with {hosts} ended: {state:?}; starting a new one");
-        }
-        client = loop {
+        Some(state)
+    }
+
+    /// Starts a new session, trying until one is made; `None` once the handle closes first.
+    async fn renewed(&mut self) -> Option<zk::Client> {
+        let (hosts, config) = (&self.hosts, &self.config);
+        loop {
             let attempt = tokio::select! {
-                attempt = tokio::time::timeout(config.connect_timeout, connect(&hosts, &config)) => attempt,
-                _ = closing.changed() => {
-                    let _ = publish.send(None);
-                    return;
-                }
+                attempt = tokio::time::timeout(config.connect_timeout, connect(hosts, config)) => attempt,
+                _ = self.closing.changed() => return None,
             };
             match attempt {
-                Ok(Ok(client)) => break client,
+                Ok(Ok(client)) => return Some(client),
                 Ok(Err(err)) => warn!(target: TARGET, "no new session with {hosts} yet: {err}"),
                 Err(_) => warn!(target: TARGET, "no new session with {hosts} yet: timed out"),
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-        };
-        info!(target: TARGET, "new session {:?} with {hosts}", client.session_id());
-        let _ = publish.send(Some(client.clone()));
+        }
     }
 }
