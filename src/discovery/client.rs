@@ -51,19 +51,20 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 /// Shuffles `items` (Fisher-Yates) with a small generator of the calling thread's own.
 fn shuffle<T>(items: &mut [T]) {
     thread_local! {
-        static STATE: Cell<u64> = Cell::new({
+        /// The xorshift generator, as its one word of state.
+        static GENERATOR: Cell<u64> = Cell::new({
             let nanos = crate::clock::monotonic_nanos();
             let here = &nanos as *const u64 as u64;
             (nanos ^ here.rotate_left(32)) | 1
         });
     }
-    STATE.with(|state| {
+    GENERATOR.with(|generator| {
         for i in (1..items.len()).rev() {
-            let mut x = state.get();
+            let mut x = generator.get();
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            state.set(x);
+            generator.set(x);
             items.swap(i, (x % (i as u64 + 1)) as usize);
         }
     });
