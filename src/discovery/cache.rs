@@ -178,6 +178,7 @@ struct CacheSync {
     /// A session ended: the next read that succeeds is a comeback, which may find the fleet's
     /// nodes gone with their own sessions. (A mere reconnect loses no nodes.)
     comeback: bool,
+    /// Whether no session has been followed yet: every later one follows one that ended.
     first_session: bool,
 }
 
