@@ -21,9 +21,10 @@
 //!
 //! # Using it
 //!
-//! The crate builds on Linux (and Android) only: its server waits on `epoll`. It needs Rust
-//! 1.95 or newer. Your crate depends on it and on the `thrift` crate, whose name the generated
-//! code uses and whose version must be this crate's (so this crate does not re-export it):
+//! The crate builds on Linux (and Android) only: its server waits on `epoll`. It needs
+//! Rust 1.95 or newer. Your crate depends on it and on the `thrift` crate, whose name the
+//! generated code uses and whose version must be this crate's (so this crate does not
+//! re-export it; see [your own service](guide::start#what-you-need)):
 //!
 //! ```toml
 //! [dependencies]
