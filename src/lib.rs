@@ -68,6 +68,8 @@
 //!
 //! - `discovery`: the [`discovery`] module and [`MultiThriftClient::discovered`]. Brings in
 //!   `zookeeper-client` and a `tokio` runtime of its own, which the blocking API hides.
+//! - `fuzzing`: entry points for the crate's own fuzz targets and property tests; not part of
+//!   the API.
 //!
 //! # Not there yet
 //!
