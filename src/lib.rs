@@ -3,7 +3,7 @@
 //! Works with the code the stock Thrift compiler generates (`thrift --gen rs`), unmodified,
 //! and speaks the framed (default) or buffered [`Transport`] with the binary (default) or
 //! compact [`Protocol`], so any other Thrift peer can talk to it. A port of the Python package
-//! gevent-thrift to OS threads, with its settings and defaults.
+//! gevent-thrift to OS threads, with its client settings and their defaults.
 //!
 //! - [`ThriftClient`]: one endpoint, with a connection pool, a timeout on every phase of a call
 //!   (connect, pool wait, the whole response) and a circuit breaker. Call through a closure
@@ -34,7 +34,7 @@
 //!
 //! ```no_run
 //! # #[path = "../idl/gen/calculator.rs"]
-//! # #[allow(clippy::all, dead_code, missing_docs, unused_parens)]
+//! #[allow(clippy::all, dead_code, missing_docs, unused_parens)]
 //! mod calculator; // generated: `thrift --gen rs -out src calculator.thrift`
 //!
 //! use blocking_thrift::{ClientConfig, InputProtocol, OutputProtocol, ThriftClient};
