@@ -11,7 +11,6 @@
 mod service;
 
 use std::error::Error as StdError;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,10 +30,9 @@ type Calculator = CalculatorSyncClient<InputProtocol, OutputProtocol>;
 blocking_thrift::impl_direct!(service::calculator::TCalculatorSyncClientMarker);
 
 fn serve(addr: &str) -> Result<ThriftServer, Box<dyn StdError>> {
-    let handler = Arc::new(CalculatorService::new("demo"));
     let server = ThriftServer::bind(
         addr,
-        CalculatorSyncProcessor::new(handler),
+        CalculatorSyncProcessor::new(CalculatorService::new("demo")),
         ServerConfig::default().workers(4),
     )?;
     server.start()?;
@@ -46,7 +44,7 @@ fn main() -> Result<(), Box<dyn StdError>> {
     let addr = server.local_addr().to_string();
     println!("server: serving Calculator on {addr} with 4 workers");
 
-    // Every knob has the original gevent-thrift default but reset_timeout, shortened so that
+    // Every knob has gevent-thrift's default but reset_timeout, shortened so that
     // the demo takes seconds, not minutes.
     let config = ClientConfig::default().reset_timeout(Duration::from_millis(500));
     let client: ThriftClient<Calculator> =

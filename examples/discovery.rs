@@ -31,7 +31,7 @@ const SERVICE: &str = "calculator-demo";
 
 /// Starts a server named `name` on a free loopback port and registers it.
 fn join(zk: &ZooKeeper, name: &str) -> Result<(ThriftServer, Announcement), String> {
-    let processor = CalculatorSyncProcessor::new(Arc::new(CalculatorService::new(name)));
+    let processor = CalculatorSyncProcessor::new(CalculatorService::new(name));
     let config = ServerConfig::default().workers(4);
     let server = ThriftServer::bind("127.0.0.1:0", processor, config).map_err(|e| e.to_string())?;
     server.start().map_err(|e| e.to_string())?;

@@ -104,6 +104,9 @@ impl CalculatorSyncHandler for CalculatorService {
     }
 }
 
+// Lets the tests keep a handle on the handler they serve (to read `zips`, say). A program's
+// own handler needs no such impl: the processor takes the handler by value, and state the
+// program shares with it goes behind an `Arc` inside it (`examples/shared_handler.rs`).
 impl<T: CalculatorSyncHandler> CalculatorSyncHandler for std::sync::Arc<T> {
     fn handle_ping(&self) -> thrift::Result<()> {
         (**self).handle_ping()

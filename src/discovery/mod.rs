@@ -1,28 +1,6 @@
-//! Service discovery on ZooKeeper, in Apache Curator's layout: servers register instances of
-//! a service, clients follow the live set. With the `discovery` feature.
-//!
-//! Every instance is an ephemeral node `<base>/<service name>/<instance id>` (base `/service`
-//! by default) holding Curator's `ServiceInstance` JSON, so Rust and Java services register in
-//! one fleet: Curator's `ServiceDiscovery` sees instances registered here, and an
-//! [`InstanceCache`] sees those Curator registered.
-//!
-//! ```no_run
-//! # mod calculator { pub struct CalculatorSyncClient<I, O>(I, O);
-//! #   impl<I, O> CalculatorSyncClient<I, O> { pub fn new(i: I, o: O) -> Self { Self(i, o) } } }
-//! use blocking_thrift::discovery::{InstanceCache, Registration, ServiceInstance, ZooKeeper, ZooKeeperConfig};
-//! use blocking_thrift::{ClientConfig, MultiThriftClient};
-//!
-//! let zk = ZooKeeper::connect("127.0.0.1:2181", ZooKeeperConfig::default())?;
-//! // A server's side: its instance stays registered while `registration` lives.
-//! let registration = Registration::register(&zk, ServiceInstance::new("calc", "10.0.0.5", 9090)?)?;
-//! // A client's side: calls go to the live instances, shuffled.
-//! let cache = InstanceCache::follow(&zk, "calc")?;
-//! let client = MultiThriftClient::discovered(cache, calculator::CalculatorSyncClient::new, ClientConfig::default());
-//! # Ok::<(), blocking_thrift::discovery::DiscoveryError>(())
-//! ```
-//!
-//! The API blocks, like the rest of the crate; a small async runtime of the session's own (one
-//! thread) runs the ZooKeeper client behind it. Do not call it from inside an async runtime.
+//! Service discovery on ZooKeeper, in Apache Curator's layout. Requires the `discovery`
+//! feature.
+#![doc = include_str!("../guide/discovery.md")]
 
 mod cache;
 mod client;
