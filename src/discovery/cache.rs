@@ -125,7 +125,8 @@ impl fmt::Debug for InstanceCache {
     }
 }
 
-/// Reads every instance of the service; `None` for a node that does not parse.
+/// Reads the service's enabled instances, sorted by node name; a node that does not parse,
+/// or that we may not read, is skipped.
 async fn read(client: &zk::Client, path: &str) -> Result<Vec<ServiceInstance>, zk::Error> {
     let children = match client.list_children(path).await {
         Ok(children) => children,
@@ -196,7 +197,9 @@ impl SessionWork for CacheSync {
                 ControlFlow::Continue(watcher) => watcher,
                 ControlFlow::Break(next) => return next,
             };
-            if let ControlFlow::Break(next) = self.follow(&client, watcher, sessions).await {
+            if let ControlFlow::Break(next) =
+                self.refresh_on_changes(&client, watcher, sessions).await
+            {
                 return next;
             }
         }
@@ -227,7 +230,7 @@ impl CacheSync {
 
     /// Reads the instances, and again whenever `watcher` reports a change; `Continue` once
     /// reconnected, for the watch to be set again.
-    async fn follow(
+    async fn refresh_on_changes(
         &mut self,
         client: &zk::Client,
         mut watcher: zk::PersistentWatcher,
@@ -246,7 +249,7 @@ impl CacheSync {
                                 return self.reconnected(&mut watcher, sessions).await;
                             }
                             zk::SessionState::Expired | zk::SessionState::Closed | zk::SessionState::AuthFailed => {
-                                return ControlFlow::Break(self.session_ended(sessions).await);
+                                return ControlFlow::Break(self.next_session(sessions).await);
                             }
                             _ => {}
                         }
@@ -310,8 +313,8 @@ impl CacheSync {
         }
     }
 
-    /// Waits, after a disconnection, for the session to come back (`Continue`, to read again)
-    /// or to end.
+    /// Waits, after a disconnection, for the session to come back (`Continue`: the watch is
+    /// set again, then the instances read) or to end.
     async fn reconnected(
         &mut self,
         watcher: &mut zk::PersistentWatcher,
@@ -320,13 +323,13 @@ impl CacheSync {
         loop {
             let event = tokio::select! {
                 event = watcher.changed() => event,
-                end = sessions.ended() => return ControlFlow::Break(end),
+                end = sessions.closed_or_dropped() => return ControlFlow::Break(end),
             };
             match event.session_state {
                 zk::SessionState::Expired
                 | zk::SessionState::Closed
                 | zk::SessionState::AuthFailed => {
-                    return ControlFlow::Break(self.session_ended(sessions).await)
+                    return ControlFlow::Break(self.next_session(sessions).await)
                 }
                 zk::SessionState::Disconnected => {}
                 _ => return ControlFlow::Continue(()),
@@ -334,9 +337,9 @@ impl CacheSync {
         }
     }
 
-    /// Waits for the session after one that ended: ZooKeeper may be away for long, and the
-    /// cache dropped or the handle closed meanwhile.
-    async fn session_ended(&mut self, sessions: &mut Sessions) -> Next {
+    /// Marks the instances stale and waits for the session after one that ended: ZooKeeper
+    /// may be away for long, and the cache dropped or the handle closed meanwhile.
+    async fn next_session(&mut self, sessions: &mut Sessions) -> Next {
         self.stale = true;
         sessions.next().await
     }

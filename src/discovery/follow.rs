@@ -16,7 +16,8 @@ pub(super) enum Next {
     Session,
     /// Ends: the handle is closing.
     Close,
-    /// Ends: no session will come, or the task's owner let go.
+    /// Ends: no session will come, the owner let go (a cache dropped, a registration closed:
+    /// once it left its node), or ZooKeeper refused the node for good.
     Stop,
 }
 
@@ -79,17 +80,17 @@ impl Sessions {
                 Ok(()) => Next::Session,
                 Err(_) => Next::Stop,
             },
-            end = ended(&mut self.closing, &mut self.owner) => end,
+            end = closed_or_dropped(&mut self.closing, &mut self.owner) => end,
         }
     }
 
     /// Waits for the end only: the handle closing, or the owner letting go.
-    pub(super) async fn ended(&mut self) -> Next {
-        ended(&mut self.closing, &mut self.owner).await
+    pub(super) async fn closed_or_dropped(&mut self) -> Next {
+        closed_or_dropped(&mut self.closing, &mut self.owner).await
     }
 }
 
-async fn ended(
+async fn closed_or_dropped(
     closing: &mut watch::Receiver<bool>,
     owner: &mut Option<watch::Receiver<()>>,
 ) -> Next {

@@ -189,7 +189,7 @@ pub(super) fn service_path(base: &str, name: &str) -> Result<String, DiscoveryEr
 
 /// Creates the node, its parents first (as containers), replacing a node left by another
 /// session.
-async fn create(client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::Error> {
+async fn create_node(client: &zk::Client, path: &str, data: &[u8]) -> Result<(), zk::Error> {
     let ephemeral = zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all());
     let parents = zk::CreateMode::Container.with_acls(zk::Acls::anyone_all());
     loop {
@@ -257,11 +257,12 @@ impl SessionWork for NodeKeeper {
 }
 
 impl NodeKeeper {
-    /// (Re-)creates the node, until it exists or the session changes. The first time, the
-    /// caller stops waiting after its timeout and drops the registration.
+    /// (Re-)creates the node, until it exists, the session changes or ZooKeeper refuses it for
+    /// good. The first time, the caller stops waiting after its timeout and drops the
+    /// registration.
     async fn create(&mut self, client: &zk::Client, sessions: &mut Sessions) -> ControlFlow<Next> {
         loop {
-            match create(client, &self.path, &self.data).await {
+            match create_node(client, &self.path, &self.data).await {
                 Ok(()) => return ControlFlow::Continue(()),
                 Err(
                     err @ (zk::Error::InvalidAcl | zk::Error::NoAuth | zk::Error::BadArguments(_)),
@@ -279,7 +280,7 @@ impl NodeKeeper {
                 next = sessions.next() => return ControlFlow::Break(next),
                 // The node may exist: a create that failed for want of an answer may have
                 // been made.
-                command = self.commands.recv() => self.keep_for_later(command, sessions).await?,
+                command = self.commands.recv() => self.take_command(command, sessions).await?,
             }
         }
     }
@@ -288,7 +289,7 @@ impl NodeKeeper {
     async fn keep(&mut self, client: &zk::Client, sessions: &mut Sessions) -> Next {
         self.node_behind = false;
         loop {
-            let gone = match self.watch(client, sessions).await {
+            let gone = match self.write_and_watch(client, sessions).await {
                 ControlFlow::Continue(gone) => gone,
                 ControlFlow::Break(next) => return next,
             };
@@ -311,7 +312,7 @@ impl NodeKeeper {
                     return next;
                 }
                 command = self.commands.recv() => {
-                    if let ControlFlow::Break(next) = self.keep_for_later(command, sessions).await {
+                    if let ControlFlow::Break(next) = self.take_command(command, sessions).await {
                         return next;
                     }
                     self.node_behind = true;
@@ -322,7 +323,7 @@ impl NodeKeeper {
 
     /// Writes `data` to the node if it is behind, then watches it; tries again, taking
     /// commands meanwhile, until it can or the node or session is gone.
-    async fn watch(
+    async fn write_and_watch(
         &mut self,
         client: &zk::Client,
         sessions: &mut Sessions,
@@ -351,7 +352,7 @@ impl NodeKeeper {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 next = sessions.next() => return ControlFlow::Break(next),
                 command = self.commands.recv() => {
-                    self.keep_for_later(command, sessions).await?;
+                    self.take_command(command, sessions).await?;
                     self.node_behind = true;
                 }
             }
@@ -365,7 +366,7 @@ impl NodeKeeper {
             tokio::select! {
                 next = sessions.next() => return next,
                 command = self.commands.recv() => {
-                    if let ControlFlow::Break(next) = self.keep_for_later(command, sessions).await {
+                    if let ControlFlow::Break(next) = self.take_command(command, sessions).await {
                         return next;
                     }
                 }
@@ -373,11 +374,10 @@ impl NodeKeeper {
         }
     }
 
-    /// Takes a command that came while the node could not be written (it may not exist, or
-    /// its session is gone): an update becomes the data the node is written with next, its
-    /// caller told once it is; a close ends the task once the node is gone (see
-    /// [`leave`](Self::leave)), telling its caller if there is one.
-    async fn keep_for_later(
+    /// Takes a command, or `None` once its sender is gone (registering gave up): an update
+    /// becomes the data the node is written with next, its caller told once it is; a close or
+    /// `None` ends the task (`Break`) once the node is left (see [`leave`](Self::leave)).
+    async fn take_command(
         &mut self,
         command: Option<Command>,
         sessions: &mut Sessions,

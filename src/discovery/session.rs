@@ -336,7 +336,7 @@ impl SessionKeeper {
     /// Keeps a session from `client`'s on, until the handle closes.
     async fn run(mut self, mut client: zk::Client) {
         loop {
-            let Some(state) = self.ended(&client).await else {
+            let Some(state) = self.expired(&client).await else {
                 break;
             };
             let hosts = &self.hosts;
@@ -355,9 +355,9 @@ impl SessionKeeper {
         let _ = self.publish.send(None);
     }
 
-    /// Waits for the session of `client` to end, logging its disconnections; `None` once the
-    /// handle closes first.
-    async fn ended(&mut self, client: &zk::Client) -> Option<zk::SessionState> {
+    /// Waits for the session of `client` to expire (or be closed, or fail to authenticate),
+    /// logging its disconnections; `None` once the handle closes first.
+    async fn expired(&mut self, client: &zk::Client) -> Option<zk::SessionState> {
         let hosts = &self.hosts;
         let mut states = client.state_watcher();
         // The watcher starts at the session's state now, and a session that ended before it
