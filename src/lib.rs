@@ -50,6 +50,7 @@ mod counter;
 #[cfg(feature = "discovery")]
 pub mod discovery;
 mod error;
+mod handle;
 mod multi;
 mod poll;
 mod server;

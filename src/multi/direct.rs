@@ -17,12 +17,12 @@ use super::retry::RetriedException;
 use super::MultiThriftClient;
 use crate::client::call::{Answered, Unfinished};
 use crate::client::config::{ClientConfig, DEFAULT_MAX_DEPTH};
-use crate::client::direct::{
+use crate::client::ThriftClient;
+use crate::error::Error;
+use crate::handle::{
     check_answers, forward_reads, forward_writes, outside_call, thrift_client_on_protocols,
     Sequence,
 };
-use crate::client::ThriftClient;
-use crate::error::Error;
 use crate::wire::mirror::{copy_reader, copy_writer, Mirrored};
 use crate::wire::Protocol;
 
