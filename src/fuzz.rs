@@ -10,7 +10,7 @@ use std::time::Duration;
 use thrift::protocol::{TInputProtocol, TType};
 
 use crate::client::connection;
-use crate::wire::decode::DEFAULT_MAX_DEPTH;
+use crate::wire::DEFAULT_MAX_DEPTH;
 use crate::wire::{self, with_reader, InputProtocol, Limits, OutputProtocol, Protocol, Transport};
 
 /// The default depth and element limits, for messages whose size is already bounded.

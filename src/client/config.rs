@@ -13,7 +13,7 @@ use thrift::protocol::{
 
 use super::resolve::Resolver;
 use crate::clock::{Clock, LONGEST};
-use crate::wire::{Limits, Protocol, Transport};
+use crate::wire::{Limits, Protocol, Transport, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// Recognises one of a user's exception types, as a value or as encoded bytes.
 #[derive(Clone, Copy)]
@@ -147,12 +147,6 @@ impl Default for ClientConfig {
         }
     }
 }
-
-/// Thrift's `TConfiguration` default frame size, used for frames and messages alike.
-pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
-
-/// Thrift's `TConfiguration` default nesting depth.
-pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
 
 impl ClientConfig {
     /// How long connecting may take: resolving the endpoint's name and the endpoint accepting

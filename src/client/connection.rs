@@ -789,7 +789,7 @@ mod tests {
     fn input(reader: Reader) -> crate::InputProtocol {
         let limits = Limits {
             max_message_size: usize::MAX,
-            max_depth: 64,
+            max_depth: wire::DEFAULT_MAX_DEPTH,
             max_elements: usize::MAX,
         };
         wire::input(Protocol::Binary, reader, limits)

@@ -16,7 +16,7 @@ use thrift::{TConfiguration, TThriftClient};
 use super::retry::RetriedException;
 use super::MultiThriftClient;
 use crate::client::call::{Answered, Unfinished};
-use crate::client::config::{ClientConfig, DEFAULT_MAX_DEPTH};
+use crate::client::config::ClientConfig;
 use crate::client::ThriftClient;
 use crate::error::Error;
 use crate::handle::{
@@ -24,7 +24,7 @@ use crate::handle::{
     Sequence,
 };
 use crate::wire::mirror::{copy_reader, copy_writer, Mirrored};
-use crate::wire::Protocol;
+use crate::wire::{Protocol, DEFAULT_MAX_DEPTH};
 
 /// A request buffer larger than this is given back after its call.
 const KEEP_BUFFER: usize = 64 * 1024;
