@@ -16,7 +16,7 @@ use crate::handle::{
     check_answers, forward_reads, forward_writes, outside_call, thrift_client_on_protocols,
     Sequence,
 };
-use crate::wire::mirror::{copy_reader, Copy, Mirrored};
+use crate::wire::mirror::{copy_reader, Mirrored, ProtocolCopy};
 
 /// Declares that [`Direct`] and [`MultiDirect`](crate::MultiDirect) handles speak a service,
 /// so its generated methods can be called on them directly.
@@ -65,7 +65,7 @@ impl<C> ThriftClient<C> {
     /// generated methods as `thrift::Error::User`; [`Error::from`](crate::Error::from) turns
     /// them back.
     pub fn direct(&self) -> Direct<C> {
-        Direct::new(self.calls().clone())
+        Direct::new(self.shared_endpoint().clone())
     }
 }
 
@@ -83,7 +83,7 @@ impl<C> Direct<C> {
                 application_error: false,
                 depth: 0,
                 mirroring: false,
-                mirror: Copy::new(endpoint_protocol),
+                mirror: ProtocolCopy::new(endpoint_protocol),
             },
         }
     }
@@ -123,7 +123,7 @@ struct Protocols<C> {
     /// told against the types declared as failures; so is a `TApplicationException`, so that
     /// a server shedding the request can be told apart.
     mirroring: bool,
-    mirror: Copy,
+    mirror: ProtocolCopy,
 }
 
 impl<C: TThriftClient> Protocols<C> {

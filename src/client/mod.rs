@@ -65,8 +65,8 @@ impl<C> ThriftClient<C> {
         }
     }
 
-    /// What every call of this client goes through.
-    pub(crate) fn calls(&self) -> &Arc<Endpoint<C>> {
+    /// The endpoint's pool, breaker and counters, which every clone and call goes through.
+    pub(crate) fn shared_endpoint(&self) -> &Arc<Endpoint<C>> {
         &self.endpoint
     }
 

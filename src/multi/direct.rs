@@ -284,7 +284,7 @@ fn attempt<C: TThriftClient>(
     request: &Request<'_>,
     copy: &mut Vec<u8>,
 ) -> Result<Reply, Error> {
-    let endpoint = client.calls();
+    let endpoint = client.shared_endpoint();
     let protocol = endpoint.config().protocol;
     // Abandoned, its probe's turn passed on, should anything below panic.
     let mut unfinished = Unfinished::new(endpoint, endpoint.begin(deadline)?);

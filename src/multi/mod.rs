@@ -128,23 +128,26 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 /// The client is `Send + Sync` and cheap to clone; clones share everything. No lock is held
 /// while a call talks to an endpoint.
 pub struct MultiThriftClient<C> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<Fleet<C>>,
 }
 
-struct Shared<C> {
+/// Everything the clones of a multi-endpoint client share: where its endpoints come from,
+/// its settings, the endpoints known, the reaper, the retry budget and the counters.
+struct Fleet<C> {
     endpoints: Box<EndpointsFn>,
     make: Arc<MakeClient<C>>,
     config: ClientConfig,
     /// Times on the config's clock are kept as nanoseconds since this instant.
     epoch: Epoch,
-    state: RwLock<State<C>>,
+    known: RwLock<KnownEndpoints<C>>,
     /// The reaper thread, once an endpoint was added; `None` again once closed.
     reaper: Mutex<Option<Reaper>>,
     budget: RetryBudget,
-    counters: Counters,
+    counters: RoutingCounters,
 }
 
-struct State<C> {
+/// The endpoints known now, each with its client, and the helper thread their pools share.
+struct KnownEndpoints<C> {
     clients: HashMap<Arc<str>, Arc<Known<C>>>,
     /// The helper thread all pools share; `None` once the client is closed.
     helpers: Option<Arc<ScheduledThreadPool>>,
@@ -161,7 +164,7 @@ struct Known<C> {
 
 /// An endpoint taken for one attempt; marks it used when dropped.
 struct Lease<'a, C> {
-    shared: &'a Shared<C>,
+    shared: &'a Fleet<C>,
     endpoint: Arc<Known<C>>,
 }
 
@@ -175,8 +178,9 @@ impl<C> Drop for Lease<'_, C> {
     }
 }
 
+/// How calls fared across the endpoints: retries, refusals, failures, endpoints reaped.
 #[derive(Debug, Default)]
-struct Counters {
+struct RoutingCounters {
     calls: AtomicU64,
     retries: AtomicU64,
     retries_refused: AtomicU64,
@@ -238,18 +242,18 @@ impl<C: Send + 'static> MultiThriftClient<C> {
         let (share, per_second) = config.retry_budget;
         let budget = RetryBudget::new(share, per_second, config.clock.clone());
         MultiThriftClient {
-            shared: Arc::new(Shared {
+            shared: Arc::new(Fleet {
                 endpoints: Box::new(walk),
                 make: Arc::new(make),
                 config,
                 epoch,
-                state: RwLock::new(State {
+                known: RwLock::new(KnownEndpoints {
                     clients: HashMap::new(),
                     helpers: Some(pool::helpers()),
                 }),
                 reaper: Mutex::new(None),
                 budget,
-                counters: Counters::default(),
+                counters: RoutingCounters::default(),
             }),
         }
     }
@@ -287,7 +291,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// See [Threads](Self#threads) for the pools' shared helper thread.
     pub fn close(&self) {
         let (clients, helpers) = {
-            let mut state = self.shared.state.write();
+            let mut state = self.shared.known.write();
             (std::mem::take(&mut state.clients), state.helpers.take())
         };
         // Taken after the endpoints: a call cannot start it again once `helpers` is gone.
@@ -305,7 +309,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 
     /// The endpoint's client, if the endpoint is known now (used lately, not reaped).
     fn known(&self, endpoint: &str) -> Option<ThriftClient<C>> {
-        let state = self.shared.state.read();
+        let state = self.shared.known.read();
         state
             .clients
             .get(endpoint)
@@ -325,12 +329,12 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// What `of` says of each endpoint known now, sorted by endpoint; read with no lock held.
     fn known_sorted<T>(&self, of: impl Fn(&ThriftClient<C>) -> T) -> Vec<(Arc<str>, T)> {
         let clients: Vec<ThriftClient<C>> = {
-            let state = self.shared.state.read();
+            let state = self.shared.known.read();
             state.clients.values().map(|e| e.client.clone()).collect()
         };
         let mut known: Vec<(Arc<str>, T)> = clients
             .iter()
-            .map(|c| (c.calls().name().clone(), of(c)))
+            .map(|c| (c.shared_endpoint().name().clone(), of(c)))
             .collect();
         known.sort_by(|a, b| a.0.cmp(&b.0));
         known
@@ -378,14 +382,14 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     }
 }
 
-impl<C> Shared<C> {
+impl<C> Fleet<C> {
     /// The config's clock, in nanoseconds since the epoch.
     fn now(&self) -> u64 {
         self.epoch.nanos(self.config.clock.now())
     }
 }
 
-impl<C: Send + 'static> Shared<C> {
+impl<C: Send + 'static> Fleet<C> {
     /// Runs `attempt` on endpoints in turn until one answers, a failure is not to be retried,
     /// or the retries, the endpoints or the deadline run out.
     fn run<T>(
@@ -434,7 +438,7 @@ impl<C: Send + 'static> Shared<C> {
                 log::debug!(target: TARGET, "{name}: retrying after {previous} failed: {err}");
             }
             let result = attempt(&lease.endpoint.client, deadline);
-            let endpoint = lease.endpoint.client.calls().name().clone();
+            let endpoint = lease.endpoint.client.shared_endpoint().name().clone();
             drop(lease);
             let err = match result {
                 Ok(value) => {
@@ -462,7 +466,7 @@ impl<C: Send + 'static> Shared<C> {
         outcome.unwrap_or_else(|| {
             // A closed client found out only by leasing: with no endpoint leased (none yielded,
             // or the deadline passed first), closed is still what the call is.
-            if self.state.read().helpers.is_none() {
+            if self.known.read().helpers.is_none() {
                 return Err(Error::Closed);
             }
             self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -478,7 +482,7 @@ impl<C: Send + 'static> Shared<C> {
     /// The client of `name`, created if it is new, marked in use.
     fn lease(self: &Arc<Self>, name: &str) -> Result<Lease<'_, C>, Error> {
         let helpers = {
-            let state = self.state.read();
+            let state = self.known.read();
             if let Some(endpoint) = state.clients.get(name) {
                 // Counted under the lock, so that a reaper (which holds it exclusively)
                 // never takes an endpoint a call has just found.
@@ -498,7 +502,7 @@ impl<C: Send + 'static> Shared<C> {
             helpers,
         ));
         let endpoint = {
-            let mut state = self.state.write();
+            let mut state = self.known.write();
             if state.helpers.is_none() {
                 return Err(Error::Closed);
             }
@@ -511,9 +515,10 @@ impl<C: Send + 'static> Shared<C> {
                         in_flight: AtomicUsize::new(0),
                         client,
                     });
-                    state
-                        .clients
-                        .insert(endpoint.client.calls().name().clone(), endpoint.clone());
+                    state.clients.insert(
+                        endpoint.client.shared_endpoint().name().clone(),
+                        endpoint.clone(),
+                    );
                     endpoint
                 }
             };
@@ -534,7 +539,7 @@ impl<C: Send + 'static> Shared<C> {
     /// Starts the reaper thread, unless it runs or the client is closed.
     fn start_reaper(self: &Arc<Self>) {
         let mut reaper = self.reaper.lock();
-        if reaper.is_some() || self.state.read().helpers.is_none() {
+        if reaper.is_some() || self.known.read().helpers.is_none() {
             return;
         }
         let client = Arc::downgrade(self);
@@ -555,7 +560,7 @@ impl<C: Send + 'static> Shared<C> {
     fn reap(&self, now: u64) -> usize {
         let idle = nanos(self.config.idle_timeout);
         let mut reaped = Vec::new();
-        self.state.write().clients.retain(|_, endpoint| {
+        self.known.write().clients.retain(|_, endpoint| {
             let unused = endpoint.in_flight.load(Ordering::Acquire) == 0
                 && now.saturating_sub(endpoint.last_used.load(Ordering::Acquire)) >= idle;
             if unused {
@@ -579,7 +584,7 @@ impl<C: Send + 'static> Shared<C> {
     }
 }
 
-impl<C> Drop for Shared<C> {
+impl<C> Drop for Fleet<C> {
     fn drop(&mut self) {
         if let Some(reaper) = self.reaper.get_mut().take() {
             reaper.stop();
@@ -597,7 +602,7 @@ impl<C> Clone for MultiThriftClient<C> {
 
 impl<C> fmt::Debug for MultiThriftClient<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let endpoints = self.shared.state.read().clients.len();
+        let endpoints = self.shared.known.read().clients.len();
         f.debug_struct("MultiThriftClient")
             .field("endpoints", &endpoints)
             .field("config", &self.shared.config)
@@ -652,7 +657,7 @@ mod tests {
                 Err(Error::Unavailable(_))
             ));
         }
-        let state = client.shared.state.read();
+        let state = client.shared.known.read();
         assert_eq!(state.clients.len(), 20);
         let helpers = state.helpers.as_ref().unwrap();
         // Ours, and one per endpoint's pool: the same thread pool, not twenty.
