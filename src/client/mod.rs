@@ -89,7 +89,8 @@ impl<C> ThriftClient<C> {
 
     /// [`call`](Self::call) that also ends by `deadline`, if there is one: the pool wait, the
     /// connect and the response are each cut to what is left of it, and a phase that ran out
-    /// because of it fails with [`Timeout::Deadline`], which the breaker does not count.
+    /// because of it fails with [`Timeout::Deadline`](crate::Timeout::Deadline), which the
+    /// breaker does not count.
     pub(crate) fn call_by<R, F>(&self, deadline: Option<Instant>, f: F) -> Result<R, Error>
     where
         F: FnOnce(&mut C) -> thrift::Result<R>,
@@ -114,9 +115,8 @@ impl<C> ThriftClient<C> {
     }
 
     /// Opens the breaker until [`reset_breaker`](Self::reset_breaker), whatever the endpoint
-    /// does meanwhile (Hystrix's `forceOpen`): calls fail at once with
-    /// [`Error::CircuitOpen`](crate::Error::CircuitOpen) and no probe goes through. For an
-    /// operator taking an endpoint out of use.
+    /// does meanwhile (Hystrix's `forceOpen`): calls fail at once with [`Error::CircuitOpen`]
+    /// and no probe goes through. For an operator taking an endpoint out of use.
     pub fn force_open(&self) {
         self.endpoint.breaker().force_open();
     }
