@@ -103,24 +103,24 @@ pub(crate) struct Breaker {
 
 impl Breaker {
     pub(crate) fn new(endpoint: Arc<str>, config: &ClientConfig) -> Breaker {
-        let seed = config.clock.now().elapsed().as_nanos() as u64
+        let seed = config.get_clock().now().elapsed().as_nanos() as u64
             ^ endpoint.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
                 (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
             });
         Breaker {
             endpoint,
             settings: Settings {
-                maxfail: config.maxfail,
-                time_unit: config.time_unit,
-                reset_timeout: config.reset_timeout,
-                backoff: config.backoff,
-                jitter: config.jitter,
+                maxfail: config.get_maxfail(),
+                time_unit: config.get_time_unit(),
+                reset_timeout: config.get_reset_timeout(),
+                backoff: config.get_reset_backoff(),
+                jitter: config.get_reset_jitter(),
             },
-            clock: config.clock.clone(),
-            epoch: Epoch::new(config.clock.now()),
+            clock: config.get_clock().clone(),
+            epoch: Epoch::new(config.get_clock().now()),
             gate: AtomicU64::new(GATE_OPEN),
             state: Mutex::new(Circuit::Closed {
-                failures: window(config.maxfail),
+                failures: window(config.get_maxfail()),
             }),
             probes: AtomicU64::new(0),
             rng: Mutex::new(seed | 1),

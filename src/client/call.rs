@@ -213,7 +213,7 @@ impl<C> Endpoint<C> {
             Ok(mut slot) => {
                 slot.live()
                     .state
-                    .arm(within(self.config.read_timeout, deadline));
+                    .arm(within(self.config.get_read_timeout(), deadline));
                 Ok(Call {
                     permit,
                     slot,

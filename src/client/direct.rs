@@ -71,7 +71,7 @@ impl<C> ThriftClient<C> {
 
 impl<C> Direct<C> {
     fn new(endpoint: Arc<Endpoint<C>>) -> Self {
-        let endpoint_protocol = endpoint.config().protocol;
+        let endpoint_protocol = endpoint.config().get_protocol();
         Direct {
             call: Protocols {
                 endpoint,
@@ -191,7 +191,7 @@ impl<C: TThriftClient> Protocols<C> {
     fn complete(&mut self) -> Option<ApplicationError> {
         let call = self.active.take()?;
         if self.application_error {
-            let protocol = self.endpoint.config().protocol;
+            let protocol = self.endpoint.config().get_protocol();
             let shed = crate::error::read_shed(&mut *copy_reader(protocol, &self.mirror.bytes()));
             let answered = if shed.is_some() {
                 Answered::Overloaded
@@ -223,7 +223,7 @@ impl<C: TThriftClient> Protocols<C> {
         self.depth = 0;
         self.mirroring = self.application_error;
         if self.mirroring {
-            self.mirror.restart(self.endpoint.config().protocol);
+            self.mirror.restart(self.endpoint.config().get_protocol());
         } else {
             // Made anew only when a copy starts: most responses need none.
             self.mirror.clear();
@@ -296,9 +296,9 @@ impl<C: TThriftClient> TInputProtocol for Protocols<C> {
             && field.id.is_some_and(|id| id > 0)
         {
             self.exception = true;
-            self.mirroring = !self.endpoint.config().failures.is_empty();
+            self.mirroring = self.endpoint.config().declares_failures();
             if self.mirroring {
-                self.mirror.restart(self.endpoint.config().protocol);
+                self.mirror.restart(self.endpoint.config().get_protocol());
             }
         }
         Ok(field)

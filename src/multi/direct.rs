@@ -190,7 +190,7 @@ enum Reply {
 
 /// The limits the generated code reads a response's copy with.
 fn limits(config: &ClientConfig) -> TConfiguration {
-    let max = Some(config.max_message_size);
+    let max = Some(config.get_max_message_size());
     TConfiguration::builder()
         .max_message_size(max)
         .max_frame_size(max)
@@ -261,7 +261,7 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
                 Ok(())
             }
             Ok(_) => {
-                let protocol = self.client.config().protocol;
+                let protocol = self.client.config().get_protocol();
                 let response = Response::new(protocol, copy, &self.limits);
                 // The previous response's buffer takes the next one's copy.
                 self.spare = std::mem::replace(&mut self.response, response).into_buffer();
@@ -285,7 +285,7 @@ fn attempt<C: TThriftClient>(
     copy: &mut Vec<u8>,
 ) -> Result<Reply, Error> {
     let endpoint = client.shared_endpoint();
-    let protocol = endpoint.config().protocol;
+    let protocol = endpoint.config().get_protocol();
     // Abandoned, its probe's turn passed on, should anything below panic.
     let mut unfinished = Unfinished::new(endpoint, endpoint.begin(deadline)?);
     copy.clear();

@@ -238,9 +238,9 @@ impl<C: Send + 'static> MultiThriftClient<C> {
                 }
             }
         };
-        let epoch = Epoch::new(config.clock.now());
-        let (share, per_second) = config.retry_budget;
-        let budget = RetryBudget::new(share, per_second, config.clock.clone());
+        let epoch = Epoch::new(config.get_clock().now());
+        let (share, per_second) = config.get_retry_budget();
+        let budget = RetryBudget::new(share, per_second, config.get_clock().clone());
         MultiThriftClient {
             shared: Arc::new(Fleet {
                 endpoints: Box::new(walk),
@@ -385,7 +385,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 impl<C> Fleet<C> {
     /// The config's clock, in nanoseconds since the epoch.
     fn now(&self) -> u64 {
-        self.epoch.nanos(self.config.clock.now())
+        self.epoch.nanos(self.config.get_clock().now())
     }
 }
 
@@ -401,9 +401,9 @@ impl<C: Send + 'static> Fleet<C> {
         // A deadline too far away to represent is no deadline.
         let deadline = self
             .config
-            .deadline
+            .get_deadline()
             .and_then(|d| Instant::now().checked_add(d));
-        let allowed = (self.config.retries as usize).saturating_add(1);
+        let allowed = (self.config.get_retries() as usize).saturating_add(1);
         let mut attempts: Vec<(Arc<str>, Error)> = Vec::new();
         let mut outcome = None;
         let mut last_untried = false;
@@ -453,7 +453,9 @@ impl<C: Send + 'static> Fleet<C> {
                     return ControlFlow::Break(());
                 }
                 Verdict::Deadline => false,
-                Verdict::EndpointFailed { unsent } => unsent || !self.config.retry_unsent_only,
+                Verdict::EndpointFailed { unsent } => {
+                    unsent || !self.config.get_retry_unsent_only()
+                }
                 Verdict::DeclaredRetryable => true,
             };
             attempts.push((endpoint, err));
@@ -550,7 +552,7 @@ impl<C: Send + 'static> Fleet<C> {
             }
             None => false,
         };
-        match Reaper::start(reap_every(self.config.idle_timeout), reap) {
+        match Reaper::start(reap_every(self.config.get_idle_timeout()), reap) {
             Ok(started) => *reaper = Some(started),
             // Idle endpoints then wait for `reap_idle`, or the next endpoint added.
             Err(err) => log::error!(target: TARGET, "cannot start the reaper thread: {err}"),
@@ -558,7 +560,7 @@ impl<C: Send + 'static> Fleet<C> {
     }
 
     fn reap(&self, now: u64) -> usize {
-        let idle = nanos(self.config.idle_timeout);
+        let idle = nanos(self.config.get_idle_timeout());
         let mut reaped = Vec::new();
         self.known.write().clients.retain(|_, endpoint| {
             let unused = endpoint.in_flight.load(Ordering::Acquire) == 0
@@ -573,7 +575,7 @@ impl<C: Send + 'static> Fleet<C> {
                 target: TARGET,
                 "{}: endpoint unused for {:?}; closed and forgotten",
                 endpoint.client.endpoint(),
-                self.config.idle_timeout
+                self.config.get_idle_timeout()
             );
             endpoint.client.close();
         }
