@@ -67,7 +67,7 @@ pub use crate::client::breaker::BreakerState;
 pub use crate::client::call::ClientStats;
 pub use crate::client::config::ClientConfig;
 pub use crate::client::direct::Direct;
-pub use crate::client::ThriftClient;
+pub use crate::client::{IntoEndpoint, ThriftClient};
 pub use crate::clock::{Clock, ManualClock};
 pub use crate::error::{Error, Timeout, Unavailable};
 pub use crate::multi::direct::MultiDirect;

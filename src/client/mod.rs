@@ -1,6 +1,7 @@
 //! The single-endpoint client, and the parts every client is made of: its configuration,
 //! connection pool, connections, circuit breaker, and direct-call handle.
 
+mod address;
 pub(crate) mod breaker;
 pub(crate) mod call;
 pub(crate) mod config;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use self::address::IntoEndpoint;
 use self::breaker::BreakerState;
 use self::call::{ClientStats, Endpoint};
 use self::config::ClientConfig;
@@ -43,15 +45,17 @@ impl<C> Clone for ThriftClient<C> {
 }
 
 impl<C> ThriftClient<C> {
-    /// A client for `endpoint` (`host:port`; every address it resolves to is tried in turn)
-    /// that builds its generated client with `make`, typically `CalculatorSyncClient::new`.
+    /// A client for `endpoint` (`host:port`, every address it resolves to tried in turn; or a
+    /// socket address) that builds its generated client with `make`, typically
+    /// `CalculatorSyncClient::new`.
     ///
     /// Opens no connection.
-    pub fn new<F>(endpoint: &str, make: F, config: ClientConfig) -> Self
+    pub fn new<F>(endpoint: impl IntoEndpoint, make: F, config: ClientConfig) -> Self
     where
         F: Fn(InputProtocol, OutputProtocol) -> C + Send + Sync + 'static,
     {
-        Self::with_parts(endpoint.into(), Arc::new(make), config, pool::helpers())
+        let endpoint = endpoint.into_endpoint();
+        Self::with_parts(endpoint, Arc::new(make), config, pool::helpers())
     }
 
     pub(crate) fn with_parts(
