@@ -405,6 +405,19 @@ fn a_non_thrift_answer_fails_the_call() {
 }
 
 #[test]
+fn a_non_thrift_answer_is_said_not_to_be_framed_thrift() {
+    for via in BOTH {
+        assert_bad_reply(
+            via,
+            ClientConfig::default(),
+            |_| Answer::Bytes(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n".to_vec()),
+            is_transport,
+            r#"read "HTTP": the peer is not speaking framed Thrift"#,
+        );
+    }
+}
+
+#[test]
 fn a_truncated_frame_then_close_fails_the_call() {
     for via in BOTH {
         assert_bad_reply(
