@@ -29,6 +29,9 @@ use crate::wire::mirror::{copy_reader, Mirrored, ProtocolCopy};
 /// blocking_thrift::impl_direct!(calculator::TCalculatorSyncClientMarker);
 /// // Now `client.direct().add(1, 2)` calls the generated `add` through the client.
 /// ```
+///
+/// Without it, the compiler refuses `client.direct().add(1, 2)`: `Direct<...>` does not
+/// satisfy `TCalculatorSyncClientMarker`.
 #[macro_export]
 macro_rules! impl_direct {
     ($($marker:path),+ $(,)?) => {
