@@ -128,7 +128,7 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 /// The client is `Send + Sync` and cheap to clone; clones share everything. No lock is held
 /// while a call talks to an endpoint.
 pub struct MultiThriftClient<C> {
-    shared: Arc<Fleet<C>>,
+    fleet: Arc<Fleet<C>>,
 }
 
 /// Everything the clones of a multi-endpoint client share: where its endpoints come from,
@@ -164,7 +164,7 @@ struct Known<C> {
 
 /// An endpoint taken for one attempt; marks it used when dropped.
 struct Lease<'a, C> {
-    shared: &'a Fleet<C>,
+    fleet: &'a Fleet<C>,
     endpoint: Arc<Known<C>>,
 }
 
@@ -173,7 +173,7 @@ impl<C> Drop for Lease<'_, C> {
         // Stored before the count drops, so a reaper that sees no call also sees this time.
         self.endpoint
             .last_used
-            .store(self.shared.now(), Ordering::Release);
+            .store(self.fleet.now(), Ordering::Release);
         self.endpoint.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
@@ -242,7 +242,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
         let (share, per_second) = config.get_retry_budget();
         let budget = RetryBudget::new(share, per_second, config.get_clock().clone());
         MultiThriftClient {
-            shared: Arc::new(Fleet {
+            fleet: Arc::new(Fleet {
                 endpoints: Box::new(walk),
                 make: Arc::new(make),
                 config,
@@ -273,7 +273,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     where
         F: FnMut(&mut C) -> thrift::Result<R>,
     {
-        self.shared
+        self.fleet
             .run(|client, deadline| client.call_by(deadline, &mut f))
     }
 
@@ -281,7 +281,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// how many. The client's reaper thread does this by itself every eighth of
     /// `idle_timeout` (see [Idle endpoints](Self#idle-endpoints)).
     pub fn reap_idle(&self) -> usize {
-        self.shared.reap(self.shared.now())
+        self.fleet.reap(self.fleet.now())
     }
 
     /// Closes every endpoint's connections (busy ones as their calls return) and forgets the
@@ -291,11 +291,11 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// See [Threads](Self#threads) for the pools' shared helper thread.
     pub fn close(&self) {
         let (clients, helpers) = {
-            let mut state = self.shared.known.write();
-            (std::mem::take(&mut state.clients), state.helpers.take())
+            let mut known = self.fleet.known.write();
+            (std::mem::take(&mut known.clients), known.helpers.take())
         };
         // Taken after the endpoints: a call cannot start it again once `helpers` is gone.
-        let reaper = self.shared.reaper.lock().take();
+        let reaper = self.fleet.reaper.lock().take();
         if let Some(reaper) = reaper {
             reaper.stop();
         }
@@ -309,8 +309,8 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 
     /// The endpoint's client, if the endpoint is known now (used lately, not reaped).
     fn known(&self, endpoint: &str) -> Option<ThriftClient<C>> {
-        let state = self.shared.known.read();
-        state
+        let known = self.fleet.known.read();
+        known
             .clients
             .get(endpoint)
             .map(|known| known.client.clone())
@@ -329,8 +329,8 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// What `of` says of each endpoint known now, sorted by endpoint; read with no lock held.
     fn known_sorted<T>(&self, of: impl Fn(&ThriftClient<C>) -> T) -> Vec<(Arc<str>, T)> {
         let clients: Vec<ThriftClient<C>> = {
-            let state = self.shared.known.read();
-            state.clients.values().map(|e| e.client.clone()).collect()
+            let known = self.fleet.known.read();
+            known.clients.values().map(|e| e.client.clone()).collect()
         };
         let mut known: Vec<(Arc<str>, T)> = clients
             .iter()
@@ -356,7 +356,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// A snapshot of the counters, with those of every endpoint known now.
     pub fn stats(&self) -> MultiStats {
         let endpoints = self.known_sorted(ThriftClient::stats);
-        let c = &self.shared.counters;
+        let c = &self.fleet.counters;
         let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
         MultiStats {
             calls: get(&c.calls),
@@ -370,7 +370,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 
     /// The configuration every endpoint's client uses.
     pub(crate) fn config(&self) -> &ClientConfig {
-        &self.shared.config
+        &self.fleet.config
     }
 
     /// Runs `attempt` on the endpoints in turn, with the retries of [`call`](Self::call).
@@ -378,7 +378,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
         &self,
         attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        self.shared.run(attempt)
+        self.fleet.run(attempt)
     }
 }
 
@@ -484,17 +484,17 @@ impl<C: Send + 'static> Fleet<C> {
     /// The client of `name`, created if it is new, marked in use.
     fn lease(self: &Arc<Self>, name: &str) -> Result<Lease<'_, C>, Error> {
         let helpers = {
-            let state = self.known.read();
-            if let Some(endpoint) = state.clients.get(name) {
+            let known = self.known.read();
+            if let Some(endpoint) = known.clients.get(name) {
                 // Counted under the lock, so that a reaper (which holds it exclusively)
                 // never takes an endpoint a call has just found.
                 endpoint.in_flight.fetch_add(1, Ordering::Acquire);
                 return Ok(Lease {
-                    shared: self,
+                    fleet: self,
                     endpoint: endpoint.clone(),
                 });
             }
-            state.helpers.clone().ok_or(Error::Closed)?
+            known.helpers.clone().ok_or(Error::Closed)?
         };
         // Built outside the lock; cheap, as it opens nothing.
         let mut fresh = Some(ThriftClient::with_parts(
@@ -504,11 +504,11 @@ impl<C: Send + 'static> Fleet<C> {
             helpers,
         ));
         let endpoint = {
-            let mut state = self.known.write();
-            if state.helpers.is_none() {
+            let mut known = self.known.write();
+            if known.helpers.is_none() {
                 return Err(Error::Closed);
             }
-            let endpoint = match state.clients.get(name) {
+            let endpoint = match known.clients.get(name) {
                 Some(endpoint) => endpoint.clone(),
                 None => {
                     let client = fresh.take().expect("not yet used");
@@ -517,7 +517,7 @@ impl<C: Send + 'static> Fleet<C> {
                         in_flight: AtomicUsize::new(0),
                         client,
                     });
-                    state.clients.insert(
+                    known.clients.insert(
                         endpoint.client.shared_endpoint().name().clone(),
                         endpoint.clone(),
                     );
@@ -533,7 +533,7 @@ impl<C: Send + 'static> Fleet<C> {
         }
         // Otherwise another call added it first; ours is dropped, which closes its empty pool.
         Ok(Lease {
-            shared: self,
+            fleet: self,
             endpoint,
         })
     }
@@ -546,8 +546,8 @@ impl<C: Send + 'static> Fleet<C> {
         }
         let client = Arc::downgrade(self);
         let reap = move || match client.upgrade() {
-            Some(shared) => {
-                shared.reap(shared.now());
+            Some(fleet) => {
+                fleet.reap(fleet.now());
                 true
             }
             None => false,
@@ -597,17 +597,17 @@ impl<C> Drop for Fleet<C> {
 impl<C> Clone for MultiThriftClient<C> {
     fn clone(&self) -> Self {
         MultiThriftClient {
-            shared: self.shared.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 }
 
 impl<C> fmt::Debug for MultiThriftClient<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let endpoints = self.shared.known.read().clients.len();
+        let endpoints = self.fleet.known.read().clients.len();
         f.debug_struct("MultiThriftClient")
             .field("endpoints", &endpoints)
-            .field("config", &self.shared.config)
+            .field("config", &self.fleet.config)
             .finish()
     }
 }
@@ -625,7 +625,7 @@ mod tests {
             ClientConfig::default(),
         );
         let mut seen = Vec::new();
-        (client.shared.endpoints)(&mut |e| {
+        (client.fleet.endpoints)(&mut |e| {
             seen.push(e.to_owned());
             if seen.len() == 3 {
                 ControlFlow::Break(())
@@ -659,9 +659,9 @@ mod tests {
                 Err(Error::Unavailable(_))
             ));
         }
-        let state = client.shared.known.read();
-        assert_eq!(state.clients.len(), 20);
-        let helpers = state.helpers.as_ref().unwrap();
+        let known = client.fleet.known.read();
+        assert_eq!(known.clients.len(), 20);
+        let helpers = known.helpers.as_ref().unwrap();
         // Ours, and one per endpoint's pool: the same thread pool, not twenty.
         assert!(
             Arc::strong_count(helpers) > 20,
@@ -683,16 +683,9 @@ mod tests {
             |_, _| (),
             ClientConfig::default().idle_timeout(Duration::from_millis(80)),
         );
-        assert!(client.shared.reaper.lock().is_none(), "started before use");
+        assert!(client.fleet.reaper.lock().is_none(), "started before use");
         assert!(client.call(|_| Ok(())).is_err());
-        let running = client
-            .shared
-            .reaper
-            .lock()
-            .as_ref()
-            .unwrap()
-            .running
-            .clone();
+        let running = client.fleet.reaper.lock().as_ref().unwrap().running.clone();
         (client, running)
     }
 
@@ -705,10 +698,10 @@ mod tests {
             running.upgrade().is_none(),
             "close returned before the reaper ended"
         );
-        assert!(client.shared.reaper.lock().is_none());
+        assert!(client.fleet.reaper.lock().is_none());
         // A closed client starts no reaper again.
         assert!(matches!(client.call(|_| Ok(())), Err(Error::Closed)));
-        assert!(client.shared.reaper.lock().is_none());
+        assert!(client.fleet.reaper.lock().is_none());
     }
 
     #[test]
