@@ -159,7 +159,7 @@ impl ClientConfig {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         assert!(
             timeout >= Duration::from_millis(1),
-            "connect_timeout must be at least 1 ms"
+            "connect_timeout must be at least 1 ms, got {timeout:?}"
         );
         self.connect_timeout = timeout.min(LONGEST);
         self
@@ -176,7 +176,7 @@ impl ClientConfig {
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         assert!(
             timeout >= Duration::from_millis(1),
-            "read_timeout must be at least 1 ms"
+            "read_timeout must be at least 1 ms, got {timeout:?}"
         );
         self.read_timeout = timeout.min(LONGEST);
         self
@@ -242,7 +242,10 @@ impl ClientConfig {
     ///
     /// Panics if `factor` is below 1 (or NaN).
     pub fn reset_backoff(mut self, factor: f64, cap: Duration) -> Self {
-        assert!(factor >= 1.0, "reset_backoff factor must be at least 1");
+        assert!(
+            factor >= 1.0,
+            "reset_backoff factor must be at least 1, got {factor}"
+        );
         self.backoff = Some((factor, cap.min(LONGEST)));
         self
     }
@@ -254,7 +257,7 @@ impl ClientConfig {
     pub fn reset_jitter(mut self, fraction: f64) -> Self {
         assert!(
             (0.0..=1.0).contains(&fraction),
-            "reset_jitter must be between 0 and 1"
+            "reset_jitter must be between 0 and 1, got {fraction}"
         );
         self.jitter = fraction;
         self
@@ -282,7 +285,7 @@ impl ClientConfig {
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         assert!(
             bytes >= 1024,
-            "max_message_size must be at least 1024 bytes"
+            "max_message_size must be at least 1024 bytes, got {bytes}"
         );
         self.max_message_size = bytes;
         self
@@ -390,7 +393,10 @@ impl ClientConfig {
     ///
     /// Panics if `share` is negative (or NaN).
     pub fn retry_budget(mut self, share: f64, per_second: u32) -> Self {
-        assert!(share >= 0.0, "retry_budget share must not be negative");
+        assert!(
+            share >= 0.0,
+            "retry_budget share must not be negative, got {share}"
+        );
         self.retry_budget = (share, per_second);
         self
     }
