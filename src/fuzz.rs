@@ -10,8 +10,10 @@ use std::time::Duration;
 use thrift::protocol::{TInputProtocol, TType};
 
 use crate::client::connection;
-use crate::wire::decode::DEFAULT_MAX_DEPTH;
-use crate::wire::{self, with_reader, InputProtocol, Limits, OutputProtocol, Protocol, Transport};
+use crate::wire::{
+    self, with_reader, InputProtocol, Limits, OutputProtocol, Protocol, Transport,
+    DEFAULT_MAX_DEPTH,
+};
 
 /// The default depth and element limits, for messages whose size is already bounded.
 const DEFAULT_LIMITS: Limits = Limits {

@@ -34,6 +34,18 @@ fn building_a_client_opens_nothing() {
 }
 
 #[test]
+fn a_client_is_built_from_a_socket_address_as_from_its_text() {
+    let server = server();
+    let calc: ThriftClient<Calc> = ThriftClient::new(
+        server.addr,
+        CalculatorSyncClient::new,
+        ClientConfig::default(),
+    );
+    assert_eq!(calc.endpoint(), server.endpoint());
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+}
+
+#[test]
 fn eight_threads_share_at_most_pool_size_connections() {
     let server = server();
     let calc = client(

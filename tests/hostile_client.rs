@@ -405,6 +405,21 @@ fn a_non_thrift_answer_fails_the_call() {
 }
 
 #[test]
+fn a_non_thrift_answer_is_said_not_to_be_framed_thrift() {
+    for via in BOTH {
+        let http = b"HTTP/1.1 404 Not Found\r\n\r\n";
+        let hint = r#"read "HTTP": the peer is not speaking framed Thrift"#;
+        assert_bad_reply(
+            via,
+            ClientConfig::default(),
+            |_| Answer::Bytes(http.to_vec()),
+            is_transport,
+            hint,
+        );
+    }
+}
+
+#[test]
 fn a_truncated_frame_then_close_fails_the_call() {
     for via in BOTH {
         assert_bad_reply(

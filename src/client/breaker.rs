@@ -31,8 +31,10 @@ pub(crate) struct Permit {
     probe: Option<u64>,
 }
 
+/// The breaker's state with what it keeps in it: the failures counted while closed, the end
+/// of an open period, the probe under way while half open.
 #[derive(Debug)]
-enum State {
+enum Circuit {
     Closed {
         failures: VecDeque<Instant>,
     },
@@ -93,7 +95,7 @@ pub(crate) struct Breaker {
     /// (calls pass), else calls before this many nanoseconds after `epoch` are rejected, and
     /// later ones ask under the lock.
     gate: AtomicU64,
-    state: Mutex<State>,
+    state: Mutex<Circuit>,
     /// Probes let through so far, which numbers them.
     probes: AtomicU64,
     rng: Mutex<u64>,
@@ -101,24 +103,24 @@ pub(crate) struct Breaker {
 
 impl Breaker {
     pub(crate) fn new(endpoint: Arc<str>, config: &ClientConfig) -> Breaker {
-        let seed = config.clock.now().elapsed().as_nanos() as u64
+        let seed = config.get_clock().now().elapsed().as_nanos() as u64
             ^ endpoint.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
                 (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
             });
         Breaker {
             endpoint,
             settings: Settings {
-                maxfail: config.maxfail,
-                time_unit: config.time_unit,
-                reset_timeout: config.reset_timeout,
-                backoff: config.backoff,
-                jitter: config.jitter,
+                maxfail: config.get_maxfail(),
+                time_unit: config.get_time_unit(),
+                reset_timeout: config.get_reset_timeout(),
+                backoff: config.get_reset_backoff(),
+                jitter: config.get_reset_jitter(),
             },
-            clock: config.clock.clone(),
-            epoch: Epoch::new(config.clock.now()),
+            clock: config.get_clock().clone(),
+            epoch: Epoch::new(config.get_clock().now()),
             gate: AtomicU64::new(GATE_OPEN),
-            state: Mutex::new(State::Closed {
-                failures: window(config.maxfail),
+            state: Mutex::new(Circuit::Closed {
+                failures: window(config.get_maxfail()),
             }),
             probes: AtomicU64::new(0),
             rng: Mutex::new(seed | 1),
@@ -128,9 +130,9 @@ impl Breaker {
     /// The current state.
     pub(crate) fn state(&self) -> BreakerState {
         match *self.state.lock() {
-            State::Closed { .. } => BreakerState::Closed,
-            State::Open { .. } => BreakerState::Open,
-            State::HalfOpen { .. } => BreakerState::HalfOpen,
+            Circuit::Closed { .. } => BreakerState::Closed,
+            Circuit::Open { .. } => BreakerState::Open,
+            Circuit::HalfOpen { .. } => BreakerState::HalfOpen,
         }
     }
 
@@ -151,24 +153,24 @@ impl Breaker {
         }
         let mut state = self.state.lock();
         let (permit, change) = match &mut *state {
-            State::Closed { .. } => (Some(Permit { probe: None }), None),
-            State::Open { until, trips } if now >= *until => {
+            Circuit::Closed { .. } => (Some(Permit { probe: None }), None),
+            Circuit::Open { until, trips } if now >= *until => {
                 let probe = self.next_probe();
-                *state = State::HalfOpen {
+                *state = Circuit::HalfOpen {
                     probe: Some(probe),
                     trips: *trips,
                 };
                 self.gate.store(GATE_SHUT, Ordering::Release);
                 (Some(Permit { probe: Some(probe) }), Some(Change::Probing))
             }
-            State::Open { .. } => (None, None),
-            State::HalfOpen { probe: waiting, .. } if waiting.is_none() => {
+            Circuit::Open { .. } => (None, None),
+            Circuit::HalfOpen { probe: waiting, .. } if waiting.is_none() => {
                 let probe = self.next_probe();
                 *waiting = Some(probe);
                 self.gate.store(GATE_SHUT, Ordering::Release);
                 (Some(Permit { probe: Some(probe) }), None)
             }
-            State::HalfOpen { .. } => (None, None),
+            Circuit::HalfOpen { .. } => (None, None),
         };
         drop(state);
         self.log(change);
@@ -191,27 +193,27 @@ impl Breaker {
         let now = self.clock.now();
         let mut state = self.state.lock();
         let change = match &mut *state {
-            State::HalfOpen { probe, trips }
+            Circuit::HalfOpen { probe, trips }
                 if permit.probe.is_some() && *probe == permit.probe =>
             {
                 if failed {
                     let trips = trips.saturating_add(1);
                     let period = self.open_period(trips);
-                    *state = State::Open {
+                    *state = Circuit::Open {
                         until: now + period,
                         trips,
                     };
                     self.gate.store(self.ticks(now + period), Ordering::Release);
                     Some(Change::Reopened(period))
                 } else {
-                    *state = State::Closed {
+                    *state = Circuit::Closed {
                         failures: window(self.settings.maxfail),
                     };
                     self.gate.store(GATE_OPEN, Ordering::Release);
                     Some(Change::Closed)
                 }
             }
-            State::Closed { failures } if failed => {
+            Circuit::Closed { failures } if failed => {
                 while failures
                     .front()
                     .is_some_and(|&t| now.saturating_duration_since(t) >= self.settings.time_unit)
@@ -221,7 +223,7 @@ impl Breaker {
                 failures.push_back(now);
                 if failures.len() > self.settings.maxfail as usize {
                     let period = self.open_period(0);
-                    *state = State::Open {
+                    *state = Circuit::Open {
                         until: now + period,
                         trips: 0,
                     };
@@ -244,7 +246,7 @@ impl Breaker {
         if permit.probe.is_none() {
             return;
         }
-        if let State::HalfOpen { probe, .. } = &mut *self.state.lock() {
+        if let Circuit::HalfOpen { probe, .. } = &mut *self.state.lock() {
             if *probe == permit.probe {
                 *probe = None;
                 self.gate.store(GATE_ASK, Ordering::Release);
@@ -257,10 +259,10 @@ impl Breaker {
     pub(crate) fn force_open(&self) {
         let mut state = self.state.lock();
         let trips = match &*state {
-            State::Open { trips, .. } | State::HalfOpen { trips, .. } => *trips,
-            State::Closed { .. } => 0,
+            Circuit::Open { trips, .. } | Circuit::HalfOpen { trips, .. } => *trips,
+            Circuit::Closed { .. } => 0,
         };
-        *state = State::Open {
+        *state = Circuit::Open {
             // Never reached: only `reset` ends it.
             until: self.clock.now() + LONGEST,
             trips,
@@ -275,7 +277,7 @@ impl Breaker {
         // The gate under the lock, as every change of state sets it: stored after the lock
         // was let go, it could undo the gate of a change made meanwhile (forced or opened).
         let mut state = self.state.lock();
-        *state = State::Closed {
+        *state = Circuit::Closed {
             failures: window(self.settings.maxfail),
         };
         self.gate.store(GATE_OPEN, Ordering::Release);

@@ -26,7 +26,7 @@ pub(crate) struct Endpoint<C> {
     config: ClientConfig,
     pool: Pool<C>,
     breaker: Breaker,
-    stats: Counters,
+    stats: OutcomeCounters,
 }
 
 /// A call under way on one endpoint: the breaker's permission and a pooled connection, armed
@@ -121,8 +121,9 @@ pub struct ClientStats {
     pub breaker: BreakerState,
 }
 
+/// An endpoint's calls counted by outcome.
 #[derive(Debug, Default)]
-struct Counters {
+struct OutcomeCounters {
     /// Calls the breaker let through (or refused for a closed client); see `stats`.
     calls: Striped,
     successes: Striped,
@@ -168,7 +169,7 @@ impl<C> Endpoint<C> {
             breaker: Breaker::new(name.clone(), &config),
             name,
             config,
-            stats: Counters::default(),
+            stats: OutcomeCounters::default(),
         }
     }
 
@@ -212,7 +213,7 @@ impl<C> Endpoint<C> {
             Ok(mut slot) => {
                 slot.live()
                     .state
-                    .arm(within(self.config.read_timeout, deadline));
+                    .arm(within(self.config.get_read_timeout(), deadline));
                 Ok(Call {
                     permit,
                     slot,

@@ -13,7 +13,7 @@ use thrift::protocol::{
 
 use super::resolve::Resolver;
 use crate::clock::{Clock, LONGEST};
-use crate::wire::{Limits, Protocol, Transport};
+use crate::wire::{Limits, Protocol, Transport, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// Recognises one of a user's exception types, as a value or as encoded bytes.
 #[derive(Clone, Copy)]
@@ -93,29 +93,29 @@ impl ErrorMatcher {
 /// ```
 #[derive(Clone)]
 pub struct ClientConfig {
-    pub(crate) connect_timeout: Duration,
-    pub(crate) read_timeout: Duration,
-    pub(crate) pool_timeout: Duration,
-    pub(crate) pool_size: u32,
-    pub(crate) reuse_unchecked: Duration,
-    pub(crate) maxfail: u32,
-    pub(crate) time_unit: Duration,
-    pub(crate) reset_timeout: Duration,
-    pub(crate) backoff: Option<(f64, Duration)>,
-    pub(crate) jitter: f64,
-    pub(crate) transport: Transport,
-    pub(crate) protocol: Protocol,
-    pub(crate) max_message_size: usize,
-    pub(crate) max_container_elements: usize,
-    pub(crate) clock: Clock,
-    pub(crate) resolver: Resolver,
-    pub(crate) failures: Vec<ErrorMatcher>,
-    pub(crate) retryable: Vec<ErrorMatcher>,
-    pub(crate) retries: u32,
-    pub(crate) idle_timeout: Duration,
-    pub(crate) deadline: Option<Duration>,
-    pub(crate) retry_unsent_only: bool,
-    pub(crate) retry_budget: (f64, u32),
+    connect_timeout: Duration,
+    read_timeout: Duration,
+    pool_timeout: Duration,
+    pool_size: u32,
+    reuse_unchecked: Duration,
+    maxfail: u32,
+    time_unit: Duration,
+    reset_timeout: Duration,
+    backoff: Option<(f64, Duration)>,
+    jitter: f64,
+    transport: Transport,
+    protocol: Protocol,
+    max_message_size: usize,
+    max_container_elements: usize,
+    clock: Clock,
+    resolver: Resolver,
+    failures: Vec<ErrorMatcher>,
+    retryable: Vec<ErrorMatcher>,
+    retries: u32,
+    idle_timeout: Duration,
+    deadline: Option<Duration>,
+    retry_unsent_only: bool,
+    retry_budget: (f64, u32),
 }
 
 impl Default for ClientConfig {
@@ -148,20 +148,20 @@ impl Default for ClientConfig {
     }
 }
 
-/// Thrift's `TConfiguration` default frame size, used for frames and messages alike.
-pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
-
-/// Thrift's `TConfiguration` default nesting depth.
-pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
-
 impl ClientConfig {
     /// How long connecting may take: resolving the endpoint's name and the endpoint accepting
     /// the connection. Defaults to 100 ms.
     ///
     /// Every address the endpoint resolves to is tried in turn, each within what is left of
-    /// this time. A zero duration is raised to 1 ms.
+    /// this time.
+    ///
+    /// Panics if `timeout` is under 1 ms.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout.clamp(Duration::from_millis(1), LONGEST);
+        assert!(
+            timeout >= Duration::from_millis(1),
+            "connect_timeout must be at least 1 ms, got {timeout:?}"
+        );
+        self.connect_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -170,9 +170,15 @@ impl ClientConfig {
     ///
     /// It bounds the call as a whole: a server that trickles its answer a byte at a time
     /// cannot stretch it. For [`ThriftClient::call`](crate::ThriftClient::call) it covers
-    /// everything the closure sends and reads. A zero duration is raised to 1 ms.
+    /// everything the closure sends and reads.
+    ///
+    /// Panics if `timeout` is under 1 ms.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        self.read_timeout = timeout.clamp(Duration::from_millis(1), LONGEST);
+        assert!(
+            timeout >= Duration::from_millis(1),
+            "read_timeout must be at least 1 ms, got {timeout:?}"
+        );
+        self.read_timeout = timeout.min(LONGEST);
         self
     }
 
@@ -190,10 +196,11 @@ impl ClientConfig {
     /// The most connections kept open to one endpoint (the original's `psize`). Defaults to
     /// 10.
     ///
-    /// Zero is raised to 1.
+    /// Panics if `size` is zero.
     #[doc(alias = "psize")]
     pub fn pool_size(mut self, size: u32) -> Self {
-        self.pool_size = size.max(1);
+        assert!(size > 0, "pool_size must be positive");
+        self.pool_size = size;
         self
     }
 
@@ -233,22 +240,26 @@ impl ClientConfig {
     /// Grows the open period by `factor` each time a probe fails, up to `cap`; a successful
     /// probe resets it. Defaults to no back-off (every open period is `reset_timeout`).
     ///
-    /// A factor below 1 is raised to 1.
+    /// Panics if `factor` is below 1 (or NaN).
     pub fn reset_backoff(mut self, factor: f64, cap: Duration) -> Self {
-        self.backoff = Some((factor.max(1.0), cap.min(LONGEST)));
+        assert!(
+            factor >= 1.0,
+            "reset_backoff factor must be at least 1, got {factor}"
+        );
+        self.backoff = Some((factor, cap.min(LONGEST)));
         self
     }
 
     /// Spreads each open period randomly by up to `fraction` of itself either way, so that
     /// many clients do not probe a recovering server in step. Defaults to 0 (no jitter).
     ///
-    /// Clamped to `0.0..=1.0`.
+    /// Panics if `fraction` is not within `0.0..=1.0`.
     pub fn reset_jitter(mut self, fraction: f64) -> Self {
-        self.jitter = if fraction.is_nan() {
-            0.0
-        } else {
-            fraction.clamp(0.0, 1.0)
-        };
+        assert!(
+            (0.0..=1.0).contains(&fraction),
+            "reset_jitter must be between 0 and 1, got {fraction}"
+        );
+        self.jitter = fraction;
         self
     }
 
@@ -268,9 +279,15 @@ impl ClientConfig {
     /// Thrift's `TConfiguration` default.
     ///
     /// A larger request fails before anything is sent; a larger response fails the call and
-    /// closes its connection. Values below 1 KiB are raised to 1 KiB.
+    /// closes its connection.
+    ///
+    /// Panics if `bytes` is under 1 KiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes.max(1024);
+        assert!(
+            bytes >= 1024,
+            "max_message_size must be at least 1024 bytes, got {bytes}"
+        );
+        self.max_message_size = bytes;
         self
     }
 
@@ -311,7 +328,7 @@ impl ClientConfig {
     }
 
     /// Counts the service exception `T` as a breaker failure (the original's
-    /// `handle_errors`). By default a service exception means the server is healthy.
+    /// `handle_errors`). Defaults to none: a service exception means the server is healthy.
     ///
     /// Direct calls recognise `T` by its encoded form; see [`retry_on`](Self::retry_on).
     #[doc(alias = "handle_errors")]
@@ -322,6 +339,7 @@ impl ClientConfig {
 
     /// Lets a multi-endpoint call move on to the next endpoint when the service raises `T`
     /// (the original's `handle_retryable_errors`). Has no effect on a single-endpoint client.
+    /// Defaults to none.
     ///
     /// Through [`MultiThriftClient::call`](crate::MultiThriftClient::call) the exception is
     /// recognised by its Rust type, exactly. Through a direct handle
@@ -372,7 +390,13 @@ impl ClientConfig {
     /// whose retry the budget refuses fails with the error of its last attempt, and is counted
     /// in [`MultiStats::retries_refused`](crate::MultiStats::retries_refused). A share of
     /// `f64::INFINITY` lifts the budget.
+    ///
+    /// Panics if `share` is negative (or NaN).
     pub fn retry_budget(mut self, share: f64, per_second: u32) -> Self {
+        assert!(
+            share >= 0.0,
+            "retry_budget share must not be negative, got {share}"
+        );
         self.retry_budget = (share, per_second);
         self
     }
@@ -385,6 +409,138 @@ impl ClientConfig {
     pub fn retry_unsent_only(mut self, unsent_only: bool) -> Self {
         self.retry_unsent_only = unsent_only;
         self
+    }
+
+    /// The [`connect_timeout`](Self::connect_timeout).
+    #[inline]
+    pub fn get_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The [`read_timeout`](Self::read_timeout).
+    #[inline]
+    pub fn get_read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
+    /// The [`pool_timeout`](Self::pool_timeout).
+    #[inline]
+    pub fn get_pool_timeout(&self) -> Duration {
+        self.pool_timeout
+    }
+
+    /// The [`pool_size`](Self::pool_size).
+    #[inline]
+    pub fn get_pool_size(&self) -> u32 {
+        self.pool_size
+    }
+
+    /// The window of [`reuse_unchecked_within`](Self::reuse_unchecked_within).
+    #[inline]
+    pub fn get_reuse_unchecked_within(&self) -> Duration {
+        self.reuse_unchecked
+    }
+
+    /// The [`maxfail`](Self::maxfail).
+    #[inline]
+    pub fn get_maxfail(&self) -> u32 {
+        self.maxfail
+    }
+
+    /// The [`time_unit`](Self::time_unit).
+    #[inline]
+    pub fn get_time_unit(&self) -> Duration {
+        self.time_unit
+    }
+
+    /// The [`reset_timeout`](Self::reset_timeout).
+    #[inline]
+    pub fn get_reset_timeout(&self) -> Duration {
+        self.reset_timeout
+    }
+
+    /// The factor and cap of [`reset_backoff`](Self::reset_backoff), if there is a back-off.
+    #[inline]
+    pub fn get_reset_backoff(&self) -> Option<(f64, Duration)> {
+        self.backoff
+    }
+
+    /// The [`reset_jitter`](Self::reset_jitter).
+    #[inline]
+    pub fn get_reset_jitter(&self) -> f64 {
+        self.jitter
+    }
+
+    /// The [`transport`](Self::transport).
+    #[inline]
+    pub fn get_transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// The [`protocol`](Self::protocol).
+    #[inline]
+    pub fn get_protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The [`max_message_size`](Self::max_message_size).
+    #[inline]
+    pub fn get_max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// The [`max_container_elements`](Self::max_container_elements).
+    #[inline]
+    pub fn get_max_container_elements(&self) -> usize {
+        self.max_container_elements
+    }
+
+    /// The [`clock`](Self::clock).
+    #[inline]
+    pub fn get_clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// The [`retries`](Self::retries).
+    #[inline]
+    pub fn get_retries(&self) -> u32 {
+        self.retries
+    }
+
+    /// The [`idle_timeout`](Self::idle_timeout).
+    #[inline]
+    pub fn get_idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// The [`deadline`](Self::deadline).
+    #[inline]
+    pub fn get_deadline(&self) -> Option<Duration> {
+        self.deadline
+    }
+
+    /// The share and the allowance a second of [`retry_budget`](Self::retry_budget).
+    #[inline]
+    pub fn get_retry_budget(&self) -> (f64, u32) {
+        self.retry_budget
+    }
+
+    /// The [`retry_unsent_only`](Self::retry_unsent_only).
+    #[inline]
+    pub fn get_retry_unsent_only(&self) -> bool {
+        self.retry_unsent_only
+    }
+
+    /// How endpoint names are resolved.
+    #[inline]
+    pub(crate) fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
+    /// Whether any exception type was declared with [`failure_on`](Self::failure_on).
+    #[inline]
+    pub(crate) fn declares_failures(&self) -> bool {
+        !self.failures.is_empty()
     }
 
     pub(crate) fn limits(&self) -> Limits {
@@ -479,16 +635,91 @@ mod tests {
     }
 
     #[test]
-    fn invalid_values_are_clamped() {
+    fn the_smallest_valid_values_are_kept() {
         let c = ClientConfig::default()
-            .pool_size(0)
-            .read_timeout(Duration::ZERO)
-            .reset_jitter(f64::NAN)
-            .reset_backoff(0.5, Duration::from_secs(1));
-        assert_eq!(c.pool_size, 1);
-        assert_eq!(c.read_timeout, Duration::from_millis(1));
-        assert_eq!(c.jitter, 0.0);
-        assert_eq!(c.backoff, Some((1.0, Duration::from_secs(1))));
+            .pool_size(1)
+            .connect_timeout(Duration::from_millis(1))
+            .read_timeout(Duration::from_millis(1))
+            .reset_jitter(1.0)
+            .reset_backoff(1.0, Duration::from_secs(1))
+            .max_message_size(1024)
+            .retry_budget(0.0, 0);
+        assert_eq!(c.get_pool_size(), 1);
+        assert_eq!(c.get_connect_timeout(), Duration::from_millis(1));
+        assert_eq!(c.get_read_timeout(), Duration::from_millis(1));
+        assert_eq!(c.get_reset_jitter(), 1.0);
+        assert_eq!(c.get_reset_backoff(), Some((1.0, Duration::from_secs(1))));
+        assert_eq!(c.get_max_message_size(), 1024);
+        assert_eq!(c.get_retry_budget(), (0.0, 0));
+        assert_eq!(
+            ClientConfig::default().reset_jitter(0.0).get_reset_jitter(),
+            0.0
+        );
+    }
+
+    #[test]
+    fn durations_past_a_century_are_a_century() {
+        let c = ClientConfig::default()
+            .read_timeout(Duration::MAX)
+            .pool_timeout(Duration::MAX)
+            .deadline(Some(Duration::MAX));
+        assert_eq!(c.get_read_timeout(), LONGEST);
+        assert_eq!(c.get_pool_timeout(), LONGEST);
+        assert_eq!(c.get_deadline(), Some(LONGEST));
+    }
+
+    #[test]
+    #[should_panic(expected = "pool_size must be positive")]
+    fn a_zero_pool_size_is_refused() {
+        let _ = ClientConfig::default().pool_size(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "connect_timeout must be at least 1 ms")]
+    fn a_zero_connect_timeout_is_refused() {
+        let _ = ClientConfig::default().connect_timeout(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "read_timeout must be at least 1 ms")]
+    fn a_read_timeout_under_a_millisecond_is_refused() {
+        let _ = ClientConfig::default().read_timeout(Duration::from_micros(999));
+    }
+
+    #[test]
+    #[should_panic(expected = "reset_backoff factor must be at least 1")]
+    fn a_shrinking_backoff_is_refused() {
+        let _ = ClientConfig::default().reset_backoff(0.5, Duration::from_secs(1));
+    }
+
+    #[test]
+    #[should_panic(expected = "reset_backoff factor must be at least 1")]
+    fn a_nan_backoff_is_refused() {
+        let _ = ClientConfig::default().reset_backoff(f64::NAN, Duration::from_secs(1));
+    }
+
+    #[test]
+    #[should_panic(expected = "reset_jitter must be between 0 and 1")]
+    fn a_nan_jitter_is_refused() {
+        let _ = ClientConfig::default().reset_jitter(f64::NAN);
+    }
+
+    #[test]
+    #[should_panic(expected = "reset_jitter must be between 0 and 1")]
+    fn a_jitter_over_one_is_refused() {
+        let _ = ClientConfig::default().reset_jitter(1.5);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_message_size must be at least 1024 bytes")]
+    fn a_zero_max_message_size_is_refused() {
+        let _ = ClientConfig::default().max_message_size(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "retry_budget share must not be negative")]
+    fn a_negative_retry_share_is_refused() {
+        let _ = ClientConfig::default().retry_budget(-0.1, 10);
     }
 
     /// A hand-written stand-in for a generated exception: `struct Busy { 1: string why }`.

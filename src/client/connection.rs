@@ -454,18 +454,38 @@ impl Reader {
         }
         let len = i32::from_be_bytes(header);
         if len < 0 {
-            return Err(invalid(&self.state, format!("negative frame length {len}")));
+            let hint = unframed_hint(header);
+            return Err(invalid(
+                &self.state,
+                format!("negative frame length {len}{hint}"),
+            ));
         }
         if len as usize > self.max_message_size {
             return Err(invalid(
                 &self.state,
                 format!(
-                    "frame of {len} bytes exceeds the limit of {}",
-                    self.max_message_size
+                    "frame of {len} bytes exceeds the limit of {}{}",
+                    self.max_message_size,
+                    unframed_hint(header)
                 ),
             ));
         }
         Ok(len as usize)
+    }
+}
+
+/// What a frame header that cannot be one says about the peer, if anything: text (an HTTP
+/// server's `HTTP/1.1 400`), or the start of a message sent without a frame.
+fn unframed_hint(header: [u8; 4]) -> String {
+    if header.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
+        let text = String::from_utf8_lossy(&header);
+        format!(" (its size bytes read {text:?}: the peer is not speaking framed Thrift)")
+    } else if header[..2] == [0x80, 0x01] || header[0] == 0x82 {
+        " (its size bytes begin a Thrift message: the peer is speaking Thrift without frames, \
+         the buffered transport)"
+            .to_owned()
+    } else {
+        String::new()
     }
 }
 
@@ -789,7 +809,7 @@ mod tests {
     fn input(reader: Reader) -> crate::InputProtocol {
         let limits = Limits {
             max_message_size: usize::MAX,
-            max_depth: 64,
+            max_depth: wire::DEFAULT_MAX_DEPTH,
             max_elements: usize::MAX,
         };
         wire::input(Protocol::Binary, reader, limits)
@@ -834,6 +854,42 @@ mod tests {
         let err = input(reader).read_message_begin().unwrap_err();
         assert!(matches!(err, thrift::Error::Transport(_)), "{err:?}");
         assert!(state.is_broken());
+    }
+
+    fn frame_error(bytes: &[u8]) -> String {
+        let (state, reader) = reader_of(Transport::Framed, 1024, bytes);
+        let err = input(reader).read_message_begin().unwrap_err();
+        assert!(state.is_broken());
+        match err {
+            thrift::Error::Transport(err) => err.message,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_frame_size_that_reads_as_text_says_the_peer_is_not_framed() {
+        let err = frame_error(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+        assert!(err.contains("exceeds the limit of 1024"), "{err}");
+        assert!(
+            err.contains(r#"read "HTTP": the peer is not speaking framed Thrift"#),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_frame_size_that_begins_a_message_says_the_peer_is_not_framed() {
+        let err = frame_error(&reply("add", 1));
+        assert!(err.contains("negative frame length"), "{err}");
+        assert!(
+            err.contains("without frames, the buffered transport"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_frame_size_merely_too_large_has_no_hint() {
+        let err = frame_error(&[0x00, 0x10, 0x00, 0x01]);
+        assert!(err.ends_with("exceeds the limit of 1024"), "{err}");
     }
 
     #[test]

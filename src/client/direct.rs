@@ -7,12 +7,16 @@ use thrift::protocol::{
     TFieldIdentifier, TInputProtocol, TListIdentifier, TMapIdentifier, TMessageIdentifier,
     TMessageType, TOutputProtocol, TSetIdentifier, TStructIdentifier, TType,
 };
-use thrift::{ApplicationError, ProtocolError, ProtocolErrorKind, TThriftClient};
+use thrift::{ApplicationError, TThriftClient};
 
 use super::call::{Answered, Call, Endpoint};
 use super::ThriftClient;
 use crate::error::Error;
-use crate::wire::mirror::{copy_reader, Copy, Mirrored};
+use crate::handle::{
+    check_answers, forward_reads, forward_writes, outside_call, thrift_client_on_protocols,
+    Sequence,
+};
+use crate::wire::mirror::{copy_reader, Mirrored, ProtocolCopy};
 
 /// Declares that [`Direct`] and [`MultiDirect`](crate::MultiDirect) handles speak a service,
 /// so its generated methods can be called on them directly.
@@ -25,6 +29,9 @@ use crate::wire::mirror::{copy_reader, Copy, Mirrored};
 /// blocking_thrift::impl_direct!(calculator::TCalculatorSyncClientMarker);
 /// // Now `client.direct().add(1, 2)` calls the generated `add` through the client.
 /// ```
+///
+/// Without it, the compiler refuses `client.direct().add(1, 2)`: `Direct<...>` does not
+/// satisfy `TCalculatorSyncClientMarker`.
 #[macro_export]
 macro_rules! impl_direct {
     ($($marker:path),+ $(,)?) => {
@@ -61,13 +68,13 @@ impl<C> ThriftClient<C> {
     /// generated methods as `thrift::Error::User`; [`Error::from`](crate::Error::from) turns
     /// them back.
     pub fn direct(&self) -> Direct<C> {
-        Direct::new(self.calls().clone())
+        Direct::new(self.shared_endpoint().clone())
     }
 }
 
 impl<C> Direct<C> {
     fn new(endpoint: Arc<Endpoint<C>>) -> Self {
-        let endpoint_protocol = endpoint.config().protocol;
+        let endpoint_protocol = endpoint.config().get_protocol();
         Direct {
             call: Protocols {
                 endpoint,
@@ -79,7 +86,7 @@ impl<C> Direct<C> {
                 application_error: false,
                 depth: 0,
                 mirroring: false,
-                mirror: Copy::new(endpoint_protocol),
+                mirror: ProtocolCopy::new(endpoint_protocol),
             },
         }
     }
@@ -99,81 +106,7 @@ impl<C> fmt::Debug for Direct<C> {
     }
 }
 
-/// Implements `TThriftClient` for a direct handle whose `call` field holds both its protocols
-/// and its `sequence` number: the generated methods then run on the handle.
-macro_rules! thrift_client_on_protocols {
-    ($handle:ident) => {
-        impl<C: ::thrift::TThriftClient + Send + 'static> ::thrift::TThriftClient for $handle<C> {
-            fn i_prot_mut(&mut self) -> &mut dyn ::thrift::protocol::TInputProtocol {
-                &mut self.call
-            }
-
-            fn o_prot_mut(&mut self) -> &mut dyn ::thrift::protocol::TOutputProtocol {
-                &mut self.call
-            }
-
-            fn sequence_number(&self) -> i32 {
-                self.call.sequence.0
-            }
-
-            fn increment_sequence_number(&mut self) -> i32 {
-                self.call.sequence.advance()
-            }
-        }
-    };
-}
-
-pub(crate) use thrift_client_on_protocols;
-
 thrift_client_on_protocols!(Direct);
-
-/// The sequence number of a direct handle's latest call; it stays positive, as Thrift
-/// sequence numbers should.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Sequence(pub(crate) i32);
-
-impl Sequence {
-    pub(crate) fn advance(&mut self) -> i32 {
-        self.0 = self.0.checked_add(1).unwrap_or(1);
-        self.0
-    }
-}
-
-/// What a direct handle's protocol answers to an operation made outside a call.
-pub(crate) fn outside_call() -> thrift::Error {
-    thrift::Error::Protocol(ProtocolError::new(
-        ProtocolErrorKind::Unknown,
-        "message operation outside a call",
-    ))
-}
-
-/// Fails a response that does not answer the call to `method` numbered `sequence`: another
-/// call's reply, or a message that is no reply.
-pub(crate) fn check_answers(
-    ident: &TMessageIdentifier,
-    method: &str,
-    sequence: i32,
-) -> thrift::Result<()> {
-    let problem = if ident.sequence_number != sequence {
-        format!(
-            "response sequence id {} does not match request {sequence}",
-            ident.sequence_number
-        )
-    } else if ident.name != method {
-        format!("response is for {:?}, not {method:?}", ident.name)
-    } else if !matches!(
-        ident.message_type,
-        TMessageType::Reply | TMessageType::Exception
-    ) {
-        format!("response has message type {:?}", ident.message_type)
-    } else {
-        return Ok(());
-    };
-    Err(thrift::Error::Protocol(ProtocolError::new(
-        ProtocolErrorKind::InvalidData,
-        problem,
-    )))
-}
 
 /// Both protocols of a [`Direct`] handle: they start a call when its request begins, pass
 /// every operation to the pooled connection's generated client, and end the call when the
@@ -193,7 +126,7 @@ struct Protocols<C> {
     /// told against the types declared as failures; so is a `TApplicationException`, so that
     /// a server shedding the request can be told apart.
     mirroring: bool,
-    mirror: Copy,
+    mirror: ProtocolCopy,
 }
 
 impl<C: TThriftClient> Protocols<C> {
@@ -261,7 +194,7 @@ impl<C: TThriftClient> Protocols<C> {
     fn complete(&mut self) -> Option<ApplicationError> {
         let call = self.active.take()?;
         if self.application_error {
-            let protocol = self.endpoint.config().protocol;
+            let protocol = self.endpoint.config().get_protocol();
             let shed = crate::error::read_shed(&mut *copy_reader(protocol, &self.mirror.bytes()));
             let answered = if shed.is_some() {
                 Answered::Overloaded
@@ -293,7 +226,7 @@ impl<C: TThriftClient> Protocols<C> {
         self.depth = 0;
         self.mirroring = self.application_error;
         if self.mirroring {
-            self.mirror.restart(self.endpoint.config().protocol);
+            self.mirror.restart(self.endpoint.config().get_protocol());
         } else {
             // Made anew only when a copy starts: most responses need none.
             self.mirror.clear();
@@ -317,27 +250,6 @@ impl<C> Drop for Protocols<C> {
         self.abandon();
     }
 }
-
-/// Implements protocol reads by passing each to `self.read`, for the call protocols of the
-/// direct handles (this one and the multi-endpoint one).
-macro_rules! forward_reads {
-    ($($name:ident -> $ty:ty;)*) => {
-        $(fn $name(&mut self) -> thrift::Result<$ty> {
-            self.read(|p| p.$name())
-        })*
-    };
-}
-
-/// Implements protocol writes, with at most one argument, by passing each to `self.write`.
-macro_rules! forward_writes {
-    ($($name:ident($($arg:ident: $ty:ty)?);)*) => {
-        $(fn $name(&mut self $(, $arg: $ty)?) -> thrift::Result<()> {
-            self.write(|p| p.$name($($arg)?))
-        })*
-    };
-}
-
-pub(crate) use {forward_reads, forward_writes};
 
 impl<C: TThriftClient> TInputProtocol for Protocols<C> {
     fn read_message_begin(&mut self) -> thrift::Result<TMessageIdentifier> {
@@ -387,9 +299,9 @@ impl<C: TThriftClient> TInputProtocol for Protocols<C> {
             && field.id.is_some_and(|id| id > 0)
         {
             self.exception = true;
-            self.mirroring = !self.endpoint.config().failures.is_empty();
+            self.mirroring = self.endpoint.config().declares_failures();
             if self.mirroring {
-                self.mirror.restart(self.endpoint.config().protocol);
+                self.mirror.restart(self.endpoint.config().get_protocol());
             }
         }
         Ok(field)

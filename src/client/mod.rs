@@ -1,6 +1,7 @@
 //! The single-endpoint client, and the parts every client is made of: its configuration,
 //! connection pool, connections, circuit breaker, and direct-call handle.
 
+mod address;
 pub(crate) mod breaker;
 pub(crate) mod call;
 pub(crate) mod config;
@@ -14,6 +15,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
+pub use self::address::IntoEndpoint;
 use self::breaker::BreakerState;
 use self::call::{ClientStats, Endpoint};
 use self::config::ClientConfig;
@@ -43,15 +45,17 @@ impl<C> Clone for ThriftClient<C> {
 }
 
 impl<C> ThriftClient<C> {
-    /// A client for `endpoint` (`host:port`; every address it resolves to is tried in turn)
-    /// that builds its generated client with `make`, typically `CalculatorSyncClient::new`.
+    /// A client for `endpoint` (`host:port`, every address it resolves to tried in turn; or a
+    /// socket address) that builds its generated client with `make`, typically
+    /// `CalculatorSyncClient::new`.
     ///
     /// Opens no connection.
-    pub fn new<F>(endpoint: &str, make: F, config: ClientConfig) -> Self
+    pub fn new<F>(endpoint: impl IntoEndpoint, make: F, config: ClientConfig) -> Self
     where
         F: Fn(InputProtocol, OutputProtocol) -> C + Send + Sync + 'static,
     {
-        Self::with_parts(endpoint.into(), Arc::new(make), config, pool::helpers())
+        let endpoint = endpoint.into_endpoint();
+        Self::with_parts(endpoint, Arc::new(make), config, pool::helpers())
     }
 
     pub(crate) fn with_parts(
@@ -65,8 +69,8 @@ impl<C> ThriftClient<C> {
         }
     }
 
-    /// What every call of this client goes through.
-    pub(crate) fn calls(&self) -> &Arc<Endpoint<C>> {
+    /// The endpoint's pool, breaker and counters, which every clone and call goes through.
+    pub(crate) fn shared_endpoint(&self) -> &Arc<Endpoint<C>> {
         &self.endpoint
     }
 
@@ -89,7 +93,8 @@ impl<C> ThriftClient<C> {
 
     /// [`call`](Self::call) that also ends by `deadline`, if there is one: the pool wait, the
     /// connect and the response are each cut to what is left of it, and a phase that ran out
-    /// because of it fails with [`Timeout::Deadline`], which the breaker does not count.
+    /// because of it fails with [`Timeout::Deadline`](crate::Timeout::Deadline), which the
+    /// breaker does not count.
     pub(crate) fn call_by<R, F>(&self, deadline: Option<Instant>, f: F) -> Result<R, Error>
     where
         F: FnOnce(&mut C) -> thrift::Result<R>,
@@ -114,9 +119,8 @@ impl<C> ThriftClient<C> {
     }
 
     /// Opens the breaker until [`reset_breaker`](Self::reset_breaker), whatever the endpoint
-    /// does meanwhile (Hystrix's `forceOpen`): calls fail at once with
-    /// [`Error::CircuitOpen`](crate::Error::CircuitOpen) and no probe goes through. For an
-    /// operator taking an endpoint out of use.
+    /// does meanwhile (Hystrix's `forceOpen`): calls fail at once with [`Error::CircuitOpen`]
+    /// and no probe goes through. For an operator taking an endpoint out of use.
     pub fn force_open(&self) {
         self.endpoint.breaker().force_open();
     }

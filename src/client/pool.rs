@@ -246,7 +246,7 @@ impl<C> Pool<C> {
             closed: closed.clone(),
         };
         let tokens = r2d2::Pool::builder()
-            .max_size(config.pool_size)
+            .max_size(config.get_pool_size())
             // Every token at once, on r2d2's helper thread: they cost nothing (connections are
             // opened on demand, by the callers), and a caller that finds none idle then knows
             // that every connection is busy.
@@ -255,16 +255,16 @@ impl<C> Pool<C> {
             // Tokens hold nothing worth reaping; a dropped token would strand its claim.
             .idle_timeout(None)
             .max_lifetime(None)
-            .connection_timeout(config.pool_timeout.max(Duration::from_millis(1)))
+            .connection_timeout(config.get_pool_timeout().max(Duration::from_millis(1)))
             .thread_pool(helpers)
             .error_handler(Box::new(r2d2::NopErrorHandler))
             .build_unchecked(manager);
-        let cells = (0..config.pool_size)
+        let cells = (0..config.get_pool_size())
             .map(|_| Cell(Mutex::new(CellState::Empty)))
             .collect();
         Pool {
             id: IDS.fetch_add(1, Ordering::Relaxed),
-            lookups: Lookups::new(endpoint.clone(), config.resolver.clone()),
+            lookups: Lookups::new(endpoint.clone(), config.resolver().clone()),
             endpoint,
             config,
             make,
@@ -287,7 +287,10 @@ impl<C> Pool<C> {
             None => self.checkout_with_token(deadline)?,
         };
         if let Some(live) = &checkout.live {
-            if live.state.is_reusable(self.config.reuse_unchecked) {
+            if live
+                .state
+                .is_reusable(self.config.get_reuse_unchecked_within())
+            {
                 return Ok(checkout);
             }
             log::debug!(target: "blocking_thrift::pool", "{}: pooled connection was closed by the server; reconnecting", self.endpoint);
@@ -295,8 +298,11 @@ impl<C> Pool<C> {
         }
         // A wait for the pool's first tokens was part of opening: the connect timeout bounds both.
         let connect_timeout = match opening_since {
-            Some(since) => self.config.connect_timeout.saturating_sub(since.elapsed()),
-            None => self.config.connect_timeout,
+            Some(since) => self
+                .config
+                .get_connect_timeout()
+                .saturating_sub(since.elapsed()),
+            None => self.config.get_connect_timeout(),
         };
         match self.open(within(connect_timeout, deadline)) {
             Ok(live) => {
@@ -344,13 +350,13 @@ impl<C> Pool<C> {
                 if let Some(checkout) = self.take_any_kept() {
                     return Ok((checkout, None));
                 }
-                let wait = if self.tokens.state().connections < self.config.pool_size {
+                let wait = if self.tokens.state().connections < self.config.get_pool_size() {
                     // The tokens are still being made: no connection is busy, so this is no
                     // wait for one but part of opening one.
                     opening_since = Some(Instant::now());
-                    within(self.config.connect_timeout, deadline)
+                    within(self.config.get_connect_timeout(), deadline)
                 } else {
-                    within(self.config.pool_timeout, deadline)
+                    within(self.config.get_pool_timeout(), deadline)
                 };
                 let _waiting = Waiting::new(&self.waiting);
                 // A call may have ended and kept its token since the look above.
@@ -464,17 +470,17 @@ impl<C> Pool<C> {
         let stream = connection::connect(&self.endpoint, &addrs, deadline)?;
         let (state, reader, writer) = connection::split(
             stream,
-            self.config.transport,
-            self.config.read_timeout,
-            self.config.max_message_size,
+            self.config.get_transport(),
+            self.config.get_read_timeout(),
+            self.config.get_max_message_size(),
         )
         .map_err(|source| Error::Connect {
             endpoint: self.endpoint.clone(),
             source,
         })?;
         log::debug!(target: "blocking_thrift::pool", "{}: connection opened", self.endpoint);
-        let input = wire::input(self.config.protocol, reader, self.config.limits());
-        let output = wire::output(self.config.protocol, writer);
+        let input = wire::input(self.config.get_protocol(), reader, self.config.limits());
+        let output = wire::output(self.config.get_protocol(), writer);
         // Made first: should the user's `make` panic, no connection is counted open.
         let client = (self.make)(input, output);
         self.open.fetch_add(1, Ordering::Relaxed);

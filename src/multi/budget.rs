@@ -33,7 +33,7 @@ impl RetryBudget {
     /// ten seconds of `clock`.
     pub(crate) fn new(share: f64, per_second: u32, clock: Clock) -> Self {
         RetryBudget {
-            share: share.max(0.0),
+            share,
             floor: u64::from(per_second) * WINDOW_SECS,
             epoch: Epoch::new(clock.now()),
             clock,

@@ -16,15 +16,15 @@ use thrift::{TConfiguration, TThriftClient};
 use super::retry::RetriedException;
 use super::MultiThriftClient;
 use crate::client::call::{Answered, Unfinished};
-use crate::client::config::{ClientConfig, DEFAULT_MAX_DEPTH};
-use crate::client::direct::{
+use crate::client::config::ClientConfig;
+use crate::client::ThriftClient;
+use crate::error::Error;
+use crate::handle::{
     check_answers, forward_reads, forward_writes, outside_call, thrift_client_on_protocols,
     Sequence,
 };
-use crate::client::ThriftClient;
-use crate::error::Error;
 use crate::wire::mirror::{copy_reader, copy_writer, Mirrored};
-use crate::wire::Protocol;
+use crate::wire::{Protocol, DEFAULT_MAX_DEPTH};
 
 /// A request buffer larger than this is given back after its call.
 const KEEP_BUFFER: usize = 64 * 1024;
@@ -190,7 +190,7 @@ enum Reply {
 
 /// The limits the generated code reads a response's copy with.
 fn limits(config: &ClientConfig) -> TConfiguration {
-    let max = Some(config.max_message_size);
+    let max = Some(config.get_max_message_size());
     TConfiguration::builder()
         .max_message_size(max)
         .max_frame_size(max)
@@ -261,7 +261,7 @@ impl<C: TThriftClient + Send + 'static> Protocols<C> {
                 Ok(())
             }
             Ok(_) => {
-                let protocol = self.client.config().protocol;
+                let protocol = self.client.config().get_protocol();
                 let response = Response::new(protocol, copy, &self.limits);
                 // The previous response's buffer takes the next one's copy.
                 self.spare = std::mem::replace(&mut self.response, response).into_buffer();
@@ -284,8 +284,8 @@ fn attempt<C: TThriftClient>(
     request: &Request<'_>,
     copy: &mut Vec<u8>,
 ) -> Result<Reply, Error> {
-    let endpoint = client.calls();
-    let protocol = endpoint.config().protocol;
+    let endpoint = client.shared_endpoint();
+    let protocol = endpoint.config().get_protocol();
     // Abandoned, its probe's turn passed on, should anything below panic.
     let mut unfinished = Unfinished::new(endpoint, endpoint.begin(deadline)?);
     copy.clear();

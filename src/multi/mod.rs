@@ -128,23 +128,26 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 /// The client is `Send + Sync` and cheap to clone; clones share everything. No lock is held
 /// while a call talks to an endpoint.
 pub struct MultiThriftClient<C> {
-    shared: Arc<Shared<C>>,
+    fleet: Arc<Fleet<C>>,
 }
 
-struct Shared<C> {
+/// Everything the clones of a multi-endpoint client share: where its endpoints come from,
+/// its settings, the endpoints known, the reaper, the retry budget and the counters.
+struct Fleet<C> {
     endpoints: Box<EndpointsFn>,
     make: Arc<MakeClient<C>>,
     config: ClientConfig,
     /// Times on the config's clock are kept as nanoseconds since this instant.
     epoch: Epoch,
-    state: RwLock<State<C>>,
+    known: RwLock<KnownEndpoints<C>>,
     /// The reaper thread, once an endpoint was added; `None` again once closed.
     reaper: Mutex<Option<Reaper>>,
     budget: RetryBudget,
-    counters: Counters,
+    counters: RoutingCounters,
 }
 
-struct State<C> {
+/// The endpoints known now, each with its client, and the helper thread their pools share.
+struct KnownEndpoints<C> {
     clients: HashMap<Arc<str>, Arc<Known<C>>>,
     /// The helper thread all pools share; `None` once the client is closed.
     helpers: Option<Arc<ScheduledThreadPool>>,
@@ -161,7 +164,7 @@ struct Known<C> {
 
 /// An endpoint taken for one attempt; marks it used when dropped.
 struct Lease<'a, C> {
-    shared: &'a Shared<C>,
+    fleet: &'a Fleet<C>,
     endpoint: Arc<Known<C>>,
 }
 
@@ -170,13 +173,14 @@ impl<C> Drop for Lease<'_, C> {
         // Stored before the count drops, so a reaper that sees no call also sees this time.
         self.endpoint
             .last_used
-            .store(self.shared.now(), Ordering::Release);
+            .store(self.fleet.now(), Ordering::Release);
         self.endpoint.in_flight.fetch_sub(1, Ordering::Release);
     }
 }
 
+/// How calls fared across the endpoints: retries, refusals, failures, endpoints reaped.
 #[derive(Debug, Default)]
-struct Counters {
+struct RoutingCounters {
     calls: AtomicU64,
     retries: AtomicU64,
     retries_refused: AtomicU64,
@@ -234,22 +238,22 @@ impl<C: Send + 'static> MultiThriftClient<C> {
                 }
             }
         };
-        let epoch = Epoch::new(config.clock.now());
-        let (share, per_second) = config.retry_budget;
-        let budget = RetryBudget::new(share, per_second, config.clock.clone());
+        let epoch = Epoch::new(config.get_clock().now());
+        let (share, per_second) = config.get_retry_budget();
+        let budget = RetryBudget::new(share, per_second, config.get_clock().clone());
         MultiThriftClient {
-            shared: Arc::new(Shared {
+            fleet: Arc::new(Fleet {
                 endpoints: Box::new(walk),
                 make: Arc::new(make),
                 config,
                 epoch,
-                state: RwLock::new(State {
+                known: RwLock::new(KnownEndpoints {
                     clients: HashMap::new(),
                     helpers: Some(pool::helpers()),
                 }),
                 reaper: Mutex::new(None),
                 budget,
-                counters: Counters::default(),
+                counters: RoutingCounters::default(),
             }),
         }
     }
@@ -269,7 +273,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     where
         F: FnMut(&mut C) -> thrift::Result<R>,
     {
-        self.shared
+        self.fleet
             .run(|client, deadline| client.call_by(deadline, &mut f))
     }
 
@@ -277,7 +281,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// how many. The client's reaper thread does this by itself every eighth of
     /// `idle_timeout` (see [Idle endpoints](Self#idle-endpoints)).
     pub fn reap_idle(&self) -> usize {
-        self.shared.reap(self.shared.now())
+        self.fleet.reap(self.fleet.now())
     }
 
     /// Closes every endpoint's connections (busy ones as their calls return) and forgets the
@@ -287,11 +291,11 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// See [Threads](Self#threads) for the pools' shared helper thread.
     pub fn close(&self) {
         let (clients, helpers) = {
-            let mut state = self.shared.state.write();
-            (std::mem::take(&mut state.clients), state.helpers.take())
+            let mut known = self.fleet.known.write();
+            (std::mem::take(&mut known.clients), known.helpers.take())
         };
         // Taken after the endpoints: a call cannot start it again once `helpers` is gone.
-        let reaper = self.shared.reaper.lock().take();
+        let reaper = self.fleet.reaper.lock().take();
         if let Some(reaper) = reaper {
             reaper.stop();
         }
@@ -305,8 +309,8 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 
     /// The endpoint's client, if the endpoint is known now (used lately, not reaped).
     fn known(&self, endpoint: &str) -> Option<ThriftClient<C>> {
-        let state = self.shared.state.read();
-        state
+        let known = self.fleet.known.read();
+        known
             .clients
             .get(endpoint)
             .map(|known| known.client.clone())
@@ -325,12 +329,12 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// What `of` says of each endpoint known now, sorted by endpoint; read with no lock held.
     fn known_sorted<T>(&self, of: impl Fn(&ThriftClient<C>) -> T) -> Vec<(Arc<str>, T)> {
         let clients: Vec<ThriftClient<C>> = {
-            let state = self.shared.state.read();
-            state.clients.values().map(|e| e.client.clone()).collect()
+            let known = self.fleet.known.read();
+            known.clients.values().map(|e| e.client.clone()).collect()
         };
         let mut known: Vec<(Arc<str>, T)> = clients
             .iter()
-            .map(|c| (c.calls().name().clone(), of(c)))
+            .map(|c| (c.shared_endpoint().name().clone(), of(c)))
             .collect();
         known.sort_by(|a, b| a.0.cmp(&b.0));
         known
@@ -352,7 +356,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
     /// A snapshot of the counters, with those of every endpoint known now.
     pub fn stats(&self) -> MultiStats {
         let endpoints = self.known_sorted(ThriftClient::stats);
-        let c = &self.shared.counters;
+        let c = &self.fleet.counters;
         let get = |n: &AtomicU64| n.load(Ordering::Relaxed);
         MultiStats {
             calls: get(&c.calls),
@@ -366,7 +370,7 @@ impl<C: Send + 'static> MultiThriftClient<C> {
 
     /// The configuration every endpoint's client uses.
     pub(crate) fn config(&self) -> &ClientConfig {
-        &self.shared.config
+        &self.fleet.config
     }
 
     /// Runs `attempt` on the endpoints in turn, with the retries of [`call`](Self::call).
@@ -374,18 +378,18 @@ impl<C: Send + 'static> MultiThriftClient<C> {
         &self,
         attempt: impl FnMut(&ThriftClient<C>, Option<Instant>) -> Result<T, Error>,
     ) -> Result<T, Error> {
-        self.shared.run(attempt)
+        self.fleet.run(attempt)
     }
 }
 
-impl<C> Shared<C> {
+impl<C> Fleet<C> {
     /// The config's clock, in nanoseconds since the epoch.
     fn now(&self) -> u64 {
-        self.epoch.nanos(self.config.clock.now())
+        self.epoch.nanos(self.config.get_clock().now())
     }
 }
 
-impl<C: Send + 'static> Shared<C> {
+impl<C: Send + 'static> Fleet<C> {
     /// Runs `attempt` on endpoints in turn until one answers, a failure is not to be retried,
     /// or the retries, the endpoints or the deadline run out.
     fn run<T>(
@@ -397,9 +401,9 @@ impl<C: Send + 'static> Shared<C> {
         // A deadline too far away to represent is no deadline.
         let deadline = self
             .config
-            .deadline
+            .get_deadline()
             .and_then(|d| Instant::now().checked_add(d));
-        let allowed = (self.config.retries as usize).saturating_add(1);
+        let allowed = (self.config.get_retries() as usize).saturating_add(1);
         let mut attempts: Vec<(Arc<str>, Error)> = Vec::new();
         let mut outcome = None;
         let mut last_untried = false;
@@ -434,7 +438,7 @@ impl<C: Send + 'static> Shared<C> {
                 log::debug!(target: TARGET, "{name}: retrying after {previous} failed: {err}");
             }
             let result = attempt(&lease.endpoint.client, deadline);
-            let endpoint = lease.endpoint.client.calls().name().clone();
+            let endpoint = lease.endpoint.client.shared_endpoint().name().clone();
             drop(lease);
             let err = match result {
                 Ok(value) => {
@@ -449,7 +453,9 @@ impl<C: Send + 'static> Shared<C> {
                     return ControlFlow::Break(());
                 }
                 Verdict::Deadline => false,
-                Verdict::EndpointFailed { unsent } => unsent || !self.config.retry_unsent_only,
+                Verdict::EndpointFailed { unsent } => {
+                    unsent || !self.config.get_retry_unsent_only()
+                }
                 Verdict::DeclaredRetryable => true,
             };
             attempts.push((endpoint, err));
@@ -462,7 +468,7 @@ impl<C: Send + 'static> Shared<C> {
         outcome.unwrap_or_else(|| {
             // A closed client found out only by leasing: with no endpoint leased (none yielded,
             // or the deadline passed first), closed is still what the call is.
-            if self.state.read().helpers.is_none() {
+            if self.known.read().helpers.is_none() {
                 return Err(Error::Closed);
             }
             self.counters.unavailable.fetch_add(1, Ordering::Relaxed);
@@ -478,17 +484,17 @@ impl<C: Send + 'static> Shared<C> {
     /// The client of `name`, created if it is new, marked in use.
     fn lease(self: &Arc<Self>, name: &str) -> Result<Lease<'_, C>, Error> {
         let helpers = {
-            let state = self.state.read();
-            if let Some(endpoint) = state.clients.get(name) {
+            let known = self.known.read();
+            if let Some(endpoint) = known.clients.get(name) {
                 // Counted under the lock, so that a reaper (which holds it exclusively)
                 // never takes an endpoint a call has just found.
                 endpoint.in_flight.fetch_add(1, Ordering::Acquire);
                 return Ok(Lease {
-                    shared: self,
+                    fleet: self,
                     endpoint: endpoint.clone(),
                 });
             }
-            state.helpers.clone().ok_or(Error::Closed)?
+            known.helpers.clone().ok_or(Error::Closed)?
         };
         // Built outside the lock; cheap, as it opens nothing.
         let mut fresh = Some(ThriftClient::with_parts(
@@ -498,11 +504,11 @@ impl<C: Send + 'static> Shared<C> {
             helpers,
         ));
         let endpoint = {
-            let mut state = self.state.write();
-            if state.helpers.is_none() {
+            let mut known = self.known.write();
+            if known.helpers.is_none() {
                 return Err(Error::Closed);
             }
-            let endpoint = match state.clients.get(name) {
+            let endpoint = match known.clients.get(name) {
                 Some(endpoint) => endpoint.clone(),
                 None => {
                     let client = fresh.take().expect("not yet used");
@@ -511,9 +517,10 @@ impl<C: Send + 'static> Shared<C> {
                         in_flight: AtomicUsize::new(0),
                         client,
                     });
-                    state
-                        .clients
-                        .insert(endpoint.client.calls().name().clone(), endpoint.clone());
+                    known.clients.insert(
+                        endpoint.client.shared_endpoint().name().clone(),
+                        endpoint.clone(),
+                    );
                     endpoint
                 }
             };
@@ -526,7 +533,7 @@ impl<C: Send + 'static> Shared<C> {
         }
         // Otherwise another call added it first; ours is dropped, which closes its empty pool.
         Ok(Lease {
-            shared: self,
+            fleet: self,
             endpoint,
         })
     }
@@ -534,18 +541,18 @@ impl<C: Send + 'static> Shared<C> {
     /// Starts the reaper thread, unless it runs or the client is closed.
     fn start_reaper(self: &Arc<Self>) {
         let mut reaper = self.reaper.lock();
-        if reaper.is_some() || self.state.read().helpers.is_none() {
+        if reaper.is_some() || self.known.read().helpers.is_none() {
             return;
         }
         let client = Arc::downgrade(self);
         let reap = move || match client.upgrade() {
-            Some(shared) => {
-                shared.reap(shared.now());
+            Some(fleet) => {
+                fleet.reap(fleet.now());
                 true
             }
             None => false,
         };
-        match Reaper::start(reap_every(self.config.idle_timeout), reap) {
+        match Reaper::start(reap_every(self.config.get_idle_timeout()), reap) {
             Ok(started) => *reaper = Some(started),
             // Idle endpoints then wait for `reap_idle`, or the next endpoint added.
             Err(err) => log::error!(target: TARGET, "cannot start the reaper thread: {err}"),
@@ -553,9 +560,9 @@ impl<C: Send + 'static> Shared<C> {
     }
 
     fn reap(&self, now: u64) -> usize {
-        let idle = nanos(self.config.idle_timeout);
+        let idle = nanos(self.config.get_idle_timeout());
         let mut reaped = Vec::new();
-        self.state.write().clients.retain(|_, endpoint| {
+        self.known.write().clients.retain(|_, endpoint| {
             let unused = endpoint.in_flight.load(Ordering::Acquire) == 0
                 && now.saturating_sub(endpoint.last_used.load(Ordering::Acquire)) >= idle;
             if unused {
@@ -568,7 +575,7 @@ impl<C: Send + 'static> Shared<C> {
                 target: TARGET,
                 "{}: endpoint unused for {:?}; closed and forgotten",
                 endpoint.client.endpoint(),
-                self.config.idle_timeout
+                self.config.get_idle_timeout()
             );
             endpoint.client.close();
         }
@@ -579,7 +586,7 @@ impl<C: Send + 'static> Shared<C> {
     }
 }
 
-impl<C> Drop for Shared<C> {
+impl<C> Drop for Fleet<C> {
     fn drop(&mut self) {
         if let Some(reaper) = self.reaper.get_mut().take() {
             reaper.stop();
@@ -590,17 +597,17 @@ impl<C> Drop for Shared<C> {
 impl<C> Clone for MultiThriftClient<C> {
     fn clone(&self) -> Self {
         MultiThriftClient {
-            shared: self.shared.clone(),
+            fleet: self.fleet.clone(),
         }
     }
 }
 
 impl<C> fmt::Debug for MultiThriftClient<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let endpoints = self.shared.state.read().clients.len();
+        let endpoints = self.fleet.known.read().clients.len();
         f.debug_struct("MultiThriftClient")
             .field("endpoints", &endpoints)
-            .field("config", &self.shared.config)
+            .field("config", &self.fleet.config)
             .finish()
     }
 }
@@ -618,7 +625,7 @@ mod tests {
             ClientConfig::default(),
         );
         let mut seen = Vec::new();
-        (client.shared.endpoints)(&mut |e| {
+        (client.fleet.endpoints)(&mut |e| {
             seen.push(e.to_owned());
             if seen.len() == 3 {
                 ControlFlow::Break(())
@@ -652,9 +659,9 @@ mod tests {
                 Err(Error::Unavailable(_))
             ));
         }
-        let state = client.shared.state.read();
-        assert_eq!(state.clients.len(), 20);
-        let helpers = state.helpers.as_ref().unwrap();
+        let known = client.fleet.known.read();
+        assert_eq!(known.clients.len(), 20);
+        let helpers = known.helpers.as_ref().unwrap();
         // Ours, and one per endpoint's pool: the same thread pool, not twenty.
         assert!(
             Arc::strong_count(helpers) > 20,
@@ -676,16 +683,9 @@ mod tests {
             |_, _| (),
             ClientConfig::default().idle_timeout(Duration::from_millis(80)),
         );
-        assert!(client.shared.reaper.lock().is_none(), "started before use");
+        assert!(client.fleet.reaper.lock().is_none(), "started before use");
         assert!(client.call(|_| Ok(())).is_err());
-        let running = client
-            .shared
-            .reaper
-            .lock()
-            .as_ref()
-            .unwrap()
-            .running
-            .clone();
+        let running = client.fleet.reaper.lock().as_ref().unwrap().running.clone();
         (client, running)
     }
 
@@ -698,10 +698,10 @@ mod tests {
             running.upgrade().is_none(),
             "close returned before the reaper ended"
         );
-        assert!(client.shared.reaper.lock().is_none());
+        assert!(client.fleet.reaper.lock().is_none());
         // A closed client starts no reaper again.
         assert!(matches!(client.call(|_| Ok(())), Err(Error::Closed)));
-        assert!(client.shared.reaper.lock().is_none());
+        assert!(client.fleet.reaper.lock().is_none());
     }
 
     #[test]

@@ -16,19 +16,19 @@ use super::Protocol;
 /// A copy being made in a protocol, value by value, over as many reads as it takes, and its
 /// bytes so far. In the wire's own protocol: the compact protocol leaves out what the binary
 /// one needs (an empty map's types), so a copy in another protocol cannot always be made.
-pub(crate) struct Copy {
-    bytes: Shared,
+pub(crate) struct ProtocolCopy {
+    bytes: SharedBytes,
     output: Box<dyn TOutputProtocol + Send>,
     /// A copy was started since the bytes were last cleared: until then they are empty, and
     /// clearing them costs no lock.
     started: bool,
 }
 
-/// The bytes of a [`Copy`], which its protocol writes and its owner reads.
+/// The bytes of a [`ProtocolCopy`], which its protocol writes and its owner reads.
 #[derive(Clone, Default)]
-struct Shared(Arc<Mutex<Vec<u8>>>);
+struct SharedBytes(Arc<Mutex<Vec<u8>>>);
 
-impl io::Write for Shared {
+impl io::Write for SharedBytes {
     fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
         self.0.lock().extend_from_slice(bytes);
         Ok(bytes.len())
@@ -39,10 +39,10 @@ impl io::Write for Shared {
     }
 }
 
-impl Copy {
+impl ProtocolCopy {
     pub(crate) fn new(protocol: Protocol) -> Self {
-        let bytes = Shared::default();
-        Copy {
+        let bytes = SharedBytes::default();
+        ProtocolCopy {
             output: writer(protocol, bytes.clone()),
             bytes,
             started: false,
@@ -92,7 +92,7 @@ pub(crate) fn copy_reader(protocol: Protocol, bytes: &[u8]) -> Box<dyn TInputPro
     }
 }
 
-fn writer(protocol: Protocol, bytes: Shared) -> Box<dyn TOutputProtocol + Send> {
+fn writer(protocol: Protocol, bytes: SharedBytes) -> Box<dyn TOutputProtocol + Send> {
     match protocol {
         Protocol::Binary => Box::new(TBinaryOutputProtocol::new(bytes, true)),
         Protocol::Compact => Box::new(TCompactOutputProtocol::new(bytes)),

@@ -16,6 +16,13 @@ use self::decode::Source;
 /// crate recognise it.
 pub(crate) const SHED_PREFIX: &str = "server overloaded: ";
 
+/// The largest message, its frame included, when nothing else is configured: 16 MiB, Thrift's
+/// `TConfiguration` default.
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// Nesting allowed when nothing else is configured; Apache Thrift's default.
+pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
+
 /// The input protocol handed to a generated client's constructor.
 ///
 /// A generated client over this crate's connections has the type

@@ -32,11 +32,8 @@ pub(crate) use binary::BinaryIn;
 pub(crate) use compact::CompactIn;
 
 /// The most elements one container may declare when nothing else is configured: at one byte
-/// an element, what a message of the default 16 MiB limit can hold.
-pub(crate) const DEFAULT_MAX_ELEMENTS: usize = 16 * 1024 * 1024;
-
-/// Nesting allowed when nothing else is configured; Apache Thrift's default.
-pub(crate) const DEFAULT_MAX_DEPTH: usize = 64;
+/// an element, what a message of the default size limit can hold.
+pub(crate) const DEFAULT_MAX_ELEMENTS: usize = super::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// Strings and binaries that may not be backed by bytes yet are read in steps of at most this
 /// much more than what already arrived, so a declared length alone never allocates much.

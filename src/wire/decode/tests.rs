@@ -8,6 +8,7 @@ use thrift::protocol::{
 use thrift::ProtocolErrorKind;
 
 use super::*;
+use crate::wire::DEFAULT_MAX_DEPTH;
 
 #[derive(Clone, Copy, Debug)]
 enum Wire {
