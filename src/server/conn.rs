@@ -134,7 +134,7 @@ impl Conn {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(LINGER))?;
-        stream.set_write_timeout(Some(config.request_timeout))
+        stream.set_write_timeout(Some(config.get_request_timeout()))
     }
 
     /// Wraps an accepted socket, added to the server's ready set to report its first request.
@@ -291,9 +291,9 @@ impl Conn {
             // Everything that arrived is taken in and no whole request is here.
             let timed_out = self
                 .started
-                .is_some_and(|started| started.elapsed() >= config.request_timeout);
+                .is_some_and(|started| started.elapsed() >= config.get_request_timeout());
             if timed_out {
-                return Next::Close(Closed::Timeout(config.request_timeout));
+                return Next::Close(Closed::Timeout(config.get_request_timeout()));
             }
             if worker_wanted(shared) || shared.shortage.near(self.last_request) {
                 return Next::Park(self.park(config));
@@ -359,7 +359,7 @@ impl Conn {
             self.deferred = true;
             return Ok(false);
         }
-        let limit = shared.config.request_timeout.min(shared.drain_left());
+        let limit = shared.config.get_request_timeout().min(shared.drain_left());
         self.flush_within(limit).map(|()| true)
     }
 
@@ -395,7 +395,7 @@ impl Conn {
                 Err(closed) => return Some((Next::Close(closed), 0)),
             }
         }
-        if !gone && waited <= config.max_queue_wait {
+        if !gone && waited <= config.get_max_queue_wait() {
             return None;
         }
         let mut shed = 0;
@@ -407,7 +407,7 @@ impl Conn {
                 format!(
                     "{SHED_PREFIX}the request waited {waited:?} for a worker, more than the \
                      server's max_queue_wait of {:?}, and did not run",
-                    config.max_queue_wait
+                    config.get_max_queue_wait()
                 ),
             ))
         };
@@ -421,12 +421,12 @@ impl Conn {
             shared.count_shed();
             if let Some(reason) = &reason {
                 self.output.clear();
-                if config.transport == Transport::Framed {
+                if config.get_transport() == Transport::Framed {
                     self.output.extend_from_slice(&[0; FRAME_HEADER]);
                 }
                 let message = &self.input.available()[request.skip..request.skip + request.len];
                 let _ = error_reply(config, message, reason, &mut self.output);
-                match self.send(config.transport, config.request_timeout) {
+                match self.send(config.get_transport(), config.get_request_timeout()) {
                     Err(closed) => return Some((Next::Close(closed), shed + 1)),
                     Ok(true) => {}
                     // The rest waits for the client to read; later requests wait behind it.
@@ -487,7 +487,7 @@ impl Conn {
             shared.taker_enters_handler();
         }
         // The response is sent before closing for what comes after.
-        let answered: Result<Option<Closed>, Closed> = match config.transport {
+        let answered: Result<Option<Closed>, Closed> = match config.get_transport() {
             Transport::Framed => {
                 self.output.extend_from_slice(&[0; FRAME_HEADER]);
                 // The whole frame is in memory, so every length in it is checked against bytes
@@ -528,11 +528,11 @@ impl Conn {
         self.started = (!self.input.available().is_empty()).then(Instant::now);
         self.acked = false;
         let sent = answered.and_then(|close_after| match close_after {
-            None => self.send(config.transport, config.request_timeout),
+            None => self.send(config.get_transport(), config.get_request_timeout()),
             // Sent before the connection closes; what the socket does not take at once waits
             // for the client as any response does, holding no worker.
             Some(closed) => {
-                if self.send(config.transport, config.request_timeout)? {
+                if self.send(config.get_transport(), config.get_request_timeout())? {
                     return Err(closed);
                 }
                 self.closing = Some(Box::new(closed));
@@ -594,10 +594,10 @@ impl Conn {
     /// arrives: the request's deadline mid-request, else the end of the idle timeout.
     fn park(&mut self, config: &ServerConfig) -> Instant {
         match self.started {
-            Some(started) => started + config.request_timeout,
+            Some(started) => started + config.get_request_timeout(),
             None => {
                 self.shrink();
-                Instant::now() + config.idle_timeout
+                Instant::now() + config.get_idle_timeout()
             }
         }
     }
@@ -758,7 +758,7 @@ fn process<S: Source>(
     source: S,
     out: &mut Vec<u8>,
 ) -> Processed {
-    let protocol = config.protocol;
+    let protocol = config.get_protocol();
     let limits = config.limits();
     // A panicking handler leaves nothing behind that this connection or the server reuses: the
     // protocols are dropped, the buffers are cleared before the next request.
@@ -848,7 +848,7 @@ fn error_reply(
     error: &ApplicationError,
     out: &mut Vec<u8>,
 ) -> thrift::Result<()> {
-    let protocol = config.protocol;
+    let protocol = config.get_protocol();
     let call = with_reader!(protocol, request, config.limits(), |input| {
         input.read_message_begin()?
     });

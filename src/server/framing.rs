@@ -93,12 +93,12 @@ impl Input {
     /// frame header, or, unframed, up to one more than the largest message.
     #[inline]
     pub(super) fn wanted(&self, config: &ServerConfig) -> usize {
-        match config.transport {
+        match config.get_transport() {
             Transport::Framed => match frame_length(self.available()) {
                 Some(Ok(len)) => FRAME_HEADER + len,
                 _ => FRAME_HEADER,
             },
-            Transport::Buffered => config.max_message_size.saturating_add(1),
+            Transport::Buffered => config.get_max_message_size().saturating_add(1),
         }
     }
 
@@ -134,13 +134,13 @@ impl Input {
         more_coming: bool,
     ) -> Result<Option<Request>, Refused> {
         let available = self.available();
-        match config.transport {
+        match config.get_transport() {
             Transport::Framed => {
                 let Some(len) = frame_length(available) else {
                     return Ok(None);
                 };
                 let len = len.map_err(Refused::NegativeFrame)?;
-                let max = config.max_message_size;
+                let max = config.get_max_message_size();
                 if len > max {
                     return Err(Refused::FrameTooLarge { len, max });
                 }
@@ -165,7 +165,7 @@ impl Input {
                         return Ok(None);
                     }
                     Measured::TooLarge => {
-                        return Err(Refused::MessageTooLarge(config.max_message_size))
+                        return Err(Refused::MessageTooLarge(config.get_max_message_size()))
                     }
                     // The processor reads the same bytes and answers as it does to any request
                     // it cannot decode.
@@ -211,7 +211,7 @@ fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
     let mut scan = Scan {
         bytes,
         used: 0,
-        max: config.max_message_size,
+        max: config.get_max_message_size(),
         short: false,
         too_large: false,
     };
@@ -220,9 +220,9 @@ fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
         input.skip(TType::Struct)?;
         input.read_message_end()
     }
-    let walked = with_reader!(config.protocol, &mut scan, config.limits(), |input| walk(
-        input
-    ));
+    let walked = with_reader!(config.get_protocol(), &mut scan, config.limits(), |input| {
+        walk(input)
+    });
     match walked {
         Ok(()) => Measured::Whole(scan.used),
         Err(_) if scan.too_large => Measured::TooLarge,

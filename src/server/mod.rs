@@ -312,7 +312,7 @@ impl Shared {
 
     /// Whether some workers are reserves.
     fn has_reserves(&self) -> bool {
-        self.takers < self.config.workers
+        self.takers < self.config.get_workers()
     }
 
     /// Notes that a taker starts running the processor; when that leaves too few takers free
@@ -396,7 +396,7 @@ impl Shared {
 
     /// Hands a connection back to the poller to wait for bytes until `expires`.
     fn park(&self, mut conn: Conn, expires: Instant) {
-        let max_held = self.config.max_waiting_bytes;
+        let max_held = self.config.get_max_waiting_bytes();
         // Before taking the lock: it may ask the system.
         conn.locate(self.connections.len());
         let refused = self
@@ -468,7 +468,7 @@ impl Shared {
             warn!(
                 target: TARGET,
                 "overloaded: shed {count} request(s) since the last report, whose clients had left or which waited longer than {:?} for a worker (the latest {waited:?})",
-                self.config.max_queue_wait
+                self.config.get_max_queue_wait()
             );
         }
     }
@@ -523,7 +523,7 @@ impl ThriftServer {
         A: ToSocketAddrs,
         P: TProcessor + Send + Sync + 'static,
     {
-        let listener = listen(addr, config.backlog)?;
+        let listener = listen(addr, config.get_backlog())?;
         ThriftServer::from_listener(listener, processor, config)
     }
 
@@ -552,7 +552,9 @@ impl ThriftServer {
         for (i, set) in connections.iter().enumerate() {
             events.watch(set, CONNECTIONS + i)?;
         }
-        let takers = config.workers.min(cpus.saturating_mul(TAKERS_PER_CPU));
+        let takers = config
+            .get_workers()
+            .min(cpus.saturating_mul(TAKERS_PER_CPU));
         let shared = Arc::new(Shared {
             processor: Box::new(processor),
             config,
@@ -617,7 +619,7 @@ impl ThriftServer {
                 info!(
                     target: TARGET,
                     "serving on {} with {} workers ({:?} transport, {:?} protocol)",
-                    self.local_addr, config.workers, config.transport, config.protocol
+                    self.local_addr, config.get_workers(), config.get_transport(), config.get_protocol()
                 );
                 *state = State::Running(threads);
                 self.state_changed.notify_all();
@@ -633,9 +635,9 @@ impl ThriftServer {
 
     fn spawn(&self, listener: TcpListener, work_rx: Receiver<Work>) -> io::Result<Threads> {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-        let mut workers = Vec::with_capacity(self.shared.config.workers);
+        let mut workers = Vec::with_capacity(self.shared.config.get_workers());
         let mut spawned = Ok(());
-        for n in 0..self.shared.config.workers {
+        for n in 0..self.shared.config.get_workers() {
             let shared = Arc::clone(&self.shared);
             let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
             let worker = thread::Builder::new()
@@ -746,10 +748,10 @@ impl ThriftServer {
     }
 
     fn shut_down(&self, threads: Threads) {
-        let deadline = Instant::now() + self.shared.config.drain_timeout;
+        let deadline = Instant::now() + self.shared.config.get_drain_timeout();
         info!(target: TARGET, "stopping the server on {}", self.local_addr);
-        let drain_by =
-            crate::clock::monotonic_nanos().saturating_add(nanos(self.shared.config.drain_timeout));
+        let drain_by = crate::clock::monotonic_nanos()
+            .saturating_add(nanos(self.shared.config.get_drain_timeout()));
         self.shared.drain_by.store(drain_by, Ordering::SeqCst);
         self.shared.stopping.store(true, Ordering::SeqCst);
         self.shared.wake_poller();
@@ -784,7 +786,7 @@ impl ThriftServer {
             warn!(
                 target: TARGET,
                 "stopped the server on {} with {abandoned} workers still running a request after {:?}",
-                self.local_addr, self.shared.config.drain_timeout
+                self.local_addr, self.shared.config.get_drain_timeout()
             );
         } else {
             info!(target: TARGET, "stopped the server on {}", self.local_addr);
@@ -808,7 +810,7 @@ impl ThriftServer {
         };
         let counters = &self.shared.counters;
         ServerStats {
-            workers: self.shared.config.workers,
+            workers: self.shared.config.get_workers(),
             busy_workers: counters.busy.get() as usize,
             open_connections: open,
             idle_connections: idle,
@@ -936,7 +938,7 @@ fn serve(shared: &Shared, mut conn: Conn) {
         Next::Park(expires) => shared.park(conn, expires),
         Next::Requeue if !shared.stopping.load(Ordering::SeqCst) => shared.queue(conn),
         Next::Requeue => {
-            let expires = Instant::now() + shared.config.request_timeout;
+            let expires = Instant::now() + shared.config.get_request_timeout();
             shared.park(conn, expires)
         }
         Next::Close(closed) => {

@@ -216,7 +216,7 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
     let config = &shared.config;
     // Connections are closed at most a quarter of their timeout late (and at most a second),
     // without a timer per connection.
-    let sweep_every = (config.idle_timeout.min(config.request_timeout) / 4)
+    let sweep_every = (config.get_idle_timeout().min(config.get_request_timeout()) / 4)
         .clamp(Duration::from_millis(1), Duration::from_secs(1));
     let mut next_sweep = Instant::now() + sweep_every;
     let mut accept_paused_until: Option<Instant> = None;
@@ -289,7 +289,7 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
                         target: TARGET,
                         "closing connection from {}: {}",
                         conn.peer(),
-                        Closed::SendTimeout(config.request_timeout)
+                        Closed::SendTimeout(config.get_request_timeout())
                     );
                 } else if conn.mid_request() {
                     shared.counters.errors.fetch_add(1, Ordering::Relaxed);
@@ -297,14 +297,14 @@ pub(super) fn run(shared: Arc<Shared>, listener: TcpListener) {
                         target: TARGET,
                         "closing connection from {}: {}",
                         conn.peer(),
-                        Closed::Timeout(config.request_timeout)
+                        Closed::Timeout(config.get_request_timeout())
                     );
                 } else {
                     debug!(
                         target: TARGET,
                         "closing connection from {}: idle for {:?}",
                         conn.peer(),
-                        config.idle_timeout
+                        config.get_idle_timeout()
                     );
                 }
             }
@@ -390,7 +390,7 @@ fn accept(shared: &Shared, listener: &TcpListener, batch: usize) -> Option<Insta
         }
         let rejected = {
             let mut table = shared.table.lock();
-            if table.open() >= shared.config.max_connections {
+            if table.open() >= shared.config.get_max_connections() {
                 Some(stream)
             } else {
                 let key = table.reserve();
@@ -399,7 +399,7 @@ fn accept(shared: &Shared, listener: &TcpListener, batch: usize) -> Option<Insta
                         // A new connection's buffers are empty: it holds nothing yet.
                         table.slots[key] = Slot::Parked {
                             conn,
-                            expires: Instant::now() + shared.config.idle_timeout,
+                            expires: Instant::now() + shared.config.get_idle_timeout(),
                             held: 0,
                         };
                         table.idle += 1;
@@ -418,7 +418,7 @@ fn accept(shared: &Shared, listener: &TcpListener, batch: usize) -> Option<Insta
                 warn!(
                     target: TARGET,
                     "closing connection from {peer}: {} connections are already open",
-                    shared.config.max_connections
+                    shared.config.get_max_connections()
                 );
                 drop(stream);
             }
