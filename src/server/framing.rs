@@ -42,11 +42,32 @@ impl fmt::Display for Refused {
         match self {
             Refused::NegativeFrame(len) => write!(f, "negative frame length {len}"),
             Refused::FrameTooLarge { len, max } => {
-                write!(f, "frame of {len} bytes is over the limit of {max}")
+                write!(f, "frame of {len} bytes is over the limit of {max}")?;
+                match http_header(*len) {
+                    Some(header) => write!(
+                        f,
+                        "; the frame header {header:?} looks like HTTP: the client does not \
+                         speak framed Thrift"
+                    ),
+                    None => Ok(()),
+                }
             }
             Refused::MessageTooLarge(max) => write!(f, "request is over the limit of {max} bytes"),
         }
     }
+}
+
+/// What HTTP requests and responses start with.
+const HTTP_STARTS: [&str; 9] = [
+    "GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC", "CONN", "HTTP",
+];
+
+/// The frame header that declared `len`, if it is how HTTP starts.
+fn http_header(len: usize) -> Option<&'static str> {
+    let header = u32::try_from(len).ok()?.to_be_bytes();
+    HTTP_STARTS
+        .into_iter()
+        .find(|start| start.as_bytes() == header)
 }
 
 /// Bytes received and not yet consumed: `buf[pos..end]`. `buf` beyond `end` is spare room,
@@ -348,6 +369,18 @@ mod tests {
             input.next_request(&config, false),
             Err(Refused::NegativeFrame(-5))
         );
+    }
+
+    #[test]
+    fn a_frame_header_that_is_http_says_so() {
+        let config = ServerConfig::default();
+        let mut input = received(&config, b"GET / HTTP/1.1\r\n");
+        let refused = input.next_request(&config, false).unwrap_err();
+        let message = refused.to_string();
+        assert!(message.contains("\"GET \" looks like HTTP"), "{message}");
+        let mut input = received(&config, &0x7fff_0000i32.to_be_bytes());
+        let refused = input.next_request(&config, false).unwrap_err();
+        assert!(!refused.to_string().contains("HTTP"), "{refused}");
     }
 
     #[test]

@@ -252,6 +252,25 @@ impl ServerCore {
     }
 }
 
+/// Why an address could not be listened on, naming it.
+#[derive(Debug)]
+struct BindFailed {
+    addr: SocketAddr,
+    err: io::Error,
+}
+
+impl std::fmt::Display for BindFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.err)
+    }
+}
+
+impl std::error::Error for BindFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.err)
+    }
+}
+
 /// Binds the first address `addr` resolves to that can be bound, and listens there with room
 /// for `backlog` connections not yet accepted (the standard library's listeners have 128).
 fn listen<A: ToSocketAddrs>(addr: A, backlog: u32) -> io::Result<TcpListener> {
@@ -269,7 +288,7 @@ fn listen<A: ToSocketAddrs>(addr: A, backlog: u32) -> io::Result<TcpListener> {
         })();
         match bound {
             Ok(listener) => return Ok(listener),
-            Err(err) => last = Some(err),
+            Err(err) => last = Some(io::Error::new(err.kind(), BindFailed { addr, err })),
         }
     }
     Err(last.unwrap_or_else(|| {
@@ -289,7 +308,9 @@ impl ThriftServer {
     ///
     /// # Errors
     ///
-    /// Fails if the address cannot be bound or the poller cannot be created.
+    /// Fails if the address cannot be bound (the error names the address and keeps the
+    /// system's kind, such as [`AddrInUse`](io::ErrorKind::AddrInUse)) or the poller cannot be
+    /// created.
     pub fn bind<A, P>(addr: A, processor: P, config: ServerConfig) -> io::Result<ThriftServer>
     where
         A: ToSocketAddrs,
@@ -596,5 +617,15 @@ mod tests {
         send_sync::<ServerConfig>();
         send_sync::<ServerStats>();
         send_sync::<ServerCore>();
+    }
+
+    #[test]
+    fn a_failed_bind_names_the_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = listen(addr, 8).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let message = err.to_string();
+        assert!(message.contains(&addr.to_string()), "{message}");
     }
 }
