@@ -365,26 +365,11 @@ impl Conn {
         waited: Duration,
     ) -> Option<(Next, u64)> {
         let config = &core.config;
-        // Everything that has arrived, and whether the client has closed its end after it.
-        // Bounded, so that a client that keeps sending cannot keep the worker reading.
-        let mut gone = false;
-        for _ in 0..MAX_SHED_READS {
-            match self.receive(config, false) {
-                Ok(Received { got: 0, .. }) => break,
-                Ok(_) => {}
-                Err(Closed::ByPeer | Closed::MidRequest) => {
-                    gone = true;
-                    break;
-                }
-                // How a client that closes with answers unread (or lingering 0) leaves.
-                Err(Closed::Read(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-                    gone = true;
-                    break;
-                }
-                Err(closed) => return Some((Next::Close(closed), 0)),
-            }
-        }
-        if !gone && waited <= config.get_max_queue_wait() {
+        let gone = match self.take_in_all(config) {
+            Ok(gone) => gone,
+            Err(closed) => return Some((Next::Close(closed), 0)),
+        };
+        if !gone && !core.schedule.waited_too_long(waited) {
             return None;
         }
         let mut shed = 0;
@@ -446,6 +431,24 @@ impl Conn {
             Next::Park(self.park(config))
         };
         Some((next, shed))
+    }
+
+    /// Takes in everything that has arrived; returns whether the client has closed its end
+    /// after it. Bounded, so that a client that keeps sending cannot keep the worker reading.
+    fn take_in_all(&mut self, config: &ServerConfig) -> Result<bool, Closed> {
+        for _ in 0..MAX_SHED_READS {
+            match self.receive(config, false) {
+                Ok(Received { got: 0, .. }) => break,
+                Ok(_) => {}
+                Err(Closed::ByPeer | Closed::MidRequest) => return Ok(true),
+                // How a client that closes with answers unread (or lingering 0) leaves.
+                Err(Closed::Read(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    return Ok(true)
+                }
+                Err(closed) => return Err(closed),
+            }
+        }
+        Ok(false)
     }
 
     /// Whether bytes wait on the connection: received and not yet used, in the socket, or a

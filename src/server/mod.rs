@@ -345,7 +345,7 @@ impl ThriftServer {
         poller::watch_sets(&events, &connections)?;
         let core = Arc::new(ServerCore {
             processor: Box::new(processor),
-            schedule: Schedule::new(config.get_workers(), cpus, work_tx),
+            schedule: Schedule::new(&config, cpus, work_tx),
             config,
             connections,
             events,

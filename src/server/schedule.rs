@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, SendError, Sender, TryRecvError};
 
 use super::conn::Conn;
+use super::ServerConfig;
 use crate::clock::{nanos, Epoch};
 use crate::counter::Striped;
 
@@ -57,8 +58,8 @@ const SHORTAGE_MEMORY: Duration = Duration::from_millis(20);
 
 /// A connection that waited in the queue longer than this is looked at before its requests
 /// run: whether its client is still there, and whether they waited too long to be worth
-/// running ([`ServerConfig::max_queue_wait`](super::ServerConfig::max_queue_wait)). Below
-/// capacity connections wait less, and pay nothing for the look.
+/// running ([`Schedule::waited_too_long`]). Below capacity connections wait less, and pay
+/// nothing for the look.
 const SHED_CHECK_AFTER: Duration = Duration::from_millis(1);
 
 thread_local! {
@@ -100,11 +101,14 @@ pub(super) struct Schedule {
     stopping: AtomicBool,
     /// The workers' stop messages in the queue, which are no queued connections.
     stops_queued: AtomicUsize,
+    /// See [`ServerConfig::max_queue_wait`].
+    max_queue_wait: Duration,
 }
 
 impl Schedule {
-    /// The schedule of `workers` workers on `cpus` CPUs, feeding `queue`.
-    pub(super) fn new(workers: usize, cpus: usize, queue: Sender<Work>) -> Schedule {
+    /// The schedule of the workers `config` asks for on `cpus` CPUs, feeding `queue`.
+    pub(super) fn new(config: &ServerConfig, cpus: usize, queue: Sender<Work>) -> Schedule {
+        let workers = config.get_workers();
         let takers = workers.min(cpus.saturating_mul(TAKERS_PER_CPU));
         Schedule {
             queue,
@@ -119,6 +123,7 @@ impl Schedule {
             watching: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             stops_queued: AtomicUsize::new(0),
+            max_queue_wait: config.get_max_queue_wait(),
         }
     }
 
@@ -313,6 +318,12 @@ impl Schedule {
     #[inline]
     pub(super) fn check_before_serving(&self, waited: Duration) -> bool {
         waited > SHED_CHECK_AFTER
+    }
+
+    /// Whether requests that waited `waited` for a worker are shed rather than run: their
+    /// clients have likely given up.
+    pub(super) fn waited_too_long(&self, waited: Duration) -> bool {
+        waited > self.max_queue_wait
     }
 
     /// Whether more connections are queued than free workers will take.
