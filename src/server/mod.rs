@@ -3,22 +3,22 @@
 //! The path of a request, from accept to the response's last byte:
 //!
 //! ```text
-//! poller: accept ──► Table::admit (parked, armed in its CPU's ready set)
-//!           bytes arrive ──► a free taker takes it from the set (Schedule::next_work)
-//!                       or ──► the poller queues it for the workers (Schedule::queue)
-//! worker: serve ──► shed if it waited too long (Conn::shed_unwanted)
-//!           ──► Conn::serve: read, process, write, linger while Schedule::may_linger
-//!           ──► ServerCore::park: back in the Table, armed for its next bytes
-//!               (or for room to send the rest of a slow client's response)
+//! accept        poller::accept, Table::admit: parked, armed in its CPU's ready set
+//! bytes arrive  a free taker takes it from the set       (Schedule::next_work)
+//!               or the poller queues it for any worker   (poller::dispatch, Schedule::queue)
+//! a worker      worker::serve: shed if it waited too long (Conn::shed_unwanted)
+//!               Conn::serve: read, run the processor, write the response;
+//!               linger for the next request while Schedule::may_linger
+//! let go        ServerCore::park: back in the Table, armed for its next bytes (or for room
+//!               to send the rest of the response); or requeued, or closed
 //! ```
 //!
-//! The policy of who serves a ready connection lives in [`schedule`]; where each connection
-//! is, in [`table`]. Parked connections sit in epoll sets, one per CPU: the set of the CPU
-//! their latest bytes arrived on, so a taker answers where the request came in. While every
-//! worker is busy, the poller only looks at the sets every `poller::LOOK_EVERY`, so a ready
-//! request is always seen, counted and its wait measured within that time. An idle connection,
-//! or one whose client stalls in the middle of a request, never holds a worker, however many
-//! are open.
+//! Who serves a ready connection is decided in [`schedule`]; where each connection is, in
+//! [`table`]. Parked connections wait in epoll sets, one per CPU: the set of the CPU their
+//! latest bytes arrived on, so that a taker answers where the request came in. While every
+//! worker is busy, the poller looks at the sets only every `poller::LOOK_EVERY`, so a ready
+//! request is seen, counted and its wait measured within that time. An idle connection, or
+//! one whose client stalls mid-request, never holds a worker, however many are open.
 
 mod config;
 mod conn;

@@ -1,10 +1,11 @@
 //! Who serves a ready connection, and when a worker lets its connection go.
 //!
-//! Workers are takers or reserves. A taker free for work takes queued connections, else ready
-//! ones straight from the sets, else waits on the queue. A reserve only waits on the queue.
-//! The poller watches the sets only while some worker waits ([`Schedule::poller_should_watch`]),
-//! and at once while handlers hold too many takers. A worker lingers on its own connection
-//! only while no other connection wants one ([`Schedule::may_linger`]).
+//! Workers are takers or reserves. A free taker takes a queued connection, else a ready one
+//! straight from the sets, else waits on the queue; a reserve only waits on the queue. The
+//! poller watches the sets, queueing what becomes ready, only while a worker waits on the
+//! queue: a taker, or a reserve while handlers hold too many takers
+//! ([`Schedule::poller_should_watch`]). A worker lingers on its own connection only while no
+//! other connection wants a worker ([`Schedule::may_linger`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
@@ -87,7 +88,7 @@ pub(super) struct Schedule {
     /// waiting for a busy worker to let go of its connection.
     free_workers: AtomicUsize,
     /// Takers waiting on the queue: with none, the poller sits out.
-    idle_workers: AtomicUsize,
+    idle_takers: AtomicUsize,
     /// Reserves waiting on the queue.
     idle_reserves: AtomicUsize,
     /// Takers running the processor, counted only while some workers are reserves: striped,
@@ -116,7 +117,7 @@ impl Schedule {
             takers,
             free_takers_wanted: cpus.min(takers),
             free_workers: AtomicUsize::new(0),
-            idle_workers: AtomicUsize::new(0),
+            idle_takers: AtomicUsize::new(0),
             idle_reserves: AtomicUsize::new(0),
             takers_in_handlers: Striped::default(),
             shortage: Shortage::new(Instant::now()),
@@ -222,14 +223,14 @@ impl Schedule {
         if let Some(conn) = take_ready() {
             return Some(Work::Serve(conn));
         }
-        self.idle_workers.fetch_add(1, Ordering::SeqCst);
+        self.idle_takers.fetch_add(1, Ordering::SeqCst);
         // Either the poller sees this worker waiting before it stops watching, or this sees it
         // stopped and wakes it (both sides are sequentially consistent).
         if !self.watching.load(Ordering::SeqCst) {
             wake_poller();
         }
         let next = queue.recv().ok();
-        self.idle_workers.fetch_sub(1, Ordering::SeqCst);
+        self.idle_takers.fetch_sub(1, Ordering::SeqCst);
         next
     }
 
@@ -265,7 +266,7 @@ impl Schedule {
     }
 
     fn watch_wanted(&self) -> bool {
-        self.idle_workers.load(Ordering::SeqCst) > 0
+        self.idle_takers.load(Ordering::SeqCst) > 0
             || self.stopping.load(Ordering::SeqCst)
             || (self.idle_reserves.load(Ordering::SeqCst) > 0 && self.takers_held())
     }
