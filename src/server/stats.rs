@@ -80,40 +80,48 @@ pub(super) struct StatCounters {
 }
 
 impl StatCounters {
+    #[inline]
     pub(super) fn count_accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(super) fn count_rejected(&self) {
         self.rejected.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection closed for an error.
+    #[inline]
     pub(super) fn count_error(&self) {
         self.errors.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(super) fn count_panic(&self) {
         self.panics.fetch_add(1, Ordering::Relaxed);
     }
 
+    #[inline]
     pub(super) fn count_bad_request(&self) {
         self.bad_requests.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request handed to the processor, its worker busy until
     /// [`request_sent`](Self::request_sent).
+    #[inline]
     pub(super) fn request_starts(&self) {
         self.busy.bump();
         self.requests.bump();
     }
 
     /// Notes that a worker is done with its request's response.
+    #[inline]
     pub(super) fn request_sent(&self) {
         self.busy.unbump();
     }
 
     /// Counts a request shed.
+    #[inline]
     pub(super) fn count_shed(&self) {
         self.shed.fetch_add(1, Ordering::Relaxed);
         self.shed_unlogged.fetch_add(1, Ordering::Relaxed);
