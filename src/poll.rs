@@ -1,5 +1,6 @@
-//! Waiting for a socket to be ready, on a high-resolution timer: for the last stretch before a
-//! deadline, where a socket's own coarse timeout would fire late.
+//! Readiness: what a socket is waited on for ([`Interest`], for the client's deadlines and the
+//! server's ready sets alike), and waiting for it on a high-resolution timer: for the last
+//! stretch before a deadline, where a socket's own coarse timeout would fire late.
 
 use std::io;
 use std::os::fd::AsFd;
