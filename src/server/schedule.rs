@@ -27,7 +27,7 @@ pub(super) enum Work {
 }
 
 /// What a worker does when it is free: see [`TAKERS_PER_CPU`].
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Role {
     /// Takes ready connections from the sets itself.
     Taker,
@@ -395,6 +395,69 @@ mod tests {
         assert!(!shortage.near(at(5_000)));
         shortage.note(at(5_000));
         assert!(shortage.near(at(5_010)));
+    }
+
+    /// A schedule of `workers` on `cpus` CPUs, and its queue's receiving end.
+    fn schedule_of(workers: usize, cpus: usize) -> (Schedule, Receiver<Work>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let config = ServerConfig::default().workers(workers);
+        (Schedule::new(&config, cpus, tx), rx)
+    }
+
+    #[test]
+    fn two_workers_per_cpu_take_and_the_rest_are_reserves() {
+        let (schedule, _rx) = schedule_of(8, 2);
+        let roles: Vec<Role> = (0..8).map(|n| schedule.enlist(n)).collect();
+        assert_eq!(roles[..4], [Role::Taker; 4]);
+        assert_eq!(roles[4..], [Role::Reserve; 4]);
+        let (small, _rx) = schedule_of(3, 2);
+        assert!((0..3).all(|n| small.enlist(n) == Role::Taker));
+    }
+
+    #[test]
+    fn a_worker_is_wanted_while_more_is_queued_than_free_workers_take() {
+        let (schedule, _rx) = schedule_of(2, 1);
+        let now = Instant::now();
+        assert!(!schedule.worker_wanted());
+        assert!(schedule.may_linger(now));
+        schedule.queue_stops(1);
+        assert!(schedule.worker_wanted());
+        assert!(!schedule.may_linger(now));
+        assert_eq!(schedule.queued_connections(), 0, "a stop is no connection");
+    }
+
+    #[test]
+    fn requests_that_waited_past_the_limit_are_shed() {
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let config = ServerConfig::default().max_queue_wait(Duration::from_millis(100));
+        let schedule = Schedule::new(&config, 1, tx);
+        assert!(!schedule.check_before_serving(Duration::from_micros(500)));
+        assert!(schedule.check_before_serving(Duration::from_millis(2)));
+        assert!(!schedule.waited_too_long(Duration::from_millis(100)));
+        assert!(schedule.waited_too_long(Duration::from_millis(101)));
+    }
+
+    #[test]
+    fn the_poller_watches_for_a_waiting_reserve_only_while_handlers_hold_the_takers() {
+        // One CPU: two takers, two reserves; one taker should be free to run.
+        let (schedule, rx) = schedule_of(4, 1);
+        schedule.poller_watches(false);
+        assert!(!schedule.poller_should_watch(), "nobody waits");
+        std::thread::scope(|scope| {
+            let reserve =
+                scope.spawn(|| schedule.next_work(Role::Reserve, &rx, &mut 0, || None, || ()));
+            while schedule.idle_reserves.load(Ordering::SeqCst) == 0 {
+                thread::yield_now();
+            }
+            assert!(!schedule.poller_should_watch(), "the takers can run");
+            assert!(!schedule.taker_enters_handler());
+            assert!(schedule.taker_enters_handler(), "both takers are held");
+            assert!(schedule.poller_should_watch());
+            schedule.taker_leaves_handler();
+            assert!(!schedule.poller_should_watch());
+            schedule.queue_stops(1);
+            assert!(matches!(reserve.join().unwrap(), Some(Work::Stop)));
+        });
     }
 
     #[test]
