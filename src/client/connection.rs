@@ -13,7 +13,7 @@ use socket2::{Domain, Socket, Type};
 
 use crate::clock::{monotonic_nanos, nanos};
 use crate::error::{Error, Timeout};
-use crate::poll::{wait_ready, Ready};
+use crate::poll::{wait_ready, Interest};
 use crate::wire::decode::{self, Source};
 use crate::wire::Transport;
 
@@ -108,7 +108,7 @@ fn connect_one(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
                 if left.is_zero() {
                     return Err(io::ErrorKind::TimedOut.into());
                 }
-                if wait_ready(&socket, Ready::Write, left)? {
+                if wait_ready(&socket, Interest::Write, left)? {
                     break;
                 }
             }
@@ -267,13 +267,6 @@ pub(crate) fn split(
     Ok((state, reader, writer))
 }
 
-/// Which socket timeout a [`Deadline`] adjusts.
-#[derive(Clone, Copy)]
-enum Direction {
-    Read,
-    Write,
-}
-
 /// Runs one socket operation so that it ends by the call's deadline.
 ///
 /// `op` gets the stream and whether it may block: while the deadline is far, it blocks on the
@@ -284,7 +277,7 @@ enum Direction {
 fn bounded<T>(
     state: &ConnState,
     socket_timeout: &mut u64,
-    direction: Direction,
+    interest: Interest,
     mut op: impl FnMut(&TcpStream, bool) -> io::Result<T>,
 ) -> io::Result<T> {
     let deadline = state.deadline.load(Ordering::Relaxed);
@@ -297,11 +290,7 @@ fn bounded<T>(
         }
         let coarse = coarse_part(left);
         let done = if coarse == 0 {
-            let ready = match direction {
-                Direction::Read => Ready::Read,
-                Direction::Write => Ready::Write,
-            };
-            match wait_ready(&state.stream, ready, Duration::from_nanos(left)) {
+            match wait_ready(&state.stream, interest, Duration::from_nanos(left)) {
                 Ok(true) => op(&state.stream, false),
                 Ok(false) => continue,
                 Err(e) => Err(e),
@@ -310,14 +299,14 @@ fn bounded<T>(
             // Lowered when it would run past the deadline; widened again after it expired,
             // when an earlier call near its deadline had left it short.
             if *socket_timeout > coarse + TIMEOUT_SLACK || (widen && *socket_timeout < coarse) {
-                set_timeout(&state.stream, direction, coarse)?;
+                set_timeout(&state.stream, interest, coarse)?;
                 *socket_timeout = coarse;
             }
             op(&state.stream, true)
         };
         match done {
             Ok(v) => {
-                if let Direction::Read = direction {
+                if interest == Interest::Read {
                     // The peer was there at least as late as this: it answered.
                     state.last_heard.store(now, Ordering::Relaxed);
                 }
@@ -355,7 +344,7 @@ fn receive_with(
     socket_timeout: &mut u64,
     mut recv: impl FnMut(&TcpStream, RecvFlags) -> rustix::io::Result<usize>,
 ) -> io::Result<usize> {
-    let n = bounded(state, socket_timeout, Direction::Read, |s, block| {
+    let n = bounded(state, socket_timeout, Interest::Read, |s, block| {
         // Blocking reads wait on the socket's own timeout, kept short of the deadline.
         let flags = if block {
             RecvFlags::empty()
@@ -374,11 +363,12 @@ fn receive_with(
     Ok(n)
 }
 
-fn set_timeout(stream: &TcpStream, direction: Direction, nanos: u64) -> io::Result<()> {
+/// Sets the socket's timeout for `interest`: its read or its write timeout.
+fn set_timeout(stream: &TcpStream, interest: Interest, nanos: u64) -> io::Result<()> {
     let timeout = Some(Duration::from_nanos(nanos.max(1_000)));
-    match direction {
-        Direction::Read => stream.set_read_timeout(timeout),
-        Direction::Write => stream.set_write_timeout(timeout),
+    match interest {
+        Interest::Read => stream.set_read_timeout(timeout),
+        Interest::Write => stream.set_write_timeout(timeout),
     }
 }
 
@@ -758,7 +748,7 @@ impl Write for Writer {
             let n = bounded(
                 &self.state,
                 &mut self.socket_timeout,
-                Direction::Write,
+                Interest::Write,
                 |mut s, block| {
                     if block {
                         s.write(rest)

@@ -26,25 +26,29 @@ use crate::{Protocol, Transport};
 /// the defaults here are chosen for a thread-per-request server instead; each setter says why.
 ///
 /// A duration longer than a century is taken as a century, which is never in practice:
-/// `Duration::MAX` may be given for "no limit" wherever a duration is.
+/// `Duration::MAX` may be given for "no limit" wherever a duration is. A setter given a value
+/// the server cannot run with panics, saying which.
+///
+/// Each setting has a getter named as its setter with `get_` in front, as
+/// [`std::process::Command`] has: the setter's name is taken.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerConfig {
-    pub(super) workers: usize,
-    pub(super) transport: Transport,
-    pub(super) protocol: Protocol,
-    pub(super) max_message_size: usize,
-    pub(super) max_depth: usize,
-    pub(super) idle_timeout: Duration,
-    pub(super) request_timeout: Duration,
-    pub(super) max_connections: usize,
-    pub(super) backlog: u32,
-    pub(super) drain_timeout: Duration,
-    pub(super) max_waiting_bytes: usize,
-    pub(super) max_container_elements: usize,
-    pub(super) max_queue_wait: Duration,
+    workers: usize,
+    transport: Transport,
+    protocol: Protocol,
+    max_message_size: usize,
+    max_depth: usize,
+    idle_timeout: Duration,
+    request_timeout: Duration,
+    max_connections: usize,
+    backlog: u32,
+    drain_timeout: Duration,
+    max_waiting_bytes: usize,
+    max_container_elements: usize,
+    max_queue_wait: Duration,
 }
 
-/// The smallest timeout the server uses; sockets reject a zero timeout.
+/// The smallest timeout the server uses: its timers' resolution.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 impl Default for ServerConfig {
@@ -90,9 +94,18 @@ impl ServerConfig {
     /// themselves; the others are reserves, handed work by the poller when those two are not
     /// enough, and at once while handlers hold them: on a saturated machine, more workers
     /// taking than the cores can run are taken off their CPU while they hold a connection.
-    /// 0 is treated as 1, and more than [`MAX_WORKERS`](Self::MAX_WORKERS) as that many.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `workers` is 0 or more than [`MAX_WORKERS`](Self::MAX_WORKERS).
     pub fn workers(mut self, workers: usize) -> Self {
-        self.workers = workers.clamp(1, Self::MAX_WORKERS);
+        assert!(workers > 0, "a server needs at least one worker");
+        assert!(
+            workers <= Self::MAX_WORKERS,
+            "{workers} workers is more than the most a server runs, {}",
+            Self::MAX_WORKERS
+        );
+        self.workers = workers;
         self
     }
 
@@ -121,18 +134,31 @@ impl ServerConfig {
     /// closes its connection. A string, binary or container count that claims more than is left of
     /// its request is refused before anything is allocated for it, so what decoding a request
     /// allocates stays in proportion to the bytes it really holds. Defaults to 16 MiB, the limit
-    /// of Apache Thrift's other servers. 0 is treated as 1 (which rejects every request).
+    /// of Apache Thrift's other servers.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `bytes` is 0: no request would fit.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes.max(1);
+        assert!(bytes > 0, "max_message_size must be at least 1 byte");
+        self.max_message_size = bytes;
         self
     }
 
     /// How deeply structs, lists, sets and maps may nest inside a request.
     ///
     /// A deeper request is answered with a protocol error. Defaults to 64, Apache Thrift's
-    /// default. 0 is treated as 1 (the arguments struct itself counts as one level).
+    /// default.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `depth` is 0: the arguments struct itself counts as one level.
     pub fn max_depth(mut self, depth: usize) -> Self {
-        self.max_depth = depth.max(1);
+        assert!(
+            depth > 0,
+            "max_depth must be at least 1, the arguments struct"
+        );
+        self.max_depth = depth;
         self
     }
 
@@ -140,9 +166,14 @@ impl ServerConfig {
     ///
     /// Defaults to 60 seconds, so that clients which vanish without closing their side do not
     /// hold connection slots for ever, while pooled clients that call at least once a minute
-    /// keep their connections. Zero is treated as 1 ms.
+    /// keep their connections. A timeout under 1 ms, the server's timer resolution, is taken
+    /// as 1 ms.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `timeout` is zero.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
-        self.idle_timeout = timeout.clamp(MIN_TIMEOUT, LONGEST);
+        self.idle_timeout = valid_timeout(timeout, "idle_timeout");
         self
     }
 
@@ -153,9 +184,13 @@ impl ServerConfig {
     /// waits in the poller, not in a worker, so a client that sends half a request and stalls
     /// keeps no other client waiting. A response the client does not take at once waits there
     /// too, its worker moving on; one not taken in time closes the connection. Defaults to 10
-    /// seconds. Zero is treated as 1 ms.
+    /// seconds. A timeout under 1 ms, the server's timer resolution, is taken as 1 ms.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `timeout` is zero.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout.clamp(MIN_TIMEOUT, LONGEST);
+        self.request_timeout = valid_timeout(timeout, "request_timeout");
         self
     }
 
@@ -163,9 +198,14 @@ impl ServerConfig {
     ///
     /// A connection over the limit is accepted and closed at once, so its client sees the
     /// connection closed instead of waiting. Defaults to 10 000, well under the file-descriptor
-    /// limit servers are usually given. 0 is treated as 1.
+    /// limit servers are usually given.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `connections` is 0.
     pub fn max_connections(mut self, connections: usize) -> Self {
-        self.max_connections = connections.max(1);
+        assert!(connections > 0, "max_connections must be at least 1");
+        self.max_connections = connections;
         self
     }
 
@@ -175,9 +215,14 @@ impl ServerConfig {
     /// A connection arriving while the queue is full is not refused: its first packet is dropped
     /// and the client tries again a second later, so a burst of clients bigger than the queue
     /// makes some of them wait that second. Defaults to 1024 (the standard library's listeners
-    /// queue 128); the system caps it, on Linux at `net.core.somaxconn`. 0 is treated as 1.
+    /// queue 128); the system caps it, on Linux at `net.core.somaxconn`.
+    ///
+    /// # Panics
+    ///
+    /// Panics if `connections` is 0.
     pub fn backlog(mut self, connections: u32) -> Self {
-        self.backlog = connections.max(1);
+        assert!(connections > 0, "backlog must be at least 1");
+        self.backlog = connections;
         self
     }
 
@@ -216,7 +261,7 @@ impl ServerConfig {
     ///
     /// Every count is also bounded by what is left of its request; this limit applies on top,
     /// for services that know their containers are smaller. A request over it gets an error
-    /// reply, as for any undecodable request.
+    /// reply, as for any undecodable request. Zero allows only empty containers.
     pub fn max_container_elements(mut self, elements: usize) -> Self {
         self.max_container_elements = elements;
         self
@@ -231,11 +276,84 @@ impl ServerConfig {
     /// `max_message_size`. A connection whose partial request would take the total past it is
     /// closed (and logged); idle connections give their buffers back instead. Defaults to
     /// 256 MiB. It may be smaller than `max_message_size`: a request larger than it still gets
-    /// through when it arrives while a worker reads it.
+    /// through when it arrives while a worker reads it. Zero lets no partial request or
+    /// response wait.
     pub fn max_waiting_bytes(mut self, bytes: usize) -> Self {
         self.max_waiting_bytes = bytes;
         self
     }
+
+    /// How many threads run requests; see [`workers`](Self::workers).
+    pub fn get_workers(&self) -> usize {
+        self.workers
+    }
+
+    /// How messages are delimited; see [`transport`](Self::transport).
+    pub fn get_transport(&self) -> Transport {
+        self.transport
+    }
+
+    /// How values are encoded; see [`protocol`](Self::protocol).
+    pub fn get_protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// The largest request; see [`max_message_size`](Self::max_message_size).
+    pub fn get_max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// How deeply a request may nest; see [`max_depth`](Self::max_depth).
+    pub fn get_max_depth(&self) -> usize {
+        self.max_depth
+    }
+
+    /// How long a connection may idle; see [`idle_timeout`](Self::idle_timeout).
+    pub fn get_idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// How long a request may take to arrive; see [`request_timeout`](Self::request_timeout).
+    pub fn get_request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// How many connections may be open; see [`max_connections`](Self::max_connections).
+    pub fn get_max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    /// The `listen` backlog; see [`backlog`](Self::backlog).
+    pub fn get_backlog(&self) -> u32 {
+        self.backlog
+    }
+
+    /// How long a request may wait for a worker; see [`max_queue_wait`](Self::max_queue_wait).
+    pub fn get_max_queue_wait(&self) -> Duration {
+        self.max_queue_wait
+    }
+
+    /// How long stopping waits; see [`drain_timeout`](Self::drain_timeout).
+    pub fn get_drain_timeout(&self) -> Duration {
+        self.drain_timeout
+    }
+
+    /// The most elements a container may declare; see
+    /// [`max_container_elements`](Self::max_container_elements).
+    pub fn get_max_container_elements(&self) -> usize {
+        self.max_container_elements
+    }
+
+    /// What waiting connections may hold; see [`max_waiting_bytes`](Self::max_waiting_bytes).
+    pub fn get_max_waiting_bytes(&self) -> usize {
+        self.max_waiting_bytes
+    }
+}
+
+/// `timeout`, unless zero: at least [`MIN_TIMEOUT`], at most [`LONGEST`].
+fn valid_timeout(timeout: Duration, setting: &str) -> Duration {
+    assert!(!timeout.is_zero(), "{setting} must be longer than zero");
+    timeout.clamp(MIN_TIMEOUT, LONGEST)
 }
 
 #[cfg(test)]
@@ -243,38 +361,101 @@ mod tests {
     use super::*;
 
     #[test]
-    fn invalid_values_are_raised_to_the_smallest_valid_one() {
+    #[should_panic(expected = "at least one worker")]
+    fn zero_workers_are_refused() {
+        let _ = ServerConfig::default().workers(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "more than the most a server runs")]
+    fn more_workers_than_the_most_are_refused() {
+        let _ = ServerConfig::default().workers(ServerConfig::MAX_WORKERS + 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_message_size must be at least 1 byte")]
+    fn a_zero_message_size_is_refused() {
+        let _ = ServerConfig::default().max_message_size(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_depth must be at least 1")]
+    fn a_zero_depth_is_refused() {
+        let _ = ServerConfig::default().max_depth(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "idle_timeout must be longer than zero")]
+    fn a_zero_idle_timeout_is_refused() {
+        let _ = ServerConfig::default().idle_timeout(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "request_timeout must be longer than zero")]
+    fn a_zero_request_timeout_is_refused() {
+        let _ = ServerConfig::default().request_timeout(Duration::ZERO);
+    }
+
+    #[test]
+    #[should_panic(expected = "max_connections must be at least 1")]
+    fn zero_connections_are_refused() {
+        let _ = ServerConfig::default().max_connections(0);
+    }
+
+    #[test]
+    #[should_panic(expected = "backlog must be at least 1")]
+    fn a_zero_backlog_is_refused() {
+        let _ = ServerConfig::default().backlog(0);
+    }
+
+    #[test]
+    fn the_smallest_valid_values_are_kept() {
         let config = ServerConfig::default()
-            .workers(0)
-            .max_message_size(0)
-            .max_depth(0)
-            .idle_timeout(Duration::ZERO)
-            .request_timeout(Duration::ZERO)
-            .max_connections(0)
-            .backlog(0)
-            .drain_timeout(Duration::ZERO);
-        assert_eq!(config.workers, 1);
-        assert_eq!(config.max_message_size, 1);
-        assert_eq!(config.max_depth, 1);
-        assert_eq!(config.idle_timeout, MIN_TIMEOUT);
-        assert_eq!(config.request_timeout, MIN_TIMEOUT);
-        assert_eq!(config.max_connections, 1);
-        assert_eq!(config.backlog, 1);
-        assert_eq!(config.drain_timeout, Duration::ZERO);
+            .workers(1)
+            .max_message_size(1)
+            .max_depth(1)
+            .idle_timeout(Duration::from_millis(1))
+            .request_timeout(Duration::from_millis(1))
+            .max_connections(1)
+            .backlog(1)
+            .drain_timeout(Duration::ZERO)
+            .max_queue_wait(Duration::ZERO)
+            .max_container_elements(0)
+            .max_waiting_bytes(0);
+        assert_eq!(config.get_workers(), 1);
+        assert_eq!(config.get_max_message_size(), 1);
+        assert_eq!(config.get_max_depth(), 1);
+        assert_eq!(config.get_idle_timeout(), MIN_TIMEOUT);
+        assert_eq!(config.get_request_timeout(), MIN_TIMEOUT);
+        assert_eq!(config.get_max_connections(), 1);
+        assert_eq!(config.get_backlog(), 1);
+        assert_eq!(config.get_drain_timeout(), Duration::ZERO);
+        assert_eq!(config.get_max_queue_wait(), Duration::ZERO);
+        assert_eq!(config.get_max_container_elements(), 0);
+        assert_eq!(config.get_max_waiting_bytes(), 0);
+    }
+
+    #[test]
+    fn timeouts_under_the_timer_resolution_are_taken_as_it() {
+        let config = ServerConfig::default()
+            .idle_timeout(Duration::from_nanos(1))
+            .request_timeout(Duration::from_micros(500));
+        assert_eq!(config.get_idle_timeout(), MIN_TIMEOUT);
+        assert_eq!(config.get_request_timeout(), MIN_TIMEOUT);
     }
 
     #[test]
     fn values_past_any_use_are_cut_to_the_largest_one() {
         let config = ServerConfig::default()
-            .workers(usize::MAX)
+            .workers(ServerConfig::MAX_WORKERS)
             .idle_timeout(Duration::MAX)
             .request_timeout(Duration::MAX)
             .max_queue_wait(Duration::MAX)
             .drain_timeout(Duration::MAX);
-        assert_eq!(config.workers, ServerConfig::MAX_WORKERS);
-        assert_eq!(config.idle_timeout, LONGEST);
-        assert_eq!(config.request_timeout, LONGEST);
-        assert_eq!(config.max_queue_wait, LONGEST);
-        assert_eq!(config.drain_timeout, LONGEST);
+        assert_eq!(config.get_workers(), ServerConfig::MAX_WORKERS);
+        assert_eq!(config.get_idle_timeout(), LONGEST);
+        assert_eq!(config.get_request_timeout(), LONGEST);
+        assert_eq!(config.get_max_queue_wait(), LONGEST);
+        assert_eq!(config.get_drain_timeout(), LONGEST);
     }
 }

@@ -11,7 +11,6 @@ use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use log::{error, Level};
@@ -22,10 +21,11 @@ use thrift::{ApplicationError, ApplicationErrorKind};
 
 use super::config::ServerConfig;
 use super::framing::{Input, Refused, Request, FRAME_HEADER};
-use super::ready::{Interest, ReadySet};
-use super::{Shared, TARGET};
+use super::ready::{ReadySet, Token};
+use super::stats::StatCounters;
+use super::{ServerCore, TARGET};
 use crate::clock::{monotonic_nanos, nanos};
-use crate::poll::{wait_ready, Ready};
+use crate::poll::{wait_ready, Interest};
 use crate::wire::decode::Source;
 use crate::wire::tracked::Tracked;
 use crate::wire::{with_reader, with_writer, SHED_PREFIX};
@@ -64,24 +64,13 @@ fn arrived_on(socket: &TcpStream, otherwise: usize) -> usize {
 /// from further away.
 const LOCATE_EVERY: u8 = 4;
 
-thread_local! {
-    /// Whether this worker thread counts its time in handlers (see [`count_handlers`]).
-    static COUNTS_HANDLERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Makes this worker thread, a taker in a pool with reserves, count when it runs the processor,
-/// so that the reserves are handed work while handlers hold too many takers.
-pub(super) fn count_handlers() {
-    COUNTS_HANDLERS.with(|counts| counts.set(true));
-}
-
 /// The most reads [`Conn::shed_unwanted`] makes to take in what a queued connection brought.
 const MAX_SHED_READS: usize = 64;
 
 /// A client connection, owned by one thread at a time: the poller while it waits for bytes, a
 /// worker while it is served.
 pub(super) struct Conn {
-    key: usize,
+    key: Token,
     /// The ready set it is in (see [`arrived_on`]).
     set: usize,
     /// The ready set it goes in when parked next, and how many times it was parked (see
@@ -134,12 +123,12 @@ impl Conn {
         stream.set_nonblocking(false)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(LINGER))?;
-        stream.set_write_timeout(Some(config.request_timeout))
+        stream.set_write_timeout(Some(config.get_request_timeout()))
     }
 
     /// Wraps an accepted socket, added to the server's ready set to report its first request.
     pub(super) fn new(
-        key: usize,
+        key: Token,
         peer: SocketAddr,
         stream: TcpStream,
         sets: &[ReadySet],
@@ -181,7 +170,7 @@ impl Conn {
         Duration::from_nanos(monotonic_nanos().saturating_sub(queued_at))
     }
 
-    pub(super) fn key(&self) -> usize {
+    pub(super) fn key(&self) -> Token {
         self.key
     }
 
@@ -226,8 +215,8 @@ impl Conn {
     /// waits for a worker.
     ///
     /// The connection was queued because bytes arrived on it, or were left buffered.
-    pub(super) fn serve(&mut self, shared: &Shared) -> Next {
-        let config = &shared.config;
+    pub(super) fn serve(&mut self, core: &ServerCore) -> Next {
+        let config = &core.config;
         // The rest of a response the client was slow to take comes first.
         if self.sending() {
             match self.flush() {
@@ -250,16 +239,16 @@ impl Conn {
                 Err(closed) => return Next::Close(closed),
                 Ok(Some(request)) => {
                     // Fairness: one request per turn while other connections wait for a worker.
-                    if served && worker_wanted(shared) {
+                    if served && core.schedule.worker_wanted() {
                         return Next::Requeue;
                     }
-                    match self.answer(shared, &request) {
+                    match self.answer(core, &request) {
                         Err(closed) => return Next::Close(closed),
                         Ok(true) => {}
                         // A client reading as it should takes the rest within moments (a large
                         // response outgrows the socket's buffer); one that does not read waits
                         // in the poller for room to send it, holding no worker.
-                        Ok(false) => match self.flush_lingering(shared) {
+                        Ok(false) => match self.flush_lingering(core) {
                             Err(closed) => return Next::Close(closed),
                             Ok(true) => {}
                             Ok(false) => return Next::Park(self.send_deadline()),
@@ -291,18 +280,18 @@ impl Conn {
             // Everything that arrived is taken in and no whole request is here.
             let timed_out = self
                 .started
-                .is_some_and(|started| started.elapsed() >= config.request_timeout);
+                .is_some_and(|started| started.elapsed() >= config.get_request_timeout());
             if timed_out {
-                return Next::Close(Closed::Timeout(config.request_timeout));
+                return Next::Close(Closed::Timeout(config.get_request_timeout()));
             }
-            if worker_wanted(shared) || shared.shortage.near(self.last_request) {
+            if !core.schedule.may_linger(self.last_request) {
                 return Next::Park(self.park(config));
             }
             match self.receive(config, true) {
                 Err(closed) => return Next::Close(closed),
                 Ok(Received { got: 0, .. }) => return Next::Park(self.park(config)),
                 // Bytes are here, but another connection was first.
-                Ok(_) if worker_wanted(shared) => return Next::Requeue,
+                Ok(_) if core.schedule.worker_wanted() => return Next::Requeue,
                 Ok(Received { filled, .. }) => readable = filled,
             }
         }
@@ -315,9 +304,9 @@ impl Conn {
     ///
     /// Reads at most what the socket held when it began (and what arrives with those reads),
     /// so a client that keeps sending cannot keep the worker.
-    pub(super) fn drain(&mut self, shared: &Shared) -> Result<bool, Closed> {
-        let config = &shared.config;
-        if !self.flush_while_stopping(shared)? {
+    pub(super) fn drain(&mut self, core: &ServerCore) -> Result<bool, Closed> {
+        let config = &core.config;
+        if !self.flush_while_stopping(core)? {
             return Ok(false);
         }
         if let Some(closed) = self.closing.take() {
@@ -331,7 +320,7 @@ impl Conn {
                 .map_err(Closed::Refused)?
             {
                 Some(request) => {
-                    if !self.answer(shared, &request)? && !self.flush_while_stopping(shared)? {
+                    if !self.answer(core, &request)? && !self.flush_while_stopping(core)? {
                         return Ok(false);
                     }
                     if let Some(closed) = self.closing.take() {
@@ -351,7 +340,7 @@ impl Conn {
     /// wait for the client in. The first time the client does not take it at once, returns
     /// `false`, so that the connections queued meanwhile go first; after that, waits for the
     /// client within the request timeout and what is left of the drain timeout.
-    fn flush_while_stopping(&mut self, shared: &Shared) -> Result<bool, Closed> {
+    fn flush_while_stopping(&mut self, core: &ServerCore) -> Result<bool, Closed> {
         if self.flush()? {
             return Ok(true);
         }
@@ -359,7 +348,7 @@ impl Conn {
             self.deferred = true;
             return Ok(false);
         }
-        let limit = shared.config.request_timeout.min(shared.drain_left());
+        let limit = core.config.get_request_timeout().min(core.drain_left());
         self.flush_within(limit).map(|()| true)
     }
 
@@ -372,30 +361,15 @@ impl Conn {
     /// pays nothing for it.
     pub(super) fn shed_unwanted(
         &mut self,
-        shared: &Shared,
+        core: &ServerCore,
         waited: Duration,
     ) -> Option<(Next, u64)> {
-        let config = &shared.config;
-        // Everything that has arrived, and whether the client has closed its end after it.
-        // Bounded, so that a client that keeps sending cannot keep the worker reading.
-        let mut gone = false;
-        for _ in 0..MAX_SHED_READS {
-            match self.receive(config, false) {
-                Ok(Received { got: 0, .. }) => break,
-                Ok(_) => {}
-                Err(Closed::ByPeer | Closed::MidRequest) => {
-                    gone = true;
-                    break;
-                }
-                // How a client that closes with answers unread (or lingering 0) leaves.
-                Err(Closed::Read(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
-                    gone = true;
-                    break;
-                }
-                Err(closed) => return Some((Next::Close(closed), 0)),
-            }
-        }
-        if !gone && waited <= config.max_queue_wait {
+        let config = &core.config;
+        let gone = match self.take_in_all(config) {
+            Ok(gone) => gone,
+            Err(closed) => return Some((Next::Close(closed), 0)),
+        };
+        if !gone && !core.schedule.waited_too_long(waited) {
             return None;
         }
         let mut shed = 0;
@@ -407,7 +381,7 @@ impl Conn {
                 format!(
                     "{SHED_PREFIX}the request waited {waited:?} for a worker, more than the \
                      server's max_queue_wait of {:?}, and did not run",
-                    config.max_queue_wait
+                    config.get_max_queue_wait()
                 ),
             ))
         };
@@ -418,15 +392,15 @@ impl Conn {
                 Err(refused) => return Some((Next::Close(Closed::Refused(refused)), shed)),
             };
             // Counted before its reply goes out: a client holding the reply finds it counted.
-            shared.count_shed();
+            core.counters.count_shed();
             if let Some(reason) = &reason {
                 self.output.clear();
-                if config.transport == Transport::Framed {
+                if config.get_transport() == Transport::Framed {
                     self.output.extend_from_slice(&[0; FRAME_HEADER]);
                 }
                 let message = &self.input.available()[request.skip..request.skip + request.len];
                 let _ = error_reply(config, message, reason, &mut self.output);
-                match self.send(config.transport, config.request_timeout) {
+                match self.send(config.get_transport(), config.get_request_timeout()) {
                     Err(closed) => return Some((Next::Close(closed), shed + 1)),
                     Ok(true) => {}
                     // The rest waits for the client to read; later requests wait behind it.
@@ -459,6 +433,24 @@ impl Conn {
         Some((next, shed))
     }
 
+    /// Takes in everything that has arrived; returns whether the client has closed its end
+    /// after it. Bounded, so that a client that keeps sending cannot keep the worker reading.
+    fn take_in_all(&mut self, config: &ServerConfig) -> Result<bool, Closed> {
+        for _ in 0..MAX_SHED_READS {
+            match self.receive(config, false) {
+                Ok(Received { got: 0, .. }) => break,
+                Ok(_) => {}
+                Err(Closed::ByPeer | Closed::MidRequest) => return Ok(true),
+                // How a client that closes with answers unread (or lingering 0) leaves.
+                Err(Closed::Read(err)) if err.kind() == io::ErrorKind::ConnectionReset => {
+                    return Ok(true)
+                }
+                Err(closed) => return Err(closed),
+            }
+        }
+        Ok(false)
+    }
+
     /// Whether bytes wait on the connection: received and not yet used, in the socket, or a
     /// response not yet taken by the client.
     pub(super) fn has_input(&self) -> bool {
@@ -475,33 +467,29 @@ impl Conn {
 
     /// Runs the processor on a whole buffered request and sends its response.
     /// Returns whether the socket took the whole response; if not, the rest waits in `output`.
-    fn answer(&mut self, shared: &Shared, request: &Request) -> Result<bool, Closed> {
-        let config = &shared.config;
-        let counters = &shared.counters;
-        counters.busy.bump();
-        counters.requests.bump();
+    fn answer(&mut self, core: &ServerCore, request: &Request) -> Result<bool, Closed> {
+        let config = &core.config;
+        let counters = &core.counters;
+        counters.request_starts();
         let message = &self.input.available()[request.skip..request.skip + request.len];
         self.output.clear();
-        let counted = COUNTS_HANDLERS.with(|counts| counts.get());
-        if counted {
-            shared.taker_enters_handler();
-        }
+        let counted = core.handler_starts();
         // The response is sent before closing for what comes after.
-        let answered: Result<Option<Closed>, Closed> = match config.transport {
+        let answered: Result<Option<Closed>, Closed> = match config.get_transport() {
             Transport::Framed => {
                 self.output.extend_from_slice(&[0; FRAME_HEADER]);
                 // The whole frame is in memory, so every length in it is checked against bytes
                 // that really arrived.
-                let processed = process(&*shared.processor, config, message, &mut self.output);
+                let processed = process(&*core.processor, config, message, &mut self.output);
                 count_undecodable(&processed, counters);
                 answer_frame(processed, config, message, &mut self.output, |payload| {
-                    log_panic(shared, self.peer, payload)
+                    log_panic(core, self.peer, payload)
                 })
                 .map(|()| None)
                 .map_err(Closed::BadMessage)
             }
             Transport::Buffered => {
-                let processed = process(&*shared.processor, config, message, &mut self.output);
+                let processed = process(&*core.processor, config, message, &mut self.output);
                 count_undecodable(&processed, counters);
                 match processed {
                     // Where the next request starts is lost with a request that could not be
@@ -514,32 +502,30 @@ impl Conn {
                         result: Err(err), ..
                     } => Err(Closed::BadMessage(err)),
                     Processed::Panicked(payload) => {
-                        log_panic(shared, self.peer, payload.as_ref());
+                        log_panic(core, self.peer, payload.as_ref());
                         Err(Closed::Panicked)
                     }
                 }
             }
         };
-        if counted {
-            shared.taker_leaves_handler();
-        }
+        core.handler_ends(counted);
         // Whatever the processor left unread of the message is skipped with it.
         self.input.consume(request.skip + request.len);
         self.started = (!self.input.available().is_empty()).then(Instant::now);
         self.acked = false;
         let sent = answered.and_then(|close_after| match close_after {
-            None => self.send(config.transport, config.request_timeout),
+            None => self.send(config.get_transport(), config.get_request_timeout()),
             // Sent before the connection closes; what the socket does not take at once waits
             // for the client as any response does, holding no worker.
             Some(closed) => {
-                if self.send(config.transport, config.request_timeout)? {
+                if self.send(config.get_transport(), config.get_request_timeout())? {
                     return Err(closed);
                 }
                 self.closing = Some(Box::new(closed));
                 Ok(false)
             }
         });
-        counters.busy.unbump();
+        counters.request_sent();
         sent
     }
 
@@ -594,10 +580,10 @@ impl Conn {
     /// arrives: the request's deadline mid-request, else the end of the idle timeout.
     fn park(&mut self, config: &ServerConfig) -> Instant {
         match self.started {
-            Some(started) => started + config.request_timeout,
+            Some(started) => started + config.get_request_timeout(),
             None => {
                 self.shrink();
-                Instant::now() + config.idle_timeout
+                Instant::now() + config.get_idle_timeout()
             }
         }
     }
@@ -644,14 +630,14 @@ impl Conn {
 
     /// Writes the rest of the response, waiting up to [`LINGER`] for the client to take it
     /// while no other connection waits for a worker; returns whether it all went.
-    fn flush_lingering(&mut self, shared: &Shared) -> Result<bool, Closed> {
+    fn flush_lingering(&mut self, core: &ServerCore) -> Result<bool, Closed> {
         let until = Instant::now() + LINGER;
         loop {
             if self.flush()? {
                 return Ok(true);
             }
             let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() || worker_wanted(shared) {
+            if left.is_zero() || core.schedule.worker_wanted() {
                 return Ok(false);
             }
             self.wait_writable(left)?;
@@ -660,7 +646,7 @@ impl Conn {
 
     /// Waits up to `limit` for room in the socket.
     fn wait_writable(&self, limit: Duration) -> Result<(), Closed> {
-        wait_ready(&self.socket, Ready::Write, limit)
+        wait_ready(&self.socket, Interest::Write, limit)
             .map(drop)
             .map_err(Closed::Write)
     }
@@ -713,16 +699,6 @@ impl Conn {
     }
 }
 
-/// Whether the worker should let its connection go: more connections are queued than free
-/// workers will take, or the server is stopping.
-///
-/// Counting the free workers matters under load: a connection queued while a free worker is
-/// still waking up to take it would otherwise make every busy worker park its connection too,
-/// and those would come back through the poller, queued, making the next ones park.
-fn worker_wanted(shared: &Shared) -> bool {
-    shared.short_of_workers() || shared.stopping.load(Ordering::Relaxed)
-}
-
 /// What one read took in.
 struct Received {
     got: usize,
@@ -758,7 +734,7 @@ fn process<S: Source>(
     source: S,
     out: &mut Vec<u8>,
 ) -> Processed {
-    let protocol = config.protocol;
+    let protocol = config.get_protocol();
     let limits = config.limits();
     // A panicking handler leaves nothing behind that this connection or the server reuses: the
     // protocols are dropped, the buffers are cleared before the next request.
@@ -815,18 +791,18 @@ fn finish<P: TInputProtocol>(
 /// Counts a request whose arguments could not be decoded: the processor answered it with an
 /// error reply. One whose message header could not be read is not one: the processor fails
 /// it without a reply, and its connection is closed and counted as an error.
-fn count_undecodable(processed: &Processed, counters: &super::Counters) {
+fn count_undecodable(processed: &Processed, counters: &StatCounters) {
     if let Processed::Done {
         result: Ok(()),
         undecodable: true,
     } = processed
     {
-        counters.bad_requests.fetch_add(1, Ordering::Relaxed);
+        counters.count_bad_request();
     }
 }
 
-fn log_panic(shared: &Shared, peer: SocketAddr, payload: &(dyn Any + Send)) {
-    shared.counters.panics.fetch_add(1, Ordering::Relaxed);
+fn log_panic(core: &ServerCore, peer: SocketAddr, payload: &(dyn Any + Send)) {
+    core.counters.count_panic();
     let message = crate::error::panic_message(payload).unwrap_or("(no message)");
     error!(target: TARGET, "handler panicked serving {peer}: {message}");
 }
@@ -848,7 +824,7 @@ fn error_reply(
     error: &ApplicationError,
     out: &mut Vec<u8>,
 ) -> thrift::Result<()> {
-    let protocol = config.protocol;
+    let protocol = config.get_protocol();
     let call = with_reader!(protocol, request, config.limits(), |input| {
         input.read_message_begin()?
     });

@@ -42,11 +42,32 @@ impl fmt::Display for Refused {
         match self {
             Refused::NegativeFrame(len) => write!(f, "negative frame length {len}"),
             Refused::FrameTooLarge { len, max } => {
-                write!(f, "frame of {len} bytes is over the limit of {max}")
+                write!(f, "frame of {len} bytes is over the limit of {max}")?;
+                match http_header(*len) {
+                    Some(header) => write!(
+                        f,
+                        "; the frame header {header:?} looks like HTTP: the client does not \
+                         speak framed Thrift"
+                    ),
+                    None => Ok(()),
+                }
             }
             Refused::MessageTooLarge(max) => write!(f, "request is over the limit of {max} bytes"),
         }
     }
+}
+
+/// What HTTP requests and responses start with.
+const HTTP_STARTS: [&str; 9] = [
+    "GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC", "CONN", "HTTP",
+];
+
+/// The frame header that declared `len`, if it is how HTTP starts.
+fn http_header(len: usize) -> Option<&'static str> {
+    let header = u32::try_from(len).ok()?.to_be_bytes();
+    HTTP_STARTS
+        .into_iter()
+        .find(|start| start.as_bytes() == header)
 }
 
 /// Bytes received and not yet consumed: `buf[pos..end]`. `buf` beyond `end` is spare room,
@@ -93,12 +114,12 @@ impl Input {
     /// frame header, or, unframed, up to one more than the largest message.
     #[inline]
     pub(super) fn wanted(&self, config: &ServerConfig) -> usize {
-        match config.transport {
+        match config.get_transport() {
             Transport::Framed => match frame_length(self.available()) {
                 Some(Ok(len)) => FRAME_HEADER + len,
                 _ => FRAME_HEADER,
             },
-            Transport::Buffered => config.max_message_size.saturating_add(1),
+            Transport::Buffered => config.get_max_message_size().saturating_add(1),
         }
     }
 
@@ -134,13 +155,13 @@ impl Input {
         more_coming: bool,
     ) -> Result<Option<Request>, Refused> {
         let available = self.available();
-        match config.transport {
+        match config.get_transport() {
             Transport::Framed => {
                 let Some(len) = frame_length(available) else {
                     return Ok(None);
                 };
                 let len = len.map_err(Refused::NegativeFrame)?;
-                let max = config.max_message_size;
+                let max = config.get_max_message_size();
                 if len > max {
                     return Err(Refused::FrameTooLarge { len, max });
                 }
@@ -165,7 +186,7 @@ impl Input {
                         return Ok(None);
                     }
                     Measured::TooLarge => {
-                        return Err(Refused::MessageTooLarge(config.max_message_size))
+                        return Err(Refused::MessageTooLarge(config.get_max_message_size()))
                     }
                     // The processor reads the same bytes and answers as it does to any request
                     // it cannot decode.
@@ -211,7 +232,7 @@ fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
     let mut scan = Scan {
         bytes,
         used: 0,
-        max: config.max_message_size,
+        max: config.get_max_message_size(),
         short: false,
         too_large: false,
     };
@@ -220,9 +241,9 @@ fn measure(config: &ServerConfig, bytes: &[u8]) -> Measured {
         input.skip(TType::Struct)?;
         input.read_message_end()
     }
-    let walked = with_reader!(config.protocol, &mut scan, config.limits(), |input| walk(
-        input
-    ));
+    let walked = with_reader!(config.get_protocol(), &mut scan, config.limits(), |input| {
+        walk(input)
+    });
     match walked {
         Ok(()) => Measured::Whole(scan.used),
         Err(_) if scan.too_large => Measured::TooLarge,
@@ -348,6 +369,18 @@ mod tests {
             input.next_request(&config, false),
             Err(Refused::NegativeFrame(-5))
         );
+    }
+
+    #[test]
+    fn a_frame_header_that_is_http_says_so() {
+        let config = ServerConfig::default();
+        let mut input = received(&config, b"GET / HTTP/1.1\r\n");
+        let refused = input.next_request(&config, false).unwrap_err();
+        let message = refused.to_string();
+        assert!(message.contains("\"GET \" looks like HTTP"), "{message}");
+        let mut input = received(&config, &0x7fff_0000i32.to_be_bytes());
+        let refused = input.next_request(&config, false).unwrap_err();
+        assert!(!refused.to_string().contains("HTTP"), "{refused}");
     }
 
     #[test]

@@ -1,49 +1,59 @@
 //! A Thrift server: a fixed pool of worker threads fed by one poller thread.
 //!
-//! The poller accepts connections and watches the connections waiting for bytes (parked in
-//! epoll sets, one per CPU: the set of the CPU their latest bytes arrived on) while a worker
-//! waits for work: when one becomes readable it goes, in arrival order, onto a channel the
-//! workers take from. While every worker is busy, a worker done with its connection that finds
-//! the channel empty takes the next ready connection from the sets itself, with no hand-off
-//! between threads, and from its own CPU's set first, so that it answers and wakes the client
-//! where the request came in (`Shared::next_work`); meanwhile the poller only looks at the sets
-//! every `poller::LOOK_EVERY` and queues what became ready and no worker took, so that a ready
-//! request is always seen, counted and its wait measured within that time. A
-//! worker reads what has arrived, and for each whole request runs the processor and writes the
-//! response. While no other connection waits for a worker (and none had to lately), it waits a
-//! moment (`conn::LINGER`) for the client's next request or the rest of one; then it hands the
-//! connection back to the poller, with any part of a request received so far. An idle connection,
-//! or one whose client stalls in the middle of a request, therefore never holds a worker, however
-//! many are open.
+//! The path of a request, from accept to the response's last byte:
+//!
+//! ```text
+//! accept        poller::accept, Table::admit: parked, armed in its CPU's ready set
+//! bytes arrive  a free taker takes it from the set       (Schedule::next_work)
+//!               or the poller queues it for any worker   (poller::dispatch, Schedule::queue)
+//! a worker      worker::serve: shed if it waited too long (Conn::shed_unwanted)
+//!               Conn::serve: read, run the processor, write the response;
+//!               linger for the next request while Schedule::may_linger
+//! let go        ServerCore::park: back in the Table, armed for its next bytes (or for room
+//!               to send the rest of the response); or requeued, or closed
+//! ```
+//!
+//! Who serves a ready connection is decided in [`schedule`]; where each connection is, in
+//! [`table`]. Parked connections wait in epoll sets, one per CPU: the set of the CPU their
+//! latest bytes arrived on, so that a taker answers where the request came in. While every
+//! worker is busy, the poller looks at the sets only every `poller::LOOK_EVERY`, so a ready
+//! request is seen, counted and its wait measured within that time. An idle connection, or
+//! one whose client stalls mid-request, never holds a worker, however many are open.
 
 mod config;
 mod conn;
 mod framing;
 mod poller;
 mod ready;
+mod schedule;
+mod stats;
+mod table;
+mod worker;
 
-use std::cell::RefCell;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, error, info, log, warn};
 use parking_lot::{Condvar, Mutex};
 use socket2::{Domain, Socket, Type};
 use thrift::server::TProcessor;
 
-use crate::clock::{nanos, Epoch};
-use crate::counter::Striped;
+use crate::clock::nanos;
 
-use self::conn::{Conn, Next};
-use self::poller::{Table, CONNECTIONS, LISTENER};
-use self::ready::{Interest, ReadySet};
+use self::conn::Conn;
+use self::ready::ReadySet;
+use self::schedule::{counts_handlers, Schedule, Work};
+use self::stats::StatCounters;
+use self::table::Table;
+use self::worker::{is_worker_of, leave_workers, run_worker};
 
 pub use self::config::ServerConfig;
+pub use self::stats::ServerStats;
 
 /// The log target of everything the server logs.
 const TARGET: &str = "blocking_thrift::server";
@@ -80,96 +90,15 @@ const TARGET: &str = "blocking_thrift::server";
 /// starts is unknown; with the framed transport the connection stays usable. Calls to unknown
 /// methods are answered with `TApplicationException` `UNKNOWN_METHOD` on both transports.
 pub struct ThriftServer {
-    shared: Arc<Shared>,
+    core: Arc<ServerCore>,
     local_addr: SocketAddr,
-    state: Mutex<State>,
-    state_changed: Condvar,
+    lifecycle: Mutex<Lifecycle>,
+    lifecycle_changed: Condvar,
 }
 
-/// Counters of a [`ThriftServer`], as returned by [`ThriftServer::stats`].
-///
-/// Counts (`accepted_connections`, `requests`, ...) are totals since the server was created;
-/// the others are the state at the moment of the call.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ServerStats {
-    /// Worker threads the server runs.
-    pub workers: usize,
-    /// Workers handling a request right now: from the moment the request goes to the
-    /// processor until the socket has taken its response, or what the socket did not take at
-    /// once has been left to wait for the client in the poller. A worker waiting for a
-    /// connection's next request does not count.
-    pub busy_workers: usize,
-    /// Client connections open, idle or not.
-    pub open_connections: usize,
-    /// Open connections waiting in the poller for their client's next request, for the rest
-    /// of one, or for their client to take the rest of a response.
-    pub idle_connections: usize,
-    /// Bytes the buffers of those waiting connections hold, bounded by
-    /// [`ServerConfig::max_waiting_bytes`].
-    pub waiting_bytes: usize,
-    /// Connections with a request waiting for a free worker (one whose request arrives while
-    /// every worker is busy is counted within a millisecond, unless a worker takes it first).
-    pub queued_connections: usize,
-    /// Connections accepted, including those closed at once for being over the limit.
-    pub accepted_connections: u64,
-    /// Connections closed at once because `max_connections` were already open.
-    pub rejected_connections: u64,
-    /// Requests handed to the processor.
-    pub requests: u64,
-    /// Requests whose arguments could not be decoded (bad sizes, types, nesting or UTF-8): each
-    /// got an error reply, and on the buffered transport its connection was closed.
-    pub bad_requests: u64,
-    /// Connections closed because of bad input, a timeout, a failed read or write, or a
-    /// panicking handler (but not idle or closed by their client).
-    pub errors: u64,
-    /// Requests whose handler panicked.
-    pub panics: u64,
-    /// Requests not run because nobody could use their answers any more: their client closed
-    /// the connection while they waited for a worker, or they waited longer than
-    /// [`ServerConfig::max_queue_wait`] (those got a `TApplicationException` saying so).
-    pub shed_requests: u64,
-}
-
-/// How long after connections last had to wait for a busy worker workers stop lingering on
-/// their own connections.
-const SHORTAGE_MEMORY: Duration = Duration::from_millis(20);
-
-/// When a connection was last queued with no free worker to take it: then more connections
-/// want serving than there are workers, and a worker that waits on its own connection for the
-/// next request keeps the others waiting (for as long as that client takes, which on a loaded
-/// machine can be milliseconds). Workers stop lingering while this is recent.
-struct Shortage {
-    epoch: Epoch,
-    /// Nanoseconds after `epoch`, plus one; 0: never.
-    at: AtomicU64,
-}
-
-impl Shortage {
-    fn new(epoch: Instant) -> Self {
-        Shortage {
-            epoch: Epoch::new(epoch),
-            at: AtomicU64::new(0),
-        }
-    }
-
-    fn note(&self, now: Instant) {
-        self.at.store(self.ticks(now), Ordering::Relaxed);
-    }
-
-    /// Whether a shortage was noted within [`SHORTAGE_MEMORY`] before `at`, or after it.
-    fn near(&self, at: Instant) -> bool {
-        let noted = self.at.load(Ordering::Relaxed);
-        noted != 0 && self.ticks(at) < noted.saturating_add(nanos(SHORTAGE_MEMORY))
-    }
-
-    fn ticks(&self, at: Instant) -> u64 {
-        self.epoch.nanos(at).saturating_add(1)
-    }
-}
-
-/// What the server's threads share.
-struct Shared {
+/// What the poller and the workers share: the processor and its settings, the connections,
+/// the schedule that hands them to workers, and the counters.
+struct ServerCore {
     processor: Box<dyn TProcessor + Send + Sync>,
     config: ServerConfig,
     /// Parked connections, armed to report their next bytes: a set for each CPU, holding the
@@ -179,79 +108,17 @@ struct Shared {
     /// wake-ups.
     events: ReadySet,
     table: Mutex<Table>,
-    work_tx: Sender<Work>,
-    /// Workers waiting for work, or about to: the queued connections they will take are not
-    /// waiting for a busy worker to let go of its connection.
-    free_workers: AtomicUsize,
-    /// Workers waiting on the channel: with none, the poller sits out.
-    idle_workers: AtomicUsize,
-    /// How many workers take ready connections from the sets themselves (see
-    /// [`TAKERS_PER_CPU`]); the others are reserves, which serve what the poller queues.
-    takers: usize,
-    /// How many takers should be free of the processor, ready to run: one per CPU, at most
-    /// all of them.
-    free_takers_wanted: usize,
-    /// Reserves waiting on the channel.
-    idle_reserves: AtomicUsize,
-    /// When a connection was last queued with no free worker to take it.
-    shortage: Shortage,
-    /// Whether the poller watches the parked connections: while it does not, a worker going to
-    /// wait for work wakes it to.
-    watching: AtomicBool,
-    stopping: AtomicBool,
+    schedule: Schedule,
     /// While stopping: when the drain timeout ends, on the monotonic clock in nanoseconds.
     drain_by: AtomicU64,
-    /// The workers' stop messages in the channel, which are no queued connections.
-    stops_queued: AtomicUsize,
-    counters: Counters,
+    counters: StatCounters,
 }
-
-/// A worker taking ready connections from the set back to back gives up the rest of its time
-/// slice before every this many: on a machine whose cores are all busy it would otherwise keep
-/// the clients it has just answered from running, and their next calls wait. (With 16 busy
-/// clients on 4 workers and 2 cores: p99 2.6x the C++ `TThreadPoolServer`'s without it, 1.0x
-/// with it, at 0.96x its CPU per call.)
-const YIELD_EVERY: u32 = 4;
-
-/// Workers per CPU that take ready connections from the sets themselves; the rest of a larger
-/// pool are reserves, served by the poller: while the takers run, it hands them what waited a
-/// millisecond, and while too few takers are left to run because their handlers are running
-/// (and may block), it hands them every ready connection at once. On a saturated machine, more
-/// workers taking than the CPUs can run only take turns, each taken off its CPU while it holds
-/// a connection, whose client waits as long as the others run. (With 64 busy clients on 16
-/// workers and 2 cores, against the C++ `TThreadPoolServer` in the same runs: p99 0.82x and
-/// 1.11x with 4 takers, 1.46x and 1.73x with all 16 taking, at 1.02x-1.05x its calls/s against
-/// 0.97x-1.00x.)
-const TAKERS_PER_CPU: usize = 2;
 
 /// The most ready sets of parked connections, one per CPU: on a larger machine, CPUs share.
 const MAX_SETS: usize = 64;
 
-/// How often at most the server logs that it shed requests.
-const SHED_LOG_EVERY: Duration = Duration::from_secs(1);
-
-#[derive(Default)]
-struct Counters {
-    accepted: AtomicU64,
-    /// Requests shed: not run, because their client had left or they waited too long.
-    shed: AtomicU64,
-    /// Shed requests not yet reported in the log, and when it last reported some.
-    shed_unlogged: AtomicU64,
-    shed_logged_at: AtomicU64,
-    bad_requests: AtomicU64,
-    rejected: AtomicU64,
-    /// Bumped by every request: striped, so that workers on different CPUs do not pass one
-    /// cache line back and forth.
-    requests: Striped,
-    errors: AtomicU64,
-    panics: AtomicU64,
-    /// Workers running the processor; striped as `requests` is.
-    busy: Striped,
-    /// Takers running the processor, counted only while some workers are reserves.
-    takers_in_handlers: Striped,
-}
-
-enum State {
+/// Where a [`ThriftServer`] is in its life.
+enum Lifecycle {
     /// Bound, not started.
     Ready {
         listener: TcpListener,
@@ -270,61 +137,11 @@ struct Threads {
     done_rx: Receiver<()>,
 }
 
-/// What the workers take from their queue.
-enum Work {
-    /// Serve this connection: bytes arrived on it, or are buffered.
-    Serve(Conn),
-    /// Exit; queued before it, the connections are served first.
-    Stop,
-}
-
-impl Shared {
+impl ServerCore {
     /// Queues a connection for the workers, behind the ones already waiting.
-    fn queue(&self, mut conn: Conn) {
-        conn.queued();
-        if let Err(returned) = self.work_tx.send(Work::Serve(conn)) {
-            // Only when every worker is gone, which the server never lets happen while running.
-            if let Work::Serve(conn) = returned.into_inner() {
-                self.discard(conn);
-            }
-            return;
-        }
-        if self.short_of_workers() {
-            self.shortage.note(Instant::now());
-        }
-    }
-
-    /// Whether the poller should watch the parked connections: only while a worker waits on
-    /// the channel, a taker or, while too few takers can run, a reserve; otherwise the first
-    /// taker to be free takes the ready ones itself.
-    fn watch_wanted(&self) -> bool {
-        self.idle_workers.load(Ordering::SeqCst) > 0
-            || self.stopping.load(Ordering::SeqCst)
-            || (self.idle_reserves.load(Ordering::SeqCst) > 0 && self.takers_held())
-    }
-
-    /// Whether fewer takers than CPUs are free of the processor: the handlers of the others
-    /// are running, and may be blocked.
-    fn takers_held(&self) -> bool {
-        let in_handlers = self.counters.takers_in_handlers.get() as usize;
-        self.takers.saturating_sub(in_handlers) < self.free_takers_wanted
-    }
-
-    /// Whether some workers are reserves.
-    fn has_reserves(&self) -> bool {
-        self.takers < self.config.workers
-    }
-
-    /// Notes that a taker starts running the processor; when that leaves too few takers free
-    /// to run, the poller hands ready connections to the reserves. (Should this race with the
-    /// poller ceasing to watch, the reserves get them within its next look, a millisecond.)
-    fn taker_enters_handler(&self) {
-        self.counters.takers_in_handlers.bump();
-        if self.idle_reserves.load(Ordering::SeqCst) > 0
-            && !self.watching.load(Ordering::SeqCst)
-            && self.takers_held()
-        {
-            self.wake_poller();
+    fn queue(&self, conn: Conn) {
+        if let Some(conn) = self.schedule.queue(conn) {
+            self.discard(conn);
         }
     }
 
@@ -335,68 +152,47 @@ impl Shared {
         }
     }
 
-    fn taker_leaves_handler(&self) {
-        self.counters.takers_in_handlers.unbump();
-    }
-
-    /// A reserve's next piece of work, from the channel only.
-    fn next_reserve_work(&self, work: &Receiver<Work>) -> Option<Work> {
-        self.idle_reserves.fetch_add(1, Ordering::SeqCst);
-        let next = work.recv().ok();
-        self.idle_reserves.fetch_sub(1, Ordering::SeqCst);
-        next
-    }
-
-    /// Takes the next piece of work: from the channel, else a connection ready now (from the
-    /// set of this worker's CPU first), else waits on the channel, with the poller watching.
-    /// `None` once the channel is closed.
-    ///
-    /// `taken` counts this worker's looks at the sets, for [`YIELD_EVERY`].
-    fn next_work(&self, work: &Receiver<Work>, taken: &mut u32) -> Option<Work> {
-        match work.try_recv() {
-            Ok(next) => return Some(next),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => {}
-        }
-        *taken = taken.wrapping_add(1);
-        if taken.is_multiple_of(YIELD_EVERY) {
-            thread::yield_now();
-        }
-        // The set of this worker's CPU first: answered from here, its clients wake here.
+    /// Takes a connection ready now from the sets, that of this thread's CPU first: answered
+    /// from here, its client wakes here.
+    fn take_ready(&self) -> Option<Conn> {
         let sets = self.connections.len();
         let own = rustix::thread::sched_getcpu();
         for i in 0..sets {
             match self.connections[(own + i) % sets].take_one() {
                 Ok(Some(key)) => {
-                    // It was ready with no worker free to take it: workers stop lingering.
-                    self.shortage.note(Instant::now());
+                    self.schedule.took_ready();
                     if let Some(conn) = self.table.lock().take_parked(key) {
-                        return Some(Work::Serve(conn));
+                        return Some(conn);
                     }
                 }
                 Ok(None) => {}
                 Err(err) => error!(target: TARGET, "taking a ready connection failed: {err}"),
             }
         }
-        self.idle_workers.fetch_add(1, Ordering::SeqCst);
-        // Either the poller sees this worker waiting before it stops watching, or this sees it
-        // stopped and wakes it (both sides are sequentially consistent).
-        if !self.watching.load(Ordering::SeqCst) {
-            self.wake_poller();
-        }
-        let next = work.recv().ok();
-        self.idle_workers.fetch_sub(1, Ordering::SeqCst);
-        next
+        None
     }
 
-    /// Whether more connections are queued than free workers will take.
-    fn short_of_workers(&self) -> bool {
-        self.work_tx.len() > self.free_workers.load(Ordering::Relaxed)
+    /// Notes that this worker starts running the processor; returns whether it counts that
+    /// (see [`Schedule::enlist`]), for [`handler_ends`](Self::handler_ends).
+    #[inline]
+    fn handler_starts(&self) -> bool {
+        let counted = counts_handlers();
+        if counted && self.schedule.taker_enters_handler() {
+            self.wake_poller();
+        }
+        counted
+    }
+
+    #[inline]
+    fn handler_ends(&self, counted: bool) {
+        if counted {
+            self.schedule.taker_leaves_handler();
+        }
     }
 
     /// Hands a connection back to the poller to wait for bytes until `expires`.
     fn park(&self, mut conn: Conn, expires: Instant) {
-        let max_held = self.config.max_waiting_bytes;
+        let max_held = self.config.get_max_waiting_bytes();
         // Before taking the lock: it may ask the system.
         conn.locate(self.connections.len());
         let refused = self
@@ -406,7 +202,7 @@ impl Shared {
         if let Some((conn, err)) = refused {
             match err {
                 Some(err) if err.kind() == io::ErrorKind::OutOfMemory => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.count_error();
                     warn!(target: TARGET, "closing connection from {} mid-request: {err}, the limit is {max_held}", conn.peer());
                 }
                 Some(err) => {
@@ -429,7 +225,7 @@ impl Shared {
             Ok(false) => return self.queue(conn),
             Err(closed) => {
                 if closed.is_error() {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.count_error();
                 }
                 log!(target: TARGET, closed.level(), "closing connection from {}: {closed}", conn.peer());
             }
@@ -438,45 +234,40 @@ impl Shared {
     }
 
     /// What is left of the drain timeout of a server that is stopping.
-    pub(super) fn drain_left(&self) -> Duration {
+    fn drain_left(&self) -> Duration {
         let by = self.drain_by.load(Ordering::SeqCst);
         Duration::from_nanos(by.saturating_sub(crate::clock::monotonic_nanos()))
     }
 
-    /// Counts a request shed.
-    pub(super) fn count_shed(&self) {
-        self.counters.shed.fetch_add(1, Ordering::Relaxed);
-        self.counters.shed_unlogged.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Says in the log that requests were shed (`shed` of them just now, already counted), at
-    /// most once a second, however many.
+    /// Says in the log that requests were shed (`shed` of them just now, already counted).
     fn note_shed(&self, shed: u64, waited: Duration) {
-        if shed == 0 {
-            return;
-        }
-        let counters = &self.counters;
-        let now = crate::clock::monotonic_nanos();
-        let last = counters.shed_logged_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= nanos(SHED_LOG_EVERY)
-            && counters
-                .shed_logged_at
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let count = counters.shed_unlogged.swap(0, Ordering::Relaxed);
-            warn!(
-                target: TARGET,
-                "overloaded: shed {count} request(s) since the last report, whose clients had left or which waited longer than {:?} for a worker (the latest {waited:?})",
-                self.config.max_queue_wait
-            );
-        }
+        let max_queue_wait = self.config.get_max_queue_wait();
+        self.counters.log_shed(shed, waited, max_queue_wait);
     }
 
     /// Closes a connection, freeing its slot.
     fn discard(&self, conn: Conn) {
         self.table.lock().release(conn.key());
         drop(conn);
+    }
+}
+
+/// Why an address could not be listened on, naming it.
+#[derive(Debug)]
+struct BindFailed {
+    addr: SocketAddr,
+    err: io::Error,
+}
+
+impl std::fmt::Display for BindFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.addr, self.err)
+    }
+}
+
+impl std::error::Error for BindFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.err)
     }
 }
 
@@ -497,7 +288,7 @@ fn listen<A: ToSocketAddrs>(addr: A, backlog: u32) -> io::Result<TcpListener> {
         })();
         match bound {
             Ok(listener) => return Ok(listener),
-            Err(err) => last = Some(err),
+            Err(err) => last = Some(io::Error::new(err.kind(), BindFailed { addr, err })),
         }
     }
     Err(last.unwrap_or_else(|| {
@@ -517,13 +308,15 @@ impl ThriftServer {
     ///
     /// # Errors
     ///
-    /// Fails if the address cannot be bound or the poller cannot be created.
+    /// Fails if the address cannot be bound (the error names the address and keeps the
+    /// system's kind, such as [`AddrInUse`](io::ErrorKind::AddrInUse)) or the poller cannot be
+    /// created.
     pub fn bind<A, P>(addr: A, processor: P, config: ServerConfig) -> io::Result<ThriftServer>
     where
         A: ToSocketAddrs,
         P: TProcessor + Send + Sync + 'static,
     {
-        let listener = listen(addr, config.backlog)?;
+        let listener = listen(addr, config.get_backlog())?;
         ThriftServer::from_listener(listener, processor, config)
     }
 
@@ -549,34 +342,22 @@ impl ThriftServer {
         let connections = (0..cpus.min(MAX_SETS))
             .map(|_| ReadySet::new())
             .collect::<io::Result<Vec<_>>>()?;
-        for (i, set) in connections.iter().enumerate() {
-            events.watch(set, CONNECTIONS + i)?;
-        }
-        let takers = config.workers.min(cpus.saturating_mul(TAKERS_PER_CPU));
-        let shared = Arc::new(Shared {
+        poller::watch_sets(&events, &connections)?;
+        let core = Arc::new(ServerCore {
             processor: Box::new(processor),
+            schedule: Schedule::new(&config, cpus, work_tx),
             config,
             connections,
             events,
             table: Mutex::new(Table::default()),
-            work_tx,
-            free_workers: AtomicUsize::new(0),
-            idle_workers: AtomicUsize::new(0),
-            takers,
-            free_takers_wanted: cpus.min(takers),
-            idle_reserves: AtomicUsize::new(0),
-            shortage: Shortage::new(Instant::now()),
-            watching: AtomicBool::new(true),
-            stopping: AtomicBool::new(false),
             drain_by: AtomicU64::new(u64::MAX),
-            stops_queued: AtomicUsize::new(0),
-            counters: Counters::default(),
+            counters: StatCounters::default(),
         });
         Ok(ThriftServer {
-            shared,
+            core,
             local_addr,
-            state: Mutex::new(State::Ready { listener, work_rx }),
-            state_changed: Condvar::new(),
+            lifecycle: Mutex::new(Lifecycle::Ready { listener, work_rx }),
+            lifecycle_changed: Condvar::new(),
         })
     }
 
@@ -595,11 +376,11 @@ impl ThriftServer {
     /// cannot be started; the server is then stopped.
     pub fn start(&self) -> io::Result<()> {
         let (listener, work_rx) = {
-            let mut state = self.state.lock();
-            match std::mem::replace(&mut *state, State::Stopping) {
-                State::Ready { listener, work_rx } => (listener, work_rx),
-                State::Stopped => {
-                    *state = State::Stopped;
+            let mut state = self.lifecycle.lock();
+            match std::mem::replace(&mut *state, Lifecycle::Stopping) {
+                Lifecycle::Ready { listener, work_rx } => (listener, work_rx),
+                Lifecycle::Stopped => {
+                    *state = Lifecycle::Stopped;
                     return Err(io::Error::other("the server was stopped"));
                 }
                 running => {
@@ -610,22 +391,22 @@ impl ThriftServer {
         };
         // While the state says `Stopping`, a concurrent `stop` waits for this start to settle.
         let started = self.spawn(listener, work_rx);
-        let mut state = self.state.lock();
+        let mut state = self.lifecycle.lock();
         match started {
             Ok(threads) => {
-                let config = &self.shared.config;
+                let config = &self.core.config;
                 info!(
                     target: TARGET,
                     "serving on {} with {} workers ({:?} transport, {:?} protocol)",
-                    self.local_addr, config.workers, config.transport, config.protocol
+                    self.local_addr, config.get_workers(), config.get_transport(), config.get_protocol()
                 );
-                *state = State::Running(threads);
-                self.state_changed.notify_all();
+                *state = Lifecycle::Running(threads);
+                self.lifecycle_changed.notify_all();
                 Ok(())
             }
             Err(err) => {
-                *state = State::Stopped;
-                self.state_changed.notify_all();
+                *state = Lifecycle::Stopped;
+                self.lifecycle_changed.notify_all();
                 Err(err)
             }
         }
@@ -633,14 +414,14 @@ impl ThriftServer {
 
     fn spawn(&self, listener: TcpListener, work_rx: Receiver<Work>) -> io::Result<Threads> {
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
-        let mut workers = Vec::with_capacity(self.shared.config.workers);
+        let mut workers = Vec::with_capacity(self.core.config.get_workers());
         let mut spawned = Ok(());
-        for n in 0..self.shared.config.workers {
-            let shared = Arc::clone(&self.shared);
+        for n in 0..self.core.config.get_workers() {
+            let core = Arc::clone(&self.core);
             let (work_rx, done_tx) = (work_rx.clone(), done_tx.clone());
             let worker = thread::Builder::new()
                 .name(format!("thrift-worker-{n}"))
-                .spawn(move || run_worker(&shared, &work_rx, done_tx, n));
+                .spawn(move || run_worker(&core, &work_rx, done_tx, n));
             match worker {
                 Ok(worker) => workers.push(worker),
                 Err(err) => {
@@ -650,14 +431,11 @@ impl ThriftServer {
             }
         }
         let poller = spawned.and_then(|()| {
-            // Closing the listener takes it out of the set.
-            self.shared
-                .events
-                .add(&listener, LISTENER, Interest::Read)?;
-            let shared = Arc::clone(&self.shared);
+            poller::watch_listener(&self.core.events, &listener)?;
+            let core = Arc::clone(&self.core);
             thread::Builder::new()
                 .name("thrift-poller".to_owned())
-                .spawn(move || poller::run(shared, listener))
+                .spawn(move || poller::run(core, listener))
         });
         match poller {
             Ok(poller) => Ok(Threads {
@@ -666,7 +444,7 @@ impl ThriftServer {
                 done_rx,
             }),
             Err(err) => {
-                self.shared.stopping.store(true, Ordering::SeqCst);
+                self.core.schedule.begin_stopping();
                 self.stop_workers(workers.len());
                 for worker in workers {
                     let _ = worker.join();
@@ -687,9 +465,9 @@ impl ThriftServer {
     /// As [`start`](Self::start).
     pub fn serve(&self) -> io::Result<()> {
         self.start()?;
-        let mut state = self.state.lock();
-        while !matches!(*state, State::Stopped) {
-            self.state_changed.wait(&mut state);
+        let mut state = self.lifecycle.lock();
+        while !matches!(*state, Lifecycle::Stopped) {
+            self.lifecycle_changed.wait(&mut state);
         }
         Ok(())
     }
@@ -712,12 +490,12 @@ impl ThriftServer {
     /// stopping the server returns at once.
     pub fn stop(&self) {
         // Called by a handler of this server, whose worker the stop must not wait for.
-        let own_worker = is_worker_of(&self.shared);
+        let own_worker = is_worker_of(&self.core);
         let threads = {
-            let mut state = self.state.lock();
+            let mut state = self.lifecycle.lock();
             loop {
-                match std::mem::replace(&mut *state, State::Stopping) {
-                    State::Running(threads) => {
+                match std::mem::replace(&mut *state, Lifecycle::Stopping) {
+                    Lifecycle::Running(threads) => {
                         if own_worker {
                             leave_workers();
                         }
@@ -725,34 +503,34 @@ impl ThriftServer {
                     }
                     // Another call is stopping the server and waits for this worker's handler:
                     // waiting for it in turn would hold both up for the drain timeout.
-                    State::Stopping if own_worker => return,
-                    State::Stopping => self.state_changed.wait(&mut state),
-                    State::Ready { listener, work_rx } => {
-                        *state = State::Stopped;
+                    Lifecycle::Stopping if own_worker => return,
+                    Lifecycle::Stopping => self.lifecycle_changed.wait(&mut state),
+                    Lifecycle::Ready { listener, work_rx } => {
+                        *state = Lifecycle::Stopped;
                         drop(state);
                         drop((listener, work_rx));
                         return;
                     }
-                    State::Stopped => {
-                        *state = State::Stopped;
+                    Lifecycle::Stopped => {
+                        *state = Lifecycle::Stopped;
                         return;
                     }
                 }
             }
         };
         self.shut_down(threads);
-        *self.state.lock() = State::Stopped;
-        self.state_changed.notify_all();
+        *self.lifecycle.lock() = Lifecycle::Stopped;
+        self.lifecycle_changed.notify_all();
     }
 
     fn shut_down(&self, threads: Threads) {
-        let deadline = Instant::now() + self.shared.config.drain_timeout;
+        let deadline = Instant::now() + self.core.config.get_drain_timeout();
         info!(target: TARGET, "stopping the server on {}", self.local_addr);
-        let drain_by =
-            crate::clock::monotonic_nanos().saturating_add(nanos(self.shared.config.drain_timeout));
-        self.shared.drain_by.store(drain_by, Ordering::SeqCst);
-        self.shared.stopping.store(true, Ordering::SeqCst);
-        self.shared.wake_poller();
+        let drain_by = crate::clock::monotonic_nanos()
+            .saturating_add(nanos(self.core.config.get_drain_timeout()));
+        self.core.drain_by.store(drain_by, Ordering::SeqCst);
+        self.core.schedule.begin_stopping();
+        self.core.wake_poller();
         if threads.poller.join().is_err() {
             error!(target: TARGET, "the poller thread panicked");
         }
@@ -784,7 +562,7 @@ impl ThriftServer {
             warn!(
                 target: TARGET,
                 "stopped the server on {} with {abandoned} workers still running a request after {:?}",
-                self.local_addr, self.shared.config.drain_timeout
+                self.local_addr, self.core.config.get_drain_timeout()
             );
         } else {
             info!(target: TARGET, "stopped the server on {}", self.local_addr);
@@ -793,35 +571,22 @@ impl ThriftServer {
 
     /// Tells `workers` workers to exit once the connections queued so far are served.
     fn stop_workers(&self, workers: usize) {
-        for _ in 0..workers {
-            self.shared.stops_queued.fetch_add(1, Ordering::SeqCst);
-            // Cannot fail: `self.shared` holds a receiver.
-            let _ = self.shared.work_tx.send(Work::Stop);
-        }
+        self.core.schedule.queue_stops(workers);
     }
 
     /// A snapshot of the server's counters.
     pub fn stats(&self) -> ServerStats {
         let (open, idle, held) = {
-            let table = self.shared.table.lock();
+            let table = self.core.table.lock();
             (table.open(), table.idle(), table.held())
         };
-        let counters = &self.shared.counters;
         ServerStats {
-            workers: self.shared.config.workers,
-            busy_workers: counters.busy.get() as usize,
+            workers: self.core.config.get_workers(),
             open_connections: open,
             idle_connections: idle,
             waiting_bytes: held,
-            queued_connections: (self.shared.work_tx.len())
-                .saturating_sub(self.shared.stops_queued.load(Ordering::SeqCst)),
-            accepted_connections: counters.accepted.load(Ordering::Relaxed),
-            rejected_connections: counters.rejected.load(Ordering::Relaxed),
-            requests: counters.requests.get(),
-            bad_requests: counters.bad_requests.load(Ordering::Relaxed),
-            errors: counters.errors.load(Ordering::Relaxed),
-            panics: counters.panics.load(Ordering::Relaxed),
-            shed_requests: counters.shed.load(Ordering::Relaxed),
+            queued_connections: self.core.schedule.queued_connections(),
+            ..self.core.counters.snapshot()
         }
     }
 }
@@ -836,116 +601,8 @@ impl std::fmt::Debug for ThriftServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ThriftServer")
             .field("local_addr", &self.local_addr)
-            .field("config", &self.shared.config)
+            .field("config", &self.core.config)
             .finish_non_exhaustive()
-    }
-}
-
-thread_local! {
-    /// On a worker thread: the server it works for (its `Shared`'s address), and the sender
-    /// whose drop tells `stop()` the worker is done.
-    static WORKER_OF: RefCell<Option<(usize, Sender<()>)>> = const { RefCell::new(None) };
-}
-
-/// Whether this thread is a worker of the server of `shared`.
-fn is_worker_of(shared: &Shared) -> bool {
-    let id = shared as *const Shared as usize;
-    WORKER_OF.with(|worker| worker.borrow().as_ref().is_some_and(|(of, _)| *of == id))
-}
-
-/// Makes this worker one that `stop()` does not wait for: its handler is running the stop.
-fn leave_workers() {
-    WORKER_OF.with(|worker| worker.borrow_mut().take());
-}
-
-/// A worker thread's loop. `done` is dropped when the worker exits, or when a handler on it
-/// stops the server.
-fn run_worker(shared: &Shared, work: &Receiver<Work>, done: Sender<()>, n: usize) {
-    let id = shared as *const Shared as usize;
-    WORKER_OF.with(|worker| *worker.borrow_mut() = Some((id, done)));
-    work_until_stopped(shared, work, n);
-    WORKER_OF.with(|worker| worker.borrow_mut().take());
-}
-
-fn work_until_stopped(shared: &Shared, work: &Receiver<Work>, n: usize) {
-    // One channel, so taking work is a single receive; requests that arrived before the poller
-    // stopped are queued ahead of the stop and still answered.
-    let taker = n < shared.takers;
-    if taker && shared.has_reserves() {
-        conn::count_handlers();
-    }
-    let mut taken = 0;
-    loop {
-        shared.free_workers.fetch_add(1, Ordering::Relaxed);
-        let next = if taker {
-            shared.next_work(work, &mut taken)
-        } else {
-            shared.next_reserve_work(work)
-        };
-        shared.free_workers.fetch_sub(1, Ordering::Relaxed);
-        let Some(Work::Serve(conn)) = next else {
-            if next.is_some() {
-                shared.stops_queued.fetch_sub(1, Ordering::SeqCst);
-            }
-            finish_queued(shared, work);
-            return;
-        };
-        serve(shared, conn);
-    }
-}
-
-/// Serves what a worker that had not yet seen the server stopping queued behind the stops,
-/// up to the next stop, which is put back for the worker it is meant for.
-fn finish_queued(shared: &Shared, work: &Receiver<Work>) {
-    while let Ok(next) = work.try_recv() {
-        match next {
-            Work::Serve(conn) => serve(shared, conn),
-            Work::Stop => {
-                // Cannot fail: `shared` holds a receiver.
-                let _ = shared.work_tx.send(Work::Stop);
-                return;
-            }
-        }
-    }
-}
-
-/// A connection that waited in the queue longer than this is looked at before its requests
-/// run: whether its client is still there, and whether they waited too long to be worth
-/// running ([`ServerConfig::max_queue_wait`]). Below capacity connections wait less, and pay
-/// nothing for the look.
-const SHED_CHECK_AFTER: Duration = Duration::from_millis(1);
-
-fn serve(shared: &Shared, mut conn: Conn) {
-    let waited = conn.take_queue_wait();
-    // A response the client was slow to take goes out before anything else is looked at.
-    let shed = if waited > SHED_CHECK_AFTER && !conn.sending() {
-        conn.shed_unwanted(shared, waited)
-    } else {
-        None
-    };
-    let next = match shed {
-        Some((next, shed)) => {
-            shared.note_shed(shed, waited);
-            next
-        }
-        None => conn.serve(shared),
-    };
-    match next {
-        // While the server is stopping, a parked connection is answered and closed once the
-        // listener has closed, by the poller or by `Shared::park`.
-        Next::Park(expires) => shared.park(conn, expires),
-        Next::Requeue if !shared.stopping.load(Ordering::SeqCst) => shared.queue(conn),
-        Next::Requeue => {
-            let expires = Instant::now() + shared.config.request_timeout;
-            shared.park(conn, expires)
-        }
-        Next::Close(closed) => {
-            if closed.is_error() {
-                shared.counters.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            log!(target: TARGET, closed.level(), "closing connection from {}: {closed}", conn.peer());
-            shared.discard(conn);
-        }
     }
 }
 
@@ -954,28 +611,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn workers_stop_lingering_for_a_while_after_a_shortage() {
-        let epoch = Instant::now();
-        let at = |ms| epoch + Duration::from_millis(ms);
-        let shortage = Shortage::new(epoch);
-        assert!(!shortage.near(at(0)));
-        assert!(!shortage.near(at(1_000)));
-        shortage.note(at(100));
-        assert!(shortage.near(at(50)), "a request begun before it");
-        assert!(shortage.near(at(100)));
-        assert!(shortage.near(at(119)));
-        assert!(!shortage.near(at(120)));
-        assert!(!shortage.near(at(5_000)));
-        shortage.note(at(5_000));
-        assert!(shortage.near(at(5_010)));
-    }
-
-    #[test]
     fn shared_types_are_send_and_sync() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<ThriftServer>();
         send_sync::<ServerConfig>();
         send_sync::<ServerStats>();
-        send_sync::<Shared>();
+        send_sync::<ServerCore>();
+    }
+
+    #[test]
+    fn a_failed_bind_names_the_address() {
+        let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap();
+        let err = listen(addr, 8).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let message = err.to_string();
+        assert!(message.contains(&addr.to_string()), "{message}");
     }
 }

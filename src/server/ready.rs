@@ -13,18 +13,17 @@ use std::time::Duration;
 use rustix::event::epoll::{self, CreateFlags, Event, EventData, EventFlags};
 use rustix::event::{eventfd, EventfdFlags, Timespec};
 
-/// What a socket is waiting for.
+use crate::poll::Interest;
+
+/// The key a socket is reported by, chosen by whoever adds it (as mio's `Token`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Interest {
-    Read,
-    Write,
-}
+pub(super) struct Token(pub(super) usize);
 
 /// The most sockets one wait takes.
 const BATCH: usize = 64;
 
 /// The key of the set's own wake-up counter.
-const WAKE: u64 = u64::MAX;
+const WAKE: Token = Token(usize::MAX);
 
 pub(super) struct ReadySet {
     epoll: OwnedFd,
@@ -43,7 +42,7 @@ impl ReadySet {
     pub(super) fn wakeable() -> io::Result<ReadySet> {
         let mut set = ReadySet::new()?;
         let wake = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
-        epoll::add(&set.epoll, &wake, EventData::new_u64(WAKE), EventFlags::IN)?;
+        epoll::add(&set.epoll, &wake, data(WAKE), EventFlags::IN)?;
         set.wake = Some(wake);
         Ok(set)
     }
@@ -52,18 +51,18 @@ impl ReadySet {
     ///
     /// A socket leaves the set when it is closed (every descriptor of it): the server never
     /// duplicates one, so closing a connection is enough.
-    pub(super) fn add(&self, socket: impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
+    pub(super) fn add(&self, socket: impl AsFd, key: Token, interest: Interest) -> io::Result<()> {
         epoll::add(&self.epoll, socket, data(key), flags(interest)).map_err(Into::into)
     }
 
     /// Watches `other`: this set reports `key` for as long as `other` has ready sockets
     /// nobody has taken.
-    pub(super) fn watch(&self, other: &ReadySet, key: usize) -> io::Result<()> {
+    pub(super) fn watch(&self, other: &ReadySet, key: Token) -> io::Result<()> {
         epoll::add(&self.epoll, &other.epoll, data(key), EventFlags::IN).map_err(Into::into)
     }
 
     /// Starts or stops reporting `other` (added with [`watch`](Self::watch)).
-    pub(super) fn rewatch(&self, other: &ReadySet, key: usize, on: bool) -> io::Result<()> {
+    pub(super) fn rewatch(&self, other: &ReadySet, key: Token, on: bool) -> io::Result<()> {
         let flags = if on {
             EventFlags::IN
         } else {
@@ -72,26 +71,13 @@ impl ReadySet {
         epoll::modify(&self.epoll, &other.epoll, data(key), flags).map_err(Into::into)
     }
 
-    /// [`rewatch`](Self::rewatch) for each of `others`, under consecutive keys from `first`.
-    pub(super) fn rewatch_all(
-        &self,
-        others: &[ReadySet],
-        first: usize,
-        on: bool,
-    ) -> io::Result<()> {
-        for (i, other) in others.iter().enumerate() {
-            self.rewatch(other, first + i, on)?;
-        }
-        Ok(())
-    }
-
     /// Takes `socket` out of the set.
     pub(super) fn remove(&self, socket: impl AsFd) -> io::Result<()> {
         epoll::delete(&self.epoll, socket).map_err(Into::into)
     }
 
     /// Takes one ready socket, if one is ready now, without waiting.
-    pub(super) fn take_one(&self) -> io::Result<Option<usize>> {
+    pub(super) fn take_one(&self) -> io::Result<Option<Token>> {
         let mut events = [MaybeUninit::<Event>::uninit(); 1];
         let (ready, _) = match epoll::wait(&self.epoll, &mut events, Some(&Timespec::default())) {
             Ok(ready) => ready,
@@ -100,13 +86,12 @@ impl ReadySet {
         };
         Ok(ready
             .first()
-            .map(|event| event.data.u64())
-            .filter(|&key| key != WAKE)
-            .map(|key| key as usize))
+            .map(|event| token(event.data))
+            .filter(|&key| key != WAKE))
     }
 
     /// Asks for the socket's next event `interest`; a socket reports one event per arming.
-    pub(super) fn arm(&self, socket: impl AsFd, key: usize, interest: Interest) -> io::Result<()> {
+    pub(super) fn arm(&self, socket: impl AsFd, key: Token, interest: Interest) -> io::Result<()> {
         epoll::modify(&self.epoll, socket, data(key), flags(interest)).map_err(Into::into)
     }
 
@@ -117,7 +102,7 @@ impl ReadySet {
     pub(super) fn wait(
         &self,
         timeout: Option<Duration>,
-        keys: &mut Vec<usize>,
+        keys: &mut Vec<Token>,
     ) -> io::Result<bool> {
         let timeout = timeout.map(|timeout| {
             Timespec::try_from(timeout).unwrap_or(Timespec {
@@ -133,7 +118,7 @@ impl ReadySet {
         };
         let mut woken = false;
         for event in ready.iter() {
-            match event.data.u64() {
+            match token(event.data) {
                 WAKE => {
                     // Takes every wake-up so far (it is a counter); failing means there was none.
                     let mut count = [0u8; 8];
@@ -142,7 +127,7 @@ impl ReadySet {
                         .as_ref()
                         .is_some_and(|wake| rustix::io::read(wake, &mut count).is_ok());
                 }
-                key => keys.push(key as usize),
+                key => keys.push(key),
             }
         }
         Ok(woken)
@@ -165,8 +150,12 @@ impl ReadySet {
     }
 }
 
-fn data(key: usize) -> EventData {
-    EventData::new_u64(key as u64)
+fn data(key: Token) -> EventData {
+    EventData::new_u64(key.0 as u64)
+}
+
+fn token(data: EventData) -> Token {
+    Token(data.u64() as usize)
 }
 
 fn flags(interest: Interest) -> EventFlags {
@@ -190,7 +179,7 @@ mod tests {
         (client, server)
     }
 
-    fn ready_now(set: &ReadySet) -> Vec<usize> {
+    fn ready_now(set: &ReadySet) -> Vec<Token> {
         let mut keys = Vec::new();
         set.wait(Some(Duration::ZERO), &mut keys).unwrap();
         keys
@@ -200,41 +189,45 @@ mod tests {
     fn a_ready_socket_is_reported_once_per_arming() {
         let set = ReadySet::new().unwrap();
         let (mut client, server) = pair();
-        set.add(&server, 7, Interest::Read).unwrap();
-        assert_eq!(ready_now(&set), Vec::<usize>::new());
+        set.add(&server, Token(7), Interest::Read).unwrap();
+        assert_eq!(ready_now(&set), Vec::<Token>::new());
         client.write_all(b"x").unwrap();
         let mut keys = Vec::new();
         set.wait(None, &mut keys).unwrap();
-        assert_eq!(keys, [7]);
+        assert_eq!(keys, [Token(7)]);
         // Still readable, but not armed again.
-        assert_eq!(ready_now(&set), Vec::<usize>::new());
-        set.arm(&server, 7, Interest::Read).unwrap();
-        assert_eq!(ready_now(&set), [7]);
-        set.arm(&server, 7, Interest::Write).unwrap();
-        assert_eq!(ready_now(&set), [7]);
-        set.arm(&server, 7, Interest::Read).unwrap();
+        assert_eq!(ready_now(&set), Vec::<Token>::new());
+        set.arm(&server, Token(7), Interest::Read).unwrap();
+        assert_eq!(ready_now(&set), [Token(7)]);
+        set.arm(&server, Token(7), Interest::Write).unwrap();
+        assert_eq!(ready_now(&set), [Token(7)]);
+        set.arm(&server, Token(7), Interest::Read).unwrap();
         drop(server);
-        assert_eq!(ready_now(&set), Vec::<usize>::new(), "closed, so gone");
+        assert_eq!(ready_now(&set), Vec::<Token>::new(), "closed, so gone");
     }
 
     #[test]
     fn a_set_watching_another_reports_it_while_it_has_ready_sockets() {
         let (outer, inner) = (ReadySet::new().unwrap(), ReadySet::new().unwrap());
-        outer.watch(&inner, 3).unwrap();
+        outer.watch(&inner, Token(3)).unwrap();
         let (mut client, server) = pair();
-        inner.add(&server, 7, Interest::Read).unwrap();
-        assert_eq!(ready_now(&outer), Vec::<usize>::new());
+        inner.add(&server, Token(7), Interest::Read).unwrap();
+        assert_eq!(ready_now(&outer), Vec::<Token>::new());
         client.write_all(b"x").unwrap();
-        assert_eq!(ready_now(&outer), [3]);
-        assert_eq!(ready_now(&outer), [3], "until someone takes the socket");
-        assert_eq!(inner.take_one().unwrap(), Some(7));
-        assert_eq!(ready_now(&outer), Vec::<usize>::new());
-        outer.rewatch(&inner, 3, false).unwrap();
-        inner.arm(&server, 7, Interest::Read).unwrap();
-        assert_eq!(ready_now(&outer), Vec::<usize>::new(), "not watched");
-        outer.rewatch(&inner, 3, true).unwrap();
-        assert_eq!(ready_now(&outer), [3], "watched again");
-        assert_eq!(inner.take_one().unwrap(), Some(7));
+        assert_eq!(ready_now(&outer), [Token(3)]);
+        assert_eq!(
+            ready_now(&outer),
+            [Token(3)],
+            "until someone takes the socket"
+        );
+        assert_eq!(inner.take_one().unwrap(), Some(Token(7)));
+        assert_eq!(ready_now(&outer), Vec::<Token>::new());
+        outer.rewatch(&inner, Token(3), false).unwrap();
+        inner.arm(&server, Token(7), Interest::Read).unwrap();
+        assert_eq!(ready_now(&outer), Vec::<Token>::new(), "not watched");
+        outer.rewatch(&inner, Token(3), true).unwrap();
+        assert_eq!(ready_now(&outer), [Token(3)], "watched again");
+        assert_eq!(inner.take_one().unwrap(), Some(Token(7)));
         assert_eq!(inner.take_one().unwrap(), None);
     }
 
@@ -242,12 +235,12 @@ mod tests {
     fn a_socket_moved_to_another_set_is_reported_there_only() {
         let (first, second) = (ReadySet::new().unwrap(), ReadySet::new().unwrap());
         let (mut client, server) = pair();
-        first.add(&server, 7, Interest::Read).unwrap();
+        first.add(&server, Token(7), Interest::Read).unwrap();
         first.remove(&server).unwrap();
-        second.add(&server, 7, Interest::Read).unwrap();
+        second.add(&server, Token(7), Interest::Read).unwrap();
         client.write_all(b"x").unwrap();
         assert_eq!(first.take_one().unwrap(), None);
-        assert_eq!(second.take_one().unwrap(), Some(7));
+        assert_eq!(second.take_one().unwrap(), Some(Token(7)));
     }
 
     #[test]
@@ -255,14 +248,14 @@ mod tests {
         let set = ReadySet::new().unwrap();
         let pairs: Vec<_> = (0..10).map(|_| pair()).collect();
         for (key, (_, server)) in pairs.iter().enumerate() {
-            set.add(server, key, Interest::Read).unwrap();
+            set.add(server, Token(key), Interest::Read).unwrap();
         }
         let order = [3, 9, 0, 4, 1];
         for key in order {
             (&pairs[key].0).write_all(b"x").unwrap();
         }
         // Loopback delivers each write before it returns.
-        assert_eq!(ready_now(&set), order);
+        assert_eq!(ready_now(&set), order.map(Token));
     }
 
     #[test]
