@@ -6,7 +6,7 @@
 //!
 //! Every call is `slow(20)`: a worker serves at most 50 a second, four workers 200. Each
 //! client thread calls in a loop through its own `ThriftClient` (one connection, breaker off)
-//! with the seed's 250 ms response timeout: a call that times out closes its connection, and
+//! with gevent-thrift's 250 ms response timeout: a call that times out closes its connection, and
 //! the next call opens a new one, as a client that gives up does; a call the server shed
 //! (answered at once, not run) is followed by a pause as long as a call, as a caller backing
 //! off would make. Offered load is the number of clients over the number of workers.

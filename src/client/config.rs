@@ -67,11 +67,11 @@ impl ErrorMatcher {
 /// How a client connects, waits and gives up; shared by [`ThriftClient`](crate::ThriftClient)
 /// and [`MultiThriftClient`](crate::MultiThriftClient).
 ///
-/// Defaults are those of the original gevent-thrift: tuned for a service whose 95th percentile
-/// response time is 200 ms. The original's names are kept (`read_timeout`, `maxfail`,
+/// Defaults are gevent-thrift's: tuned for a service whose 95th percentile
+/// response time is 200 ms. Its names are kept (`read_timeout`, `maxfail`,
 /// `time_unit`, `reset_timeout`; its `psize` is [`pool_size`](Self::pool_size)).
 ///
-/// One configuration serves both clients, as the original's keyword arguments did, so a
+/// One configuration serves both clients, as gevent-thrift's keyword arguments did, so a
 /// client that grows from one endpoint to several keeps its settings. Each endpoint of a
 /// multi-endpoint client gets its own pool and breaker with the per-endpoint settings; a few
 /// settings are read only by [`MultiThriftClient`](crate::MultiThriftClient), and a
@@ -193,7 +193,7 @@ impl ClientConfig {
         self
     }
 
-    /// The most connections kept open to one endpoint (the original's `psize`). Defaults to
+    /// The most connections kept open to one endpoint (gevent-thrift's `psize`). Defaults to
     /// 10.
     ///
     /// Panics if `size` is zero.
@@ -327,7 +327,7 @@ impl ClientConfig {
         self
     }
 
-    /// Counts the service exception `T` as a breaker failure (the original's
+    /// Counts the service exception `T` as a breaker failure (gevent-thrift's
     /// `handle_errors`). Defaults to none: a service exception means the server is healthy.
     ///
     /// Direct calls recognise `T` by its encoded form; see [`retry_on`](Self::retry_on).
@@ -338,7 +338,7 @@ impl ClientConfig {
     }
 
     /// Lets a multi-endpoint call move on to the next endpoint when the service raises `T`
-    /// (the original's `handle_retryable_errors`). Has no effect on a single-endpoint client.
+    /// (gevent-thrift's `handle_retryable_errors`). Has no effect on a single-endpoint client.
     /// Defaults to none.
     ///
     /// Through [`MultiThriftClient::call`](crate::MultiThriftClient::call) the exception is

@@ -42,7 +42,7 @@ macro_rules! impl_direct {
     };
 }
 
-/// A client handle on which the generated methods are called directly (the original's
+/// A client handle on which the generated methods are called directly (gevent-thrift's
 /// `wrap_client`), from [`ThriftClient::direct`].
 ///
 /// Every call takes a pooled connection for its duration and goes through the breaker and the
@@ -58,7 +58,7 @@ pub struct Direct<C> {
 }
 
 impl<C> ThriftClient<C> {
-    /// A handle on which the generated methods are called directly, the original's
+    /// A handle on which the generated methods are called directly, gevent-thrift's
     /// `wrap_client`: `client.direct().add(1, 2)`. Each call still goes through the pool,
     /// the timeouts and the breaker.
     ///

@@ -15,12 +15,15 @@ use super::DiscoveryError;
 use crate::wire::{InputProtocol, OutputProtocol};
 use crate::{ClientConfig, MultiThriftClient, ThriftServer};
 
+#[cfg_attr(docsrs, doc(cfg(feature = "discovery")))]
 impl<C: Send + 'static> MultiThriftClient<C> {
     /// A client of the service that `cache` follows: every call tries the live instances in
-    /// a shuffled order, as the original's `service_client` did, with every knob of the
+    /// a shuffled order, as gevent-thrift's `service_client` did, with every knob of the
     /// multi-endpoint client; an instance that left while a call was under way is not tried
     /// by its retries. Instances that left the fleet are closed once idle, like any endpoint no
     /// call uses.
+    ///
+    /// Requires the `discovery` feature.
     pub fn discovered<F>(cache: InstanceCache, make: F, config: ClientConfig) -> Self
     where
         F: Fn(InputProtocol, OutputProtocol) -> C + Send + Sync + 'static,

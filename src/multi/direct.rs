@@ -58,7 +58,7 @@ pub struct MultiDirect<C> {
 }
 
 impl<C: Send + 'static> MultiThriftClient<C> {
-    /// A handle on which the generated methods are called directly, the original's
+    /// A handle on which the generated methods are called directly, gevent-thrift's
     /// `wrap_client`: `client.direct().add(1, 2)`, with the same retries as
     /// [`call`](Self::call). See [`MultiDirect`].
     pub fn direct(&self) -> MultiDirect<C> {

@@ -34,7 +34,7 @@ const TARGET: &str = "blocking_thrift::multi";
 /// Walks the endpoints the user's function yields, in order, until the visitor breaks.
 type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync;
 
-/// A client for a service that several endpoints provide, the original's
+/// A client for a service that several endpoints provide, gevent-thrift's
 /// `MultiThriftClient`.
 ///
 /// Instead of one `host:port` it takes a function that yields endpoints in the order they
@@ -78,7 +78,7 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 ///   failed ([`Error::Transport`]) or the response did not decode or did not match the
 ///   request ([`Error::Protocol`]);
 /// - the service raised an exception whose type was declared with
-///   [`ClientConfig::retry_on`] (the original's `handle_retryable_errors`).
+///   [`ClientConfig::retry_on`] (gevent-thrift's `handle_retryable_errors`).
 ///
 /// Retries come out of a budget ([`ClientConfig::retry_budget`]: 20 % of the calls plus 10 a
 /// second, by default); a call refused a retry fails with its last attempt's error.

@@ -233,7 +233,7 @@ impl ServerConfig {
     /// Under a load the workers cannot keep up with, requests queue; served in arrival order,
     /// each would wait longer than its client's timeout, and the workers would spend all their
     /// time on answers nobody reads. With the bound, the requests that are run are run while
-    /// their clients still wait. 100 ms leaves clients with the seed's 250 ms response timeout
+    /// their clients still wait. 100 ms leaves clients with gevent-thrift's 250 ms response timeout
     /// time for the call itself; below capacity no request waits nearly that long. A request
     /// whose client closed its connection while it waited (even only its sending side, which
     /// Thrift's clients never do alone) is never run, whatever this says.
