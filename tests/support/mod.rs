@@ -23,6 +23,7 @@ use thrift::transport::{
 #[path = "../../idl/service.rs"]
 pub mod service;
 
+pub mod server;
 pub mod zookeeper;
 
 pub use service::calculator;
