@@ -611,15 +611,6 @@ fn direct_call_errors_come_back_as_the_crate_error() {
 }
 
 #[test]
-fn clients_are_send_sync_and_cheap_to_clone() {
-    fn assert_send_sync<T: Send + Sync + Clone>() {}
-    assert_send_sync::<ThriftClient<Calc>>();
-    fn assert_send<T: Send>() {}
-    assert_send::<blocking_thrift::Direct<Calc>>();
-    assert_send_sync::<ClientConfig>();
-}
-
-#[test]
 fn direct_calls_count_declared_exceptions_as_failures() {
     let server = server();
     let clock = ManualClock::new();

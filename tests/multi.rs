@@ -746,14 +746,6 @@ fn close_ends_every_connection_and_later_calls_fail() {
 }
 
 #[test]
-fn clients_are_send_sync_and_cheap_to_clone() {
-    fn assert_send_sync<T: Send + Sync + Clone>() {}
-    assert_send_sync::<MultiThriftClient<Calc>>();
-    fn assert_send<T: Send + Clone>() {}
-    assert_send::<blocking_thrift::MultiDirect<Calc>>();
-}
-
-#[test]
 fn an_operator_can_force_an_endpoint_open_and_reset_it() {
     let (a, b) = (named("a"), named("b"));
     let multi = fixed(&[a.endpoint(), b.endpoint()], patient());

@@ -11,7 +11,7 @@ use std::sync::{Arc, Barrier, Mutex, Once};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use blocking_thrift::{Protocol, ServerConfig, ServerStats, ThriftServer, Transport};
+use blocking_thrift::{Protocol, ServerConfig, ThriftServer, Transport};
 use support::calculator::{
     CalculatorSyncClient, CalculatorSyncHandler, CalculatorSyncProcessor, TCalculatorSyncClient,
     TemporaryUnavailable, UserProfile,
@@ -283,14 +283,6 @@ impl CalculatorSyncHandler for Special {
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
-
-#[test]
-fn shared_types_are_send_and_sync() {
-    fn send_sync<T: Send + Sync>() {}
-    send_sync::<ThriftServer>();
-    send_sync::<ServerConfig>();
-    send_sync::<ServerStats>();
-}
 
 #[test]
 fn every_wire_format_serves_every_method() {
