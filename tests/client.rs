@@ -902,13 +902,31 @@ fn pin_to_cpu_0() {
     }
 }
 
+/// This thread's id, as /proc/self/task names it.
+fn thread_id() -> libc::pid_t {
+    // SAFETY: gettid takes nothing and cannot fail.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::gettid()
+    }
+}
+
+/// Whether thread `id` of this process is asleep, as /proc shows (waiting for a lock, say).
+fn asleep(id: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{id}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('S')))
+        .unwrap_or(false)
+}
+
 #[test]
 fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_through() {
     // A first `force_open` holds the breaker's lock (in its clock reading) while a reset and
     // then another `force_open` queue for it, all on one CPU, so that the one woken next may
     // run before the reset is done. The clock never moves: a breaker left open must reject.
+    const TRIALS: usize = 1000;
     let mut broken = 0;
-    for _ in 0..300 {
+    for _ in 0..TRIALS {
         let (entered, release) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
@@ -930,24 +948,36 @@ fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_throu
             &support::refused_endpoint(),
             ClientConfig::default().clock(clock),
         );
+        // Each thread tells its id as it goes for the lock; the next starts only once /proc
+        // shows it asleep there, so they queue in order: the reset, then the second force.
         let on_cpu_0 = |f: Box<OnClient>| {
             let calc = calc.clone();
-            std::thread::spawn(move || {
+            let (id_tx, id_rx) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
                 pin_to_cpu_0();
+                id_tx.send(thread_id()).unwrap();
                 f(&calc)
-            })
+            });
+            (thread, id_rx.recv().unwrap())
         };
-        let holder = on_cpu_0(Box::new(|calc| {
+        let queued = |id: libc::pid_t| {
+            let began = Instant::now();
+            while !asleep(id) {
+                assert!(began.elapsed() < Duration::from_secs(10), "never waited");
+                std::thread::yield_now();
+            }
+        };
+        let (holder, _) = on_cpu_0(Box::new(|calc| {
             HOLDS_THE_LOCK.with(|h| h.set(true));
             calc.force_open();
         }));
         while !entered.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
-        let reset = on_cpu_0(Box::new(|calc| calc.reset_breaker()));
-        std::thread::sleep(Duration::from_millis(2));
-        let forced = on_cpu_0(Box::new(|calc| calc.force_open()));
-        std::thread::sleep(Duration::from_millis(2));
+        let (reset, id) = on_cpu_0(Box::new(|calc| calc.reset_breaker()));
+        queued(id);
+        let (forced, id) = on_cpu_0(Box::new(|calc| calc.force_open()));
+        queued(id);
         release.store(true, Ordering::SeqCst);
         for thread in [holder, reset, forced] {
             thread.join().unwrap();
@@ -958,5 +988,8 @@ fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_throu
             broken += 1;
         }
     }
-    assert_eq!(broken, 0, "open breakers that let calls through, of 300");
+    assert_eq!(
+        broken, 0,
+        "open breakers that let calls through, of {TRIALS}"
+    );
 }
