@@ -17,8 +17,8 @@ use blocking_thrift::{
 };
 use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
 use support::server::{
-    exclusive_lock, frame, raw, read_reply, shared_lock, try_read_reply, wait_for_stats, wire,
-    PATIENCE,
+    bin_add, bin_call, bin_field, bin_string, exclusive_lock, frame, raw, read_reply, shared_lock,
+    try_read_reply, wait_for_stats, wire, PATIENCE,
 };
 use support::{closed_within, resident_bytes, start_server, wait_until, Calc};
 use thrift::protocol::TMessageType;
@@ -67,41 +67,8 @@ fn good_client(
     )
 }
 
-// Hand-made encodings, byte by byte, so that any of them can be made wrong.
-
-/// Binary, strict: a call's message header.
-fn bin_call(name: &str, seq: i32) -> Vec<u8> {
-    let mut b = vec![0x80, 0x01, 0x00, 0x01];
-    b.extend((name.len() as i32).to_be_bytes());
-    b.extend(name.as_bytes());
-    b.extend(seq.to_be_bytes());
-    b
-}
-
-/// Binary: a field header.
-fn bin_field(ty: u8, id: i16) -> Vec<u8> {
-    let mut b = vec![ty];
-    b.extend(id.to_be_bytes());
-    b
-}
-
-/// Binary: a string or binary value.
-fn bin_string(bytes: &[u8]) -> Vec<u8> {
-    let mut b = (bytes.len() as i32).to_be_bytes().to_vec();
-    b.extend(bytes);
-    b
-}
-
-/// Binary: `add(a, b)`, whole.
-fn bin_add(seq: i32, a: i32, b: i32) -> Vec<u8> {
-    let mut m = bin_call("add", seq);
-    m.extend(bin_field(8, 1));
-    m.extend(a.to_be_bytes());
-    m.extend(bin_field(8, 2));
-    m.extend(b.to_be_bytes());
-    m.push(0);
-    m
-}
+// Hand-made encodings, byte by byte, so that any of them can be made wrong; the binary
+// protocol's basics are in support.
 
 const BIN_STRING: u8 = 11;
 const BIN_STRUCT: u8 = 12;

@@ -64,6 +64,43 @@ pub fn wire(transport: Transport, message: &[u8]) -> Vec<u8> {
     }
 }
 
+// Hand-made encodings in the binary protocol, byte by byte, so that any of them can be
+// made wrong.
+
+/// Binary, strict: a call's message header.
+pub fn bin_call(name: &str, seq: i32) -> Vec<u8> {
+    let mut b = vec![0x80, 0x01, 0x00, 0x01];
+    b.extend((name.len() as i32).to_be_bytes());
+    b.extend(name.as_bytes());
+    b.extend(seq.to_be_bytes());
+    b
+}
+
+/// Binary: a field header.
+pub fn bin_field(ty: u8, id: i16) -> Vec<u8> {
+    let mut b = vec![ty];
+    b.extend(id.to_be_bytes());
+    b
+}
+
+/// Binary: a string or binary value.
+pub fn bin_string(bytes: &[u8]) -> Vec<u8> {
+    let mut b = (bytes.len() as i32).to_be_bytes().to_vec();
+    b.extend(bytes);
+    b
+}
+
+/// Binary: `add(a, b)`, whole.
+pub fn bin_add(seq: i32, a: i32, b: i32) -> Vec<u8> {
+    let mut m = bin_call("add", seq);
+    m.extend(bin_field(8, 1));
+    m.extend(a.to_be_bytes());
+    m.extend(bin_field(8, 2));
+    m.extend(b.to_be_bytes());
+    m.push(0);
+    m
+}
+
 /// A decoded reply: its header and either the i32 result (field 0) or the application error.
 #[derive(Debug)]
 pub struct Reply {
