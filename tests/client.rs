@@ -891,34 +891,6 @@ thread_local! {
 
 type OnClient = dyn FnOnce(&ThriftClient<Calc>) + Send;
 
-/// Runs this thread on CPU 0 only.
-fn pin_to_cpu_0() {
-    // SAFETY: the set is initialized before use and only read by the call, for the size given.
-    #[allow(unsafe_code)]
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
-/// This thread's id, as /proc/self/task names it.
-fn thread_id() -> libc::pid_t {
-    // SAFETY: gettid takes nothing and cannot fail.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::gettid()
-    }
-}
-
-/// Whether thread `id` of this process is asleep, as /proc shows (waiting for a lock, say).
-fn asleep(id: libc::pid_t) -> bool {
-    std::fs::read_to_string(format!("/proc/self/task/{id}/stat"))
-        .ok()
-        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('S')))
-        .unwrap_or(false)
-}
-
 #[test]
 fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_through() {
     // A first `force_open` holds the breaker's lock (in its clock reading) while a reset and
@@ -954,15 +926,15 @@ fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_throu
             let calc = calc.clone();
             let (id_tx, id_rx) = std::sync::mpsc::channel();
             let thread = std::thread::spawn(move || {
-                pin_to_cpu_0();
-                id_tx.send(thread_id()).unwrap();
+                support::pin_to_cpu(0);
+                id_tx.send(support::thread_id()).unwrap();
                 f(&calc)
             });
             (thread, id_rx.recv().unwrap())
         };
         let queued = |id: libc::pid_t| {
             let began = Instant::now();
-            while !asleep(id) {
+            while !support::asleep(id) {
                 assert!(began.elapsed() < Duration::from_secs(10), "never waited");
                 std::thread::yield_now();
             }

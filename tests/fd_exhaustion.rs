@@ -18,7 +18,7 @@ use log::{Level, Log, Metadata, Record};
 use socket2::{Domain, Socket, Type};
 use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
 use support::server::{bin_add, frame, try_read_reply};
-use support::{open_fds, start_server, wait_until, Calc};
+use support::{open_fds, set_open_files_limit, start_server, wait_until, Calc};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -51,26 +51,11 @@ fn accept_failures() -> usize {
     ACCEPT_FAILURES.0.load(Ordering::SeqCst)
 }
 
-/// Lowers this process's soft limit on open file descriptors to `limit`.
-fn limit_open_files(limit: u64) {
-    let mut rlimit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the `rlimit` struct passed by
-    // pointer, which lives on this stack frame for the whole call.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit), 0);
-        rlimit.rlim_cur = (limit as libc::rlim_t).min(rlimit.rlim_max);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit), 0);
-    }
-}
-
 #[test]
 fn running_out_of_file_descriptors_pauses_accepting_and_recovers() {
     log::set_logger(&ACCEPT_FAILURES).expect("install the logger");
     log::set_max_level(log::LevelFilter::Error);
-    limit_open_files(open_fds() as u64 + 64);
+    set_open_files_limit(open_fds() as libc::rlim_t + 64);
 
     let (server, _) = start_server(ServerConfig::default().workers(2));
     let addr = server.local_addr();

@@ -749,31 +749,16 @@ fn stop_answers_every_request_that_arrived_before_it() {
     );
 }
 
-/// Raises this process's soft limit on open file descriptors to at least `needed`, as far as
-/// the hard limit allows.
-fn allow_open_files(needed: u64) {
-    let mut rlimit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the `rlimit` struct passed by
-    // pointer, which lives on this stack frame for the whole call.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit), 0);
-        if rlimit.rlim_cur < needed as libc::rlim_t {
-            rlimit.rlim_cur = (needed as libc::rlim_t).min(rlimit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit), 0);
-        }
-    }
-}
-
 #[test]
 fn stop_answers_requests_on_every_connection_waiting_to_be_accepted() {
     let _lock = shared_lock();
     // More connections than the poller accepts in one go, each with a whole request, wait in
     // the listener's backlog (1024) when the server starts and is stopped at once.
     const WAITING: usize = 1000;
-    allow_open_files(4 * WAITING as u64);
+    let needed = 4 * WAITING as libc::rlim_t;
+    if support::open_files_limits().0 < needed {
+        support::set_open_files_limit(needed);
+    }
     let server = ThriftServer::bind(
         "127.0.0.1:0",
         CalculatorSyncProcessor::new(CalculatorService::new("backlog")),
@@ -1685,25 +1670,13 @@ fn a_request_that_waited_too_long_for_a_worker_is_answered_at_once_without_runni
     assert_eq!((reply.seq, reply.result), (8, Some(5)));
 }
 
-/// Runs this thread, and the threads it starts from now on, on the CPU it is on.
-fn pin_this_thread_to_one_cpu() {
-    // SAFETY: the set is initialized before use and only read by the call, for the size given.
-    #[allow(unsafe_code)]
-    unsafe {
-        let cpu = libc::sched_getcpu().max(0) as usize;
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 #[test]
 fn a_shed_request_is_counted_by_the_time_its_client_has_the_reply() {
     let _lock = shared_lock();
     // On one CPU with the server's threads (which inherit it), the reply's wake-up puts this
     // thread in place of the worker that sent it, and it reads the stats before the worker
     // has gone on: the race at its most likely.
-    pin_this_thread_to_one_cpu();
+    support::pin_to_cpu(support::current_cpu());
     let (handler, release) = Special::gated();
     let config = ServerConfig::default()
         .workers(1)
