@@ -22,15 +22,12 @@ use support::server::{
 use support::{wait_until, CalculatorService, ALL_WIRE_FORMATS};
 use thrift::protocol::TSerializable;
 use thrift::protocol::{
-    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactInputProtocol, TCompactOutputProtocol,
-    TFieldIdentifier, TInputProtocol, TMessageIdentifier, TMessageType, TMultiplexedOutputProtocol,
-    TOutputProtocol, TStructIdentifier, TType,
+    TBinaryInputProtocol, TBinaryOutputProtocol, TCompactOutputProtocol, TFieldIdentifier,
+    TInputProtocol, TMessageIdentifier, TMessageType, TMultiplexedOutputProtocol, TOutputProtocol,
+    TStructIdentifier, TType,
 };
 use thrift::server::TMultiplexedProcessor;
-use thrift::transport::{
-    TBufferedReadTransport, TBufferedWriteTransport, TFramedReadTransport, TFramedWriteTransport,
-    TIoChannel, TTcpChannel,
-};
+use thrift::transport::{TFramedReadTransport, TFramedWriteTransport, TIoChannel, TTcpChannel};
 use thrift::ApplicationErrorKind;
 
 // ---------------------------------------------------------------------------------------------
@@ -69,29 +66,8 @@ fn client(addr: SocketAddr, transport: Transport, protocol: Protocol) -> Client 
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
     stream.set_write_timeout(Some(PATIENCE)).unwrap();
     let (reader, writer) = TTcpChannel::with_stream(stream).split().unwrap();
-    let (input, output): (Box<dyn io::Read + Send>, Box<dyn io::Write + Send>) = match transport {
-        Transport::Framed => (
-            Box::new(TFramedReadTransport::new(reader)),
-            Box::new(TFramedWriteTransport::new(writer)),
-        ),
-        Transport::Buffered => (
-            Box::new(TBufferedReadTransport::new(reader)),
-            Box::new(TBufferedWriteTransport::new(writer)),
-        ),
-    };
-    let (input, output): (
-        Box<dyn TInputProtocol + Send>,
-        Box<dyn TOutputProtocol + Send>,
-    ) = match protocol {
-        Protocol::Binary => (
-            Box::new(TBinaryInputProtocol::new(input, true)),
-            Box::new(TBinaryOutputProtocol::new(output, true)),
-        ),
-        Protocol::Compact => (
-            Box::new(TCompactInputProtocol::new(input)),
-            Box::new(TCompactOutputProtocol::new(output)),
-        ),
-    };
+    let (input, output) = support::thrift_transports(transport, reader, writer);
+    let (input, output) = support::thrift_protocols(protocol, input, output);
     CalculatorSyncClient::new(input, output)
 }
 

@@ -2,7 +2,7 @@
 //! that counts what it sees, the Apache Thrift Python peers, and a clock stepped by hand.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -160,33 +160,49 @@ fn serve_connection(
     protocol: Protocol,
     service: Arc<CalculatorService>,
 ) {
-    let read = stream.try_clone().unwrap();
-    let (input, output): (
-        Box<dyn std::io::Read + Send>,
-        Box<dyn std::io::Write + Send>,
-    ) = match transport {
+    let (input, output) = thrift_transports(transport, stream.try_clone().unwrap(), stream);
+    let (mut i_prot, mut o_prot) = thrift_protocols(protocol, input, output);
+    let processor = calculator::CalculatorSyncProcessor::new(service);
+    while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
+}
+
+/// The thrift crate's own transports for `transport` over a connection's two halves.
+pub fn thrift_transports(
+    transport: Transport,
+    read: impl Read + Send + 'static,
+    write: impl Write + Send + 'static,
+) -> (Box<dyn Read + Send>, Box<dyn Write + Send>) {
+    match transport {
         Transport::Framed => (
             Box::new(TFramedReadTransport::new(read)),
-            Box::new(TFramedWriteTransport::new(stream)),
+            Box::new(TFramedWriteTransport::new(write)),
         ),
         Transport::Buffered => (
             Box::new(TBufferedReadTransport::new(read)),
-            Box::new(TBufferedWriteTransport::new(stream)),
+            Box::new(TBufferedWriteTransport::new(write)),
         ),
-    };
-    let (mut i_prot, mut o_prot): (Box<dyn TInputProtocol>, Box<dyn TOutputProtocol>) =
-        match protocol {
-            Protocol::Binary => (
-                Box::new(TBinaryInputProtocol::new(input, true)),
-                Box::new(TBinaryOutputProtocol::new(output, true)),
-            ),
-            Protocol::Compact => (
-                Box::new(TCompactInputProtocol::new(input)),
-                Box::new(TCompactOutputProtocol::new(output)),
-            ),
-        };
-    let processor = calculator::CalculatorSyncProcessor::new(service);
-    while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
+    }
+}
+
+/// The thrift crate's own protocols for `protocol` over those transports.
+pub fn thrift_protocols(
+    protocol: Protocol,
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+) -> (
+    Box<dyn TInputProtocol + Send>,
+    Box<dyn TOutputProtocol + Send>,
+) {
+    match protocol {
+        Protocol::Binary => (
+            Box::new(TBinaryInputProtocol::new(input, true)),
+            Box::new(TBinaryOutputProtocol::new(output, true)),
+        ),
+        Protocol::Compact => (
+            Box::new(TCompactInputProtocol::new(input)),
+            Box::new(TCompactOutputProtocol::new(output)),
+        ),
+    }
 }
 
 /// An address on loopback where nothing listens.
