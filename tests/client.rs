@@ -687,10 +687,14 @@ fn a_resolver_that_hangs_is_cut_off_by_the_connect_timeout() {
 fn a_custom_resolver_gives_the_addresses_to_connect_to() {
     let server = server();
     let addr = server.addr;
-    let config = ClientConfig::default().resolve_with(move |endpoint| {
-        assert_eq!(endpoint, "calculator.test:9090");
-        Ok(vec![addr])
-    });
+    // A fresh pool's first connection is made on r2d2's thread, which a loaded machine may
+    // keep waiting past the default pool timeout.
+    let config = ClientConfig::default()
+        .pool_timeout(Duration::from_secs(5))
+        .resolve_with(move |endpoint| {
+            assert_eq!(endpoint, "calculator.test:9090");
+            Ok(vec![addr])
+        });
     let calc = client("calculator.test:9090", config);
     assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
     let refusing = ClientConfig::default().resolve_with(|_| {
