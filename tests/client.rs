@@ -623,15 +623,6 @@ fn direct_call_errors_come_back_as_the_crate_error() {
 }
 
 #[test]
-fn clients_are_send_sync_and_cheap_to_clone() {
-    fn assert_send_sync<T: Send + Sync + Clone>() {}
-    assert_send_sync::<ThriftClient<Calc>>();
-    fn assert_send<T: Send>() {}
-    assert_send::<blocking_thrift::Direct<Calc>>();
-    assert_send_sync::<ClientConfig>();
-}
-
-#[test]
 fn direct_calls_count_declared_exceptions_as_failures() {
     let server = server();
     let clock = ManualClock::new();
@@ -708,10 +699,14 @@ fn a_resolver_that_hangs_is_cut_off_by_the_connect_timeout() {
 fn a_custom_resolver_gives_the_addresses_to_connect_to() {
     let server = server();
     let addr = server.addr;
-    let config = ClientConfig::default().resolve_with(move |endpoint| {
-        assert_eq!(endpoint, "calculator.test:9090");
-        Ok(vec![addr])
-    });
+    // A fresh pool's first connection is made on r2d2's thread, which a loaded machine may
+    // keep waiting past the default pool timeout.
+    let config = ClientConfig::default()
+        .pool_timeout(Duration::from_secs(5))
+        .resolve_with(move |endpoint| {
+            assert_eq!(endpoint, "calculator.test:9090");
+            Ok(vec![addr])
+        });
     let calc = client("calculator.test:9090", config);
     assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
     let refusing = ClientConfig::default().resolve_with(|_| {
@@ -912,24 +907,14 @@ thread_local! {
 
 type OnClient = dyn FnOnce(&ThriftClient<Calc>) + Send;
 
-/// Runs this thread on CPU 0 only.
-fn pin_to_cpu_0() {
-    // SAFETY: the set is initialized before use and only read by the call, for the size given.
-    #[allow(unsafe_code)]
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 #[test]
 fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_through() {
     // A first `force_open` holds the breaker's lock (in its clock reading) while a reset and
     // then another `force_open` queue for it, all on one CPU, so that the one woken next may
     // run before the reset is done. The clock never moves: a breaker left open must reject.
+    const TRIALS: usize = 1000;
     let mut broken = 0;
-    for _ in 0..300 {
+    for _ in 0..TRIALS {
         let (entered, release) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
@@ -951,24 +936,36 @@ fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_throu
             &support::refused_endpoint(),
             ClientConfig::default().clock(clock),
         );
+        // Each thread tells its id as it goes for the lock; the next starts only once /proc
+        // shows it asleep there, so they queue in order: the reset, then the second force.
         let on_cpu_0 = |f: Box<OnClient>| {
             let calc = calc.clone();
-            std::thread::spawn(move || {
-                pin_to_cpu_0();
+            let (id_tx, id_rx) = std::sync::mpsc::channel();
+            let thread = std::thread::spawn(move || {
+                support::pin_to_cpu(0);
+                id_tx.send(support::thread_id()).unwrap();
                 f(&calc)
-            })
+            });
+            (thread, id_rx.recv().unwrap())
         };
-        let holder = on_cpu_0(Box::new(|calc| {
+        let queued = |id: libc::pid_t| {
+            let began = Instant::now();
+            while !support::asleep(id) {
+                assert!(began.elapsed() < Duration::from_secs(10), "never waited");
+                std::thread::yield_now();
+            }
+        };
+        let (holder, _) = on_cpu_0(Box::new(|calc| {
             HOLDS_THE_LOCK.with(|h| h.set(true));
             calc.force_open();
         }));
         while !entered.load(Ordering::SeqCst) {
             std::thread::yield_now();
         }
-        let reset = on_cpu_0(Box::new(|calc| calc.reset_breaker()));
-        std::thread::sleep(Duration::from_millis(2));
-        let forced = on_cpu_0(Box::new(|calc| calc.force_open()));
-        std::thread::sleep(Duration::from_millis(2));
+        let (reset, id) = on_cpu_0(Box::new(|calc| calc.reset_breaker()));
+        queued(id);
+        let (forced, id) = on_cpu_0(Box::new(|calc| calc.force_open()));
+        queued(id);
         release.store(true, Ordering::SeqCst);
         for thread in [holder, reset, forced] {
             thread.join().unwrap();
@@ -979,5 +976,8 @@ fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_throu
             broken += 1;
         }
     }
-    assert_eq!(broken, 0, "open breakers that let calls through, of 300");
+    assert_eq!(
+        broken, 0,
+        "open breakers that let calls through, of {TRIALS}"
+    );
 }

@@ -8,16 +8,17 @@
 mod support;
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use blocking_thrift::{ClientConfig, ServerConfig, ThriftClient};
+use blocking_thrift::{ClientConfig, Protocol, ServerConfig, ThriftClient, Transport};
 use log::{Level, Log, Metadata, Record};
 use socket2::{Domain, Socket, Type};
 use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
-use support::{open_fds, start_server, wait_until, Calc};
+use support::server::{bin_add, frame, try_read_reply};
+use support::{open_fds, set_open_files_limit, start_server, wait_until, Calc};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -50,63 +51,11 @@ fn accept_failures() -> usize {
     ACCEPT_FAILURES.0.load(Ordering::SeqCst)
 }
 
-/// Lowers this process's soft limit on open file descriptors to `limit`.
-fn limit_open_files(limit: u64) {
-    let mut rlimit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit only read and write the `rlimit` struct passed by
-    // pointer, which lives on this stack frame for the whole call.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit), 0);
-        rlimit.rlim_cur = (limit as libc::rlim_t).min(rlimit.rlim_max);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit), 0);
-    }
-}
-
-/// An encoded, framed, strict binary `add(a, b)` with sequence id `seq`.
-fn add_request(seq: i32, a: i32, b: i32) -> Vec<u8> {
-    let mut m = vec![0x80, 0x01, 0x00, 0x01, 0, 0, 0, 3];
-    m.extend(b"add");
-    m.extend(seq.to_be_bytes());
-    m.extend([8, 0, 1]);
-    m.extend(a.to_be_bytes());
-    m.extend([8, 0, 2]);
-    m.extend(b.to_be_bytes());
-    m.push(0);
-    let mut framed = (m.len() as i32).to_be_bytes().to_vec();
-    framed.extend(m);
-    framed
-}
-
-/// Reads a framed `add` reply and returns its result: the frame's last five bytes are the
-/// i32 and the STOP that ends the result struct.
-fn read_sum(stream: &mut TcpStream) -> io::Result<i32> {
-    let mut header = [0u8; 4];
-    stream.read_exact(&mut header)?;
-    let mut frame = vec![0u8; i32::from_be_bytes(header).clamp(0, 4096) as usize];
-    stream.read_exact(&mut frame)?;
-    let n = frame.len();
-    if n < 5 || frame[n - 1] != 0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not an add reply",
-        ));
-    }
-    Ok(i32::from_be_bytes([
-        frame[n - 5],
-        frame[n - 4],
-        frame[n - 3],
-        frame[n - 2],
-    ]))
-}
-
 #[test]
 fn running_out_of_file_descriptors_pauses_accepting_and_recovers() {
     log::set_logger(&ACCEPT_FAILURES).expect("install the logger");
     log::set_max_level(log::LevelFilter::Error);
-    limit_open_files(open_fds() as u64 + 64);
+    set_open_files_limit(open_fds() as libc::rlim_t + 64);
 
     let (server, _) = start_server(ServerConfig::default().workers(2));
     let addr = server.local_addr();
@@ -138,7 +87,7 @@ fn running_out_of_file_descriptors_pauses_accepting_and_recovers() {
     for (n, stream) in waiting.iter_mut().enumerate() {
         stream.set_read_timeout(Some(PATIENCE)).unwrap();
         stream
-            .write_all(&add_request(n as i32 + 1, n as i32, 100))
+            .write_all(&frame(&bin_add(n as i32 + 1, n as i32, 100)))
             .unwrap();
     }
 
@@ -164,8 +113,9 @@ fn running_out_of_file_descriptors_pauses_accepting_and_recovers() {
     // With descriptors free again, the waiting clients are served and new ones too.
     drop(hog);
     for (n, stream) in waiting.iter_mut().enumerate() {
-        let sum = read_sum(stream).unwrap_or_else(|err| panic!("waiting client {n}: {err}"));
-        assert_eq!(sum, n as i32 + 100);
+        let reply = try_read_reply(stream, Transport::Framed, Protocol::Binary)
+            .unwrap_or_else(|err| panic!("waiting client {n}: {err}"));
+        assert_eq!(reply.result, Some(n as i32 + 100), "{reply:?}");
     }
     let client: ThriftClient<Calc> = ThriftClient::new(
         &addr.to_string(),

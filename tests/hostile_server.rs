@@ -7,43 +7,26 @@
 
 mod support;
 
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use blocking_thrift::{
-    ClientConfig, Protocol, ServerConfig, ServerStats, ThriftClient, ThriftServer, Transport,
+    ClientConfig, Protocol, ServerConfig, ThriftClient, ThriftServer, Transport,
 };
 use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
-use support::{closed_within, resident_bytes, start_server, wait_until, Calc};
-use thrift::protocol::{
-    TBinaryInputProtocol, TCompactInputProtocol, TInputProtocol, TMessageType, TType,
+use support::server::{
+    bin_add, bin_call, bin_field, bin_string, exclusive_lock, frame, raw, read_reply, shared_lock,
+    try_read_reply, wait_for_stats, wire, PATIENCE,
 };
-use thrift::{ApplicationErrorKind, TConfiguration};
-
-/// Bound on anything a test waits for; far beyond what a loaded machine needs.
-const PATIENCE: Duration = Duration::from_secs(30);
+use support::{closed_within, resident_bytes, start_server, wait_until, Calc};
+use thrift::protocol::TMessageType;
+use thrift::ApplicationErrorKind;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-/// Every test shares this lock; the one that measures the process's memory takes it alone.
-static MEMORY: RwLock<()> = RwLock::new(());
-
-fn shared_lock() -> RwLockReadGuard<'static, ()> {
-    MEMORY
-        .read()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn exclusive_lock() -> RwLockWriteGuard<'static, ()> {
-    MEMORY
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// A started server with the wire format it speaks.
 struct Served {
@@ -84,71 +67,8 @@ fn good_client(
     )
 }
 
-fn raw(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).expect("connect");
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
-    stream.set_write_timeout(Some(PATIENCE)).unwrap();
-    stream
-}
-
-fn wait_for_stats(server: &ThriftServer, what: &str, done: impl Fn(&ServerStats) -> bool) {
-    let mut last = server.stats();
-    let held = wait_until(PATIENCE, || {
-        last = server.stats();
-        done(&last)
-    });
-    assert!(held, "{what}: never held; last stats {last:?}");
-}
-
-fn frame(message: &[u8]) -> Vec<u8> {
-    let mut bytes = (message.len() as i32).to_be_bytes().to_vec();
-    bytes.extend_from_slice(message);
-    bytes
-}
-
-/// Frames `message` for the framed transport, or leaves it as is for the buffered one.
-fn wire(transport: Transport, message: &[u8]) -> Vec<u8> {
-    match transport {
-        Transport::Framed => frame(message),
-        Transport::Buffered => message.to_vec(),
-    }
-}
-
-// Hand-made encodings, byte by byte, so that any of them can be made wrong.
-
-/// Binary, strict: a call's message header.
-fn bin_call(name: &str, seq: i32) -> Vec<u8> {
-    let mut b = vec![0x80, 0x01, 0x00, 0x01];
-    b.extend((name.len() as i32).to_be_bytes());
-    b.extend(name.as_bytes());
-    b.extend(seq.to_be_bytes());
-    b
-}
-
-/// Binary: a field header.
-fn bin_field(ty: u8, id: i16) -> Vec<u8> {
-    let mut b = vec![ty];
-    b.extend(id.to_be_bytes());
-    b
-}
-
-/// Binary: a string or binary value.
-fn bin_string(bytes: &[u8]) -> Vec<u8> {
-    let mut b = (bytes.len() as i32).to_be_bytes().to_vec();
-    b.extend(bytes);
-    b
-}
-
-/// Binary: `add(a, b)`, whole.
-fn bin_add(seq: i32, a: i32, b: i32) -> Vec<u8> {
-    let mut m = bin_call("add", seq);
-    m.extend(bin_field(8, 1));
-    m.extend(a.to_be_bytes());
-    m.extend(bin_field(8, 2));
-    m.extend(b.to_be_bytes());
-    m.push(0);
-    m
-}
+// Hand-made encodings, byte by byte, so that any of them can be made wrong; the binary
+// protocol's basics are in support.
 
 const BIN_STRING: u8 = 11;
 const BIN_STRUCT: u8 = 12;
@@ -204,71 +124,6 @@ fn add_request(transport: Transport, protocol: Protocol, seq: i32, a: i32, b: i3
     wire(transport, &message)
 }
 
-/// A decoded reply: its header and either the i32 result (field 0) or the application error.
-#[derive(Debug)]
-struct Reply {
-    kind: TMessageType,
-    seq: i32,
-    result: Option<i32>,
-    error: Option<(ApplicationErrorKind, String)>,
-}
-
-/// Reads one reply off `stream`.
-fn read_reply(
-    stream: &mut TcpStream,
-    transport: Transport,
-    protocol: Protocol,
-) -> io::Result<Reply> {
-    let body: Box<dyn Read + '_> = match transport {
-        Transport::Framed => {
-            let mut header = [0u8; 4];
-            stream.read_exact(&mut header)?;
-            let mut frame = vec![0u8; i32::from_be_bytes(header).clamp(0, 1 << 20) as usize];
-            stream.read_exact(&mut frame)?;
-            Box::new(io::Cursor::new(frame))
-        }
-        // Byte by byte, so nothing past this reply is taken off the socket.
-        Transport::Buffered => Box::new(ByteReader(stream)),
-    };
-    let config = TConfiguration::default();
-    let mut i: Box<dyn TInputProtocol + '_> = match protocol {
-        Protocol::Binary => Box::new(TBinaryInputProtocol::with_config(body, true, config)),
-        Protocol::Compact => Box::new(TCompactInputProtocol::with_config(body, config)),
-    };
-    let bad = |e: thrift::Error| io::Error::new(io::ErrorKind::InvalidData, e.to_string());
-    let ident = i.read_message_begin().map_err(bad)?;
-    let mut reply = Reply {
-        kind: ident.message_type,
-        seq: ident.sequence_number,
-        result: None,
-        error: None,
-    };
-    if reply.kind == TMessageType::Exception {
-        let err = thrift::Error::read_application_error_from_in_protocol(&mut *i).map_err(bad)?;
-        reply.error = Some((err.kind, err.message));
-    } else {
-        i.read_struct_begin().map_err(bad)?;
-        loop {
-            let field = i.read_field_begin().map_err(bad)?;
-            match (field.field_type, field.id) {
-                (TType::Stop, _) => break,
-                (TType::I32, Some(0)) => reply.result = Some(i.read_i32().map_err(bad)?),
-                (other, _) => i.skip(other).map_err(bad)?,
-            }
-        }
-    }
-    Ok(reply)
-}
-
-struct ByteReader<'a>(&'a mut TcpStream);
-
-impl Read for ByteReader<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let len = buf.len().min(1);
-        self.0.read(&mut buf[..len])
-    }
-}
-
 /// What the server must do with a hostile request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Expect {
@@ -308,20 +163,20 @@ fn assert_hostile(served: &Served, what: &str, bytes: &[u8], expect: Expect) {
             wait_for_stats(server, &what, |s| s.errors > before.errors);
         }
         Expect::ErrorReply => {
-            let reply = read_reply(&mut hostile, transport, protocol)
+            let reply = try_read_reply(&mut hostile, transport, protocol)
                 .unwrap_or_else(|err| panic!("{what}: no error reply: {err}"));
             assert_eq!(reply.kind, TMessageType::Exception, "{what}: {reply:?}");
             assert_eq!(reply.seq, 7, "{what}: {reply:?}");
             // The generated processor answers a request it cannot decode with UNKNOWN and the
             // decoder's error in the message.
-            let (kind, message) = reply.error.as_ref().expect("an application error");
-            assert_eq!(*kind, ApplicationErrorKind::Unknown, "{what}: {reply:?}");
-            assert!(!message.is_empty(), "{what}: {reply:?}");
+            let kind = reply.error.expect("an application error");
+            assert_eq!(kind, ApplicationErrorKind::Unknown, "{what}: {reply:?}");
+            assert!(!reply.message.is_empty(), "{what}: {reply:?}");
             match transport {
                 Transport::Framed => {
                     let next = add_request(transport, protocol, 8, 20, 22);
                     hostile.write_all(&next).unwrap();
-                    let reply = read_reply(&mut hostile, transport, protocol).unwrap();
+                    let reply = read_reply(&mut hostile, transport, protocol);
                     assert_eq!((reply.seq, reply.result), (8, Some(42)), "{what}");
                     assert_eq!(server.stats().errors, before.errors, "{what}");
                 }
@@ -396,7 +251,7 @@ fn a_buffered_client_that_does_not_read_the_reply_before_its_close_holds_no_work
     // Others are served meanwhile.
     let mut fresh = raw(addr);
     fresh.write_all(&bin_add(2, 40, 2)).unwrap();
-    let reply = read_reply(&mut fresh, Transport::Buffered, Protocol::Binary).unwrap();
+    let reply = read_reply(&mut fresh, Transport::Buffered, Protocol::Binary);
     assert_eq!(reply.result, Some(42));
     // The hostile client, reading at last, gets its whole reply, then the close.
     let mut rest = Vec::new();
@@ -841,7 +696,7 @@ fn nesting_over_the_limit_is_refused() {
             let mut stream = raw(served.server.local_addr());
             for (seq, m) in [(1, structs(1, 20)), (2, lists(2, 20))] {
                 stream.write_all(&wire(transport, &m)).unwrap();
-                let reply = read_reply(&mut stream, transport, protocol).unwrap();
+                let reply = read_reply(&mut stream, transport, protocol);
                 assert_eq!(
                     (reply.seq, reply.result),
                     (seq, Some(3)),
@@ -888,19 +743,18 @@ fn an_unknown_method_with_nested_arguments_leaves_the_connection_usable() {
         let before = server.stats();
         let mut stream = raw(server.local_addr());
         stream.write_all(&bytes).unwrap();
-        let reply = read_reply(&mut stream, transport, Protocol::Binary).unwrap();
+        let reply = read_reply(&mut stream, transport, Protocol::Binary);
         assert_eq!(reply.kind, TMessageType::Exception, "{transport:?}");
         assert_eq!(reply.seq, 7);
-        let (kind, message) = reply.error.unwrap();
-        assert_eq!(kind, ApplicationErrorKind::UnknownMethod);
-        assert!(message.contains("nosuch"), "{message}");
-        let reply = read_reply(&mut stream, transport, Protocol::Binary).unwrap();
+        assert_eq!(reply.error, Some(ApplicationErrorKind::UnknownMethod));
+        assert!(reply.message.contains("nosuch"), "{}", reply.message);
+        let reply = read_reply(&mut stream, transport, Protocol::Binary);
         assert_eq!((reply.seq, reply.result), (8, Some(42)), "{transport:?}");
         // And again, on the same connection.
         stream
             .write_all(&add_request(transport, Protocol::Binary, 9, 1, 2))
             .unwrap();
-        let reply = read_reply(&mut stream, transport, Protocol::Binary).unwrap();
+        let reply = read_reply(&mut stream, transport, Protocol::Binary);
         assert_eq!((reply.seq, reply.result), (9, Some(3)), "{transport:?}");
         assert_eq!(server.stats().errors, before.errors, "{transport:?}");
     }
@@ -1005,7 +859,7 @@ fn a_trickling_client_cannot_stretch_its_request_past_the_request_timeout() {
     // The worker it held is free again.
     let mut c = raw(server.local_addr());
     c.write_all(&request).unwrap();
-    let reply = read_reply(&mut c, Transport::Framed, Protocol::Binary).unwrap();
+    let reply = read_reply(&mut c, Transport::Framed, Protocol::Binary);
     assert_eq!(reply.result, Some(5));
 }
 
@@ -1028,7 +882,7 @@ fn a_half_sent_request_does_not_hold_the_only_worker() {
     let mut other = raw(server.local_addr());
     other.set_read_timeout(Some(request_timeout)).unwrap();
     other.write_all(&request).unwrap();
-    let reply = read_reply(&mut other, Transport::Framed, Protocol::Binary);
+    let reply = try_read_reply(&mut other, Transport::Framed, Protocol::Binary);
     assert!(
         reply.is_ok() && started.elapsed() < request_timeout / 2,
         "the second client waited {:?} for the stalled one: {reply:?}",

@@ -2,7 +2,7 @@
 //! that counts what it sees, the Apache Thrift Python peers, and a clock stepped by hand.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +23,7 @@ use thrift::transport::{
 #[path = "../../idl/service.rs"]
 pub mod service;
 
+pub mod server;
 pub mod zookeeper;
 
 pub use service::calculator;
@@ -159,33 +160,49 @@ fn serve_connection(
     protocol: Protocol,
     service: Arc<CalculatorService>,
 ) {
-    let read = stream.try_clone().unwrap();
-    let (input, output): (
-        Box<dyn std::io::Read + Send>,
-        Box<dyn std::io::Write + Send>,
-    ) = match transport {
+    let (input, output) = thrift_transports(transport, stream.try_clone().unwrap(), stream);
+    let (mut i_prot, mut o_prot) = thrift_protocols(protocol, input, output);
+    let processor = calculator::CalculatorSyncProcessor::new(service);
+    while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
+}
+
+/// The thrift crate's own transports for `transport` over a connection's two halves.
+pub fn thrift_transports(
+    transport: Transport,
+    read: impl Read + Send + 'static,
+    write: impl Write + Send + 'static,
+) -> (Box<dyn Read + Send>, Box<dyn Write + Send>) {
+    match transport {
         Transport::Framed => (
             Box::new(TFramedReadTransport::new(read)),
-            Box::new(TFramedWriteTransport::new(stream)),
+            Box::new(TFramedWriteTransport::new(write)),
         ),
         Transport::Buffered => (
             Box::new(TBufferedReadTransport::new(read)),
-            Box::new(TBufferedWriteTransport::new(stream)),
+            Box::new(TBufferedWriteTransport::new(write)),
         ),
-    };
-    let (mut i_prot, mut o_prot): (Box<dyn TInputProtocol>, Box<dyn TOutputProtocol>) =
-        match protocol {
-            Protocol::Binary => (
-                Box::new(TBinaryInputProtocol::new(input, true)),
-                Box::new(TBinaryOutputProtocol::new(output, true)),
-            ),
-            Protocol::Compact => (
-                Box::new(TCompactInputProtocol::new(input)),
-                Box::new(TCompactOutputProtocol::new(output)),
-            ),
-        };
-    let processor = calculator::CalculatorSyncProcessor::new(service);
-    while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
+    }
+}
+
+/// The thrift crate's own protocols for `protocol` over those transports.
+pub fn thrift_protocols(
+    protocol: Protocol,
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+) -> (
+    Box<dyn TInputProtocol + Send>,
+    Box<dyn TOutputProtocol + Send>,
+) {
+    match protocol {
+        Protocol::Binary => (
+            Box::new(TBinaryInputProtocol::new(input, true)),
+            Box::new(TBinaryOutputProtocol::new(output, true)),
+        ),
+        Protocol::Compact => (
+            Box::new(TCompactInputProtocol::new(input)),
+            Box::new(TCompactOutputProtocol::new(output)),
+        ),
+    }
 }
 
 /// An address on loopback where nothing listens.
@@ -383,6 +400,74 @@ pub fn resident_bytes() -> u64 {
                 .ok()
         })
         .map_or(0, |kib| kib * 1024)
+}
+
+/// This process's soft and hard limits on open file descriptors.
+pub fn open_files_limits() -> (libc::rlim_t, libc::rlim_t) {
+    let mut rlimit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the `rlimit` struct passed by pointer, which lives on this
+    // stack frame for the whole call.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut rlimit), 0);
+    }
+    (rlimit.rlim_cur, rlimit.rlim_max)
+}
+
+/// Sets this process's soft limit on open file descriptors to `limit`, as far as the hard
+/// limit allows.
+pub fn set_open_files_limit(limit: libc::rlim_t) {
+    let (_, hard) = open_files_limits();
+    let rlimit = libc::rlimit {
+        rlim_cur: limit.min(hard),
+        rlim_max: hard,
+    };
+    // SAFETY: setrlimit only reads the `rlimit` struct passed by pointer, which lives on this
+    // stack frame for the whole call.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit), 0);
+    }
+}
+
+/// This thread's id, as /proc/self/task names it.
+pub fn thread_id() -> libc::pid_t {
+    // SAFETY: gettid takes nothing and cannot fail.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::gettid()
+    }
+}
+
+/// Whether thread `id` of this process is asleep, as /proc shows (waiting for a lock, say).
+pub fn asleep(id: libc::pid_t) -> bool {
+    std::fs::read_to_string(format!("/proc/self/task/{id}/stat"))
+        .ok()
+        .and_then(|stat| Some(stat.rsplit_once(") ")?.1.starts_with('S')))
+        .unwrap_or(false)
+}
+
+/// The CPU this thread is on now.
+pub fn current_cpu() -> usize {
+    // SAFETY: sched_getcpu takes nothing and only returns a number.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::sched_getcpu().max(0) as usize
+    }
+}
+
+/// Runs this thread, and the threads it starts from now on, on CPU `cpu` only.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: the set is initialized before use and only read by the call, for the size given.
+    #[allow(unsafe_code)]
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 pub mod proxy;
