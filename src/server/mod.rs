@@ -253,6 +253,9 @@ impl ServerCore {
 }
 
 /// Why an address could not be listened on, naming it.
+///
+/// The reason is in the message, so it has no `source()`: error-chain printers would show it
+/// twice.
 #[derive(Debug)]
 struct BindFailed {
     addr: SocketAddr,
@@ -265,11 +268,7 @@ impl std::fmt::Display for BindFailed {
     }
 }
 
-impl std::error::Error for BindFailed {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.err)
-    }
-}
+impl std::error::Error for BindFailed {}
 
 /// Binds the first address `addr` resolves to that can be bound, and listens there with room
 /// for `backlog` connections not yet accepted (the standard library's listeners have 128).
@@ -308,9 +307,9 @@ impl ThriftServer {
     ///
     /// # Errors
     ///
-    /// Fails if the address cannot be bound (the error names the address and keeps the
-    /// system's kind, such as [`AddrInUse`](io::ErrorKind::AddrInUse)) or the poller cannot be
-    /// created.
+    /// Fails if the address cannot be bound or the poller cannot be created. A bind error
+    /// keeps the system's kind, such as [`AddrInUse`](io::ErrorKind::AddrInUse), and its
+    /// message names the address and the system's reason.
     pub fn bind<A, P>(addr: A, processor: P, config: ServerConfig) -> io::Result<ThriftServer>
     where
         A: ToSocketAddrs,
@@ -626,6 +625,11 @@ mod tests {
         let err = listen(addr, 8).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         let message = err.to_string();
-        assert!(message.contains(&addr.to_string()), "{message}");
+        let reason = message.strip_prefix(&format!("cannot listen on {addr}: "));
+        assert!(reason.is_some_and(|reason| !reason.is_empty()), "{message}");
+        // The reason is told once: in the message, not again as a source.
+        let inner = err.get_ref().expect("a bind error carries its own message");
+        assert!(std::error::Error::source(inner).is_none());
+        assert!(std::error::Error::source(&err).is_none());
     }
 }
