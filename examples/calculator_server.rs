@@ -53,9 +53,12 @@ fn parse_args() -> Result<Args, String> {
             "--addr" => args.addr = value()?,
             "--workers" => {
                 let workers = value()?;
+                let max = ServerConfig::MAX_WORKERS;
                 let workers = workers
                     .parse()
-                    .map_err(|_| format!("--workers wants a number, not {workers:?}"))?;
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| format!("--workers wants 1 to {max}, not {workers:?}"))?;
                 args.config = args.config.workers(workers);
             }
             "--transport" => args.config = args.config.transport(value()?.parse::<Transport>()?),
@@ -102,7 +105,8 @@ fn main() -> ExitCode {
     let server = match ThriftServer::bind(&args.addr, processor, args.config) {
         Ok(server) => server,
         Err(err) => {
-            eprintln!("cannot listen on {}: {err}", args.addr);
+            // A bind error names the address itself.
+            eprintln!("{err}");
             return ExitCode::FAILURE;
         }
     };
