@@ -57,9 +57,9 @@ impl fmt::Display for Refused {
     }
 }
 
-/// What HTTP requests and responses start with.
-const HTTP_STARTS: [&str; 9] = [
-    "GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC", "CONN", "HTTP",
+/// What HTTP requests and responses start with; `"PRI "` opens the HTTP/2 preface.
+const HTTP_STARTS: [&str; 11] = [
+    "GET ", "POST", "PUT ", "HEAD", "DELE", "OPTI", "PATC", "CONN", "TRAC", "HTTP", "PRI ",
 ];
 
 /// The frame header that declared `len`, if it is how HTTP starts.
@@ -378,6 +378,14 @@ mod tests {
         let refused = input.next_request(&config, false).unwrap_err();
         let message = refused.to_string();
         assert!(message.contains("\"GET \" looks like HTTP"), "{message}");
+        for request in [
+            &b"TRACE / HTTP/1.1\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        ] {
+            let mut input = received(&config, request);
+            let refused = input.next_request(&config, false).unwrap_err();
+            assert!(refused.to_string().contains("looks like HTTP"), "{refused}");
+        }
         let mut input = received(&config, &0x7fff_0000i32.to_be_bytes());
         let refused = input.next_request(&config, false).unwrap_err();
         assert!(!refused.to_string().contains("HTTP"), "{refused}");
