@@ -35,22 +35,15 @@ pub(super) enum Role {
     Reserve,
 }
 
-/// A worker taking ready connections from the set back to back gives up the rest of its time
-/// slice before every this many: on a machine whose cores are all busy it would otherwise keep
-/// the clients it has just answered from running, and their next calls wait. (With 16 busy
-/// clients on 4 workers and 2 cores: p99 2.6x the C++ `TThreadPoolServer`'s without it, 1.0x
-/// with it, at 0.96x its CPU per call.)
+/// A taker yields its time slice before every this many looks at the sets: on busy cores it
+/// would otherwise keep the clients it answered from running. Measured in `benches/README.md`.
 const YIELD_EVERY: u32 = 4;
 
 /// Workers per CPU that take ready connections from the sets themselves; the rest of a larger
 /// pool are reserves, served by the poller: while the takers run, it hands them what waited a
 /// millisecond, and while too few takers are left to run because their handlers are running
-/// (and may block), it hands them every ready connection at once. On a saturated machine, more
-/// workers taking than the CPUs can run only take turns, each taken off its CPU while it holds
-/// a connection, whose client waits as long as the others run. (With 64 busy clients on 16
-/// workers and 2 cores, against the C++ `TThreadPoolServer` in the same runs: p99 0.82x and
-/// 1.11x with 4 takers, 1.46x and 1.73x with all 16 taking, at 1.02x-1.05x its calls/s against
-/// 0.97x-1.00x.)
+/// (and may block), it hands them every ready connection at once. More takers than the CPUs
+/// can run only take turns, their clients waiting meanwhile. Measured in `benches/README.md`.
 const TAKERS_PER_CPU: usize = 2;
 
 /// How long after connections last had to wait for a busy worker workers stop lingering on
