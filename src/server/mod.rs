@@ -173,7 +173,7 @@ impl ServerCore {
     }
 
     /// Notes that this worker starts running the processor; returns whether it counts that
-    /// (see [`Schedule::enlist`]), for [`handler_ends`](Self::handler_ends).
+    /// (see [`Schedule::enlist_this_thread`]), for [`handler_ends`](Self::handler_ends).
     #[inline]
     fn handler_starts(&self) -> bool {
         let counted = counts_handlers();

@@ -121,14 +121,14 @@ impl Poller {
     /// starts to wait while they are not wakes this thread (see `Schedule::next_work`).
     fn watch_as_wanted(&mut self) {
         let schedule = &self.core.schedule;
-        let wanted = schedule.poller_should_watch();
+        let wanted = schedule.decide_poller_watching();
         if wanted != self.watching {
             match self.rewatch(wanted) {
                 Ok(()) => self.watching = wanted,
                 Err(err) => error!(target: TARGET, "cannot watch the connections: {err}"),
             }
         }
-        schedule.poller_watches(self.watching);
+        schedule.set_poller_watching(self.watching);
     }
 
     /// Starts or stops reporting every set of parked connections.

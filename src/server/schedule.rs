@@ -4,8 +4,8 @@
 //! straight from the sets, else waits on the queue; a reserve only waits on the queue. The
 //! poller watches the sets, queueing what becomes ready, only while a worker waits on the
 //! queue: a taker, or a reserve while handlers hold too many takers
-//! ([`Schedule::poller_should_watch`]). A worker lingers on its own connection only while no
-//! other connection wants a worker ([`Schedule::may_linger`]).
+//! ([`Schedule::decide_poller_watching`]). A worker lingers on its own connection only while
+//! no other connection wants a worker ([`Schedule::may_linger`]).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::thread;
@@ -57,7 +57,8 @@ const SHORTAGE_MEMORY: Duration = Duration::from_millis(20);
 const SHED_CHECK_AFTER: Duration = Duration::from_millis(1);
 
 thread_local! {
-    /// Whether this worker thread counts its time in handlers (see [`Schedule::enlist`]).
+    /// Whether this worker thread counts its time in handlers (see
+    /// [`Schedule::enlist_this_thread`]).
     static COUNTS_HANDLERS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
@@ -121,9 +122,10 @@ impl Schedule {
         }
     }
 
-    /// Gives worker `n`, on its own thread, its role: a taker in a pool with reserves also
-    /// counts its time in handlers, so that the reserves get work while handlers hold takers.
-    pub(super) fn enlist(&self, n: usize) -> Role {
+    /// Makes the calling thread worker `n` and returns its role. A taker in a pool with
+    /// reserves marks its thread to count its time in handlers ([`counts_handlers`]), so that
+    /// the reserves get work while handlers hold takers.
+    pub(super) fn enlist_this_thread(&self, n: usize) -> Role {
         if n >= self.takers {
             return Role::Reserve;
         }
@@ -240,11 +242,14 @@ impl Schedule {
         self.shortage.note(Instant::now());
     }
 
-    /// Whether the poller should watch the parked connections; tells workers it may stop.
+    /// Decides whether the poller watches the parked connections, and returns it. Before
+    /// deciding it does not, marks the poller as not watching, so that a worker starting to
+    /// wait from then on wakes it; [`set_poller_watching`](Self::set_poller_watching) then
+    /// records what the poller did.
     ///
     /// It watches only while a worker waits on the queue: a taker or, while too few takers
     /// can run, a reserve. Otherwise the first taker to be free takes the ready ones itself.
-    pub(super) fn poller_should_watch(&self) -> bool {
+    pub(super) fn decide_poller_watching(&self) -> bool {
         let wanted = self.watch_wanted();
         if wanted {
             return true;
@@ -253,8 +258,8 @@ impl Schedule {
         self.watch_wanted()
     }
 
-    /// Notes whether the poller watches the parked connections now.
-    pub(super) fn poller_watches(&self, watching: bool) {
+    /// Records whether the poller watches the parked connections now.
+    pub(super) fn set_poller_watching(&self, watching: bool) {
         self.watching.store(watching, Ordering::SeqCst);
     }
 
@@ -400,11 +405,11 @@ mod tests {
     #[test]
     fn two_workers_per_cpu_take_and_the_rest_are_reserves() {
         let (schedule, _rx) = schedule_of(8, 2);
-        let roles: Vec<Role> = (0..8).map(|n| schedule.enlist(n)).collect();
+        let roles: Vec<Role> = (0..8).map(|n| schedule.enlist_this_thread(n)).collect();
         assert_eq!(roles[..4], [Role::Taker; 4]);
         assert_eq!(roles[4..], [Role::Reserve; 4]);
         let (small, _rx) = schedule_of(3, 2);
-        assert!((0..3).all(|n| small.enlist(n) == Role::Taker));
+        assert!((0..3).all(|n| small.enlist_this_thread(n) == Role::Taker));
     }
 
     #[test]
@@ -434,20 +439,20 @@ mod tests {
     fn the_poller_watches_for_a_waiting_reserve_only_while_handlers_hold_the_takers() {
         // One CPU: two takers, two reserves; one taker should be free to run.
         let (schedule, rx) = schedule_of(4, 1);
-        schedule.poller_watches(false);
-        assert!(!schedule.poller_should_watch(), "nobody waits");
+        schedule.set_poller_watching(false);
+        assert!(!schedule.decide_poller_watching(), "nobody waits");
         std::thread::scope(|scope| {
             let reserve =
                 scope.spawn(|| schedule.next_work(Role::Reserve, &rx, &mut 0, || None, || ()));
             while schedule.idle_reserves.load(Ordering::SeqCst) == 0 {
                 thread::yield_now();
             }
-            assert!(!schedule.poller_should_watch(), "the takers can run");
+            assert!(!schedule.decide_poller_watching(), "the takers can run");
             assert!(!schedule.taker_enters_handler());
             assert!(schedule.taker_enters_handler(), "both takers are held");
-            assert!(schedule.poller_should_watch());
+            assert!(schedule.decide_poller_watching());
             schedule.taker_leaves_handler();
-            assert!(!schedule.poller_should_watch());
+            assert!(!schedule.decide_poller_watching());
             schedule.queue_stops(1);
             assert!(matches!(reserve.join().unwrap(), Some(Work::Stop)));
         });

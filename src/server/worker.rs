@@ -39,7 +39,7 @@ pub(super) fn run_worker(core: &ServerCore, work: &Receiver<Work>, done: Sender<
 fn work_until_stopped(core: &ServerCore, work: &Receiver<Work>, n: usize) {
     // One channel, so taking work is a single receive; requests that arrived before the poller
     // stopped are queued ahead of the stop and still answered.
-    let role = core.schedule.enlist(n);
+    let role = core.schedule.enlist_this_thread(n);
     let mut taken = 0;
     loop {
         let next = core.schedule.next_work(
