@@ -152,13 +152,10 @@ impl ServerCore {
         }
     }
 
-    /// Takes a connection ready now from the sets, that of this thread's CPU first: answered
-    /// from here, its client wakes here.
+    /// Takes a connection ready now from the sets, in the order the schedule says.
     fn take_ready(&self) -> Option<Conn> {
-        let sets = self.connections.len();
-        let own = rustix::thread::sched_getcpu();
-        for i in 0..sets {
-            match self.connections[(own + i) % sets].take_one() {
+        for set in Schedule::ready_sets_in_turn(self.connections.len()) {
+            match self.connections[set].take_one() {
                 Ok(Some(key)) => {
                     self.schedule.took_ready();
                     if let Some(conn) = self.table.lock().take_parked(key) {

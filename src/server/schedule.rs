@@ -236,6 +236,13 @@ impl Schedule {
         next
     }
 
+    /// The order a taker looks at the `sets` ready sets in: its own CPU's first, as a
+    /// connection answered from here has its client woken here.
+    pub(super) fn ready_sets_in_turn(sets: usize) -> impl Iterator<Item = usize> {
+        let own = rustix::thread::sched_getcpu();
+        (0..sets).map(move |i| (own + i) % sets)
+    }
+
     /// Notes that a taker took a ready connection from a set: it was ready with no worker
     /// free to take it, so workers stop lingering.
     pub(super) fn took_ready(&self) {
@@ -312,11 +319,11 @@ impl Schedule {
         !(self.worker_wanted() || self.shortage.near(last_request))
     }
 
-    /// Whether a connection that waited `waited` in the queue is looked at before its
-    /// requests run, to shed what nobody can use.
+    /// Whether a connection that waited `waited` in the queue is looked at for requests to
+    /// shed before they run. Not while it is `sending` a response: that goes out first.
     #[inline]
-    pub(super) fn check_before_serving(&self, waited: Duration) -> bool {
-        waited > SHED_CHECK_AFTER
+    pub(super) fn shed_check_due(waited: Duration, sending: bool) -> bool {
+        waited > SHED_CHECK_AFTER && !sending
     }
 
     /// Whether requests that waited `waited` for a worker are shed rather than run: their
@@ -334,6 +341,12 @@ impl Schedule {
     /// From now on, every worker lets its connection go and the poller watches to the end.
     pub(super) fn begin_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a connection let go with requests left goes back in the queue. Not while the
+    /// server is stopping: it is parked, and answered once the listener has closed.
+    pub(super) fn may_requeue(&self) -> bool {
+        !self.is_stopping()
     }
 
     pub(super) fn is_stopping(&self) -> bool {
@@ -429,8 +442,12 @@ mod tests {
         let (tx, _rx) = crossbeam_channel::unbounded();
         let config = ServerConfig::default().max_queue_wait(Duration::from_millis(100));
         let schedule = Schedule::new(&config, 1, tx);
-        assert!(!schedule.check_before_serving(Duration::from_micros(500)));
-        assert!(schedule.check_before_serving(Duration::from_millis(2)));
+        assert!(!Schedule::shed_check_due(Duration::from_micros(500), false));
+        assert!(Schedule::shed_check_due(Duration::from_millis(2), false));
+        assert!(
+            !Schedule::shed_check_due(Duration::from_millis(2), true),
+            "sending first"
+        );
         assert!(!schedule.waited_too_long(Duration::from_millis(100)));
         assert!(schedule.waited_too_long(Duration::from_millis(101)));
     }

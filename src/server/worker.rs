@@ -7,7 +7,7 @@ use crossbeam_channel::{Receiver, Sender};
 use log::log;
 
 use super::conn::{Conn, Next};
-use super::schedule::Work;
+use super::schedule::{Schedule, Work};
 use super::{ServerCore, TARGET};
 
 thread_local! {
@@ -73,8 +73,7 @@ fn finish_queued(core: &ServerCore, work: &Receiver<Work>) {
 
 fn serve(core: &ServerCore, mut conn: Conn) {
     let waited = conn.take_queue_wait();
-    // A response the client was slow to take goes out before anything else is looked at.
-    let shed = if core.schedule.check_before_serving(waited) && !conn.sending() {
+    let shed = if Schedule::shed_check_due(waited, conn.sending()) {
         conn.shed_unwanted(core, waited)
     } else {
         None
@@ -90,7 +89,7 @@ fn serve(core: &ServerCore, mut conn: Conn) {
         // While the server is stopping, a parked connection is answered and closed once the
         // listener has closed, by the poller or by `ServerCore::park`.
         Next::Park(expires) => core.park(conn, expires),
-        Next::Requeue if !core.schedule.is_stopping() => core.queue(conn),
+        Next::Requeue if core.schedule.may_requeue() => core.queue(conn),
         Next::Requeue => {
             let expires = Instant::now() + core.config.get_request_timeout();
             core.park(conn, expires)
