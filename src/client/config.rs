@@ -64,6 +64,9 @@ impl ErrorMatcher {
     }
 }
 
+/// The shortest connect or read timeout, as the server's shortest.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// How a client connects, waits and gives up; shared by [`ThriftClient`](crate::ThriftClient)
 /// and [`MultiThriftClient`](crate::MultiThriftClient).
 ///
@@ -153,15 +156,13 @@ impl ClientConfig {
     /// the connection. Defaults to 100 ms.
     ///
     /// Every address the endpoint resolves to is tried in turn, each within what is left of
-    /// this time.
+    /// this time. A timeout under 1 ms is taken as 1 ms, as the server's timeouts are.
     ///
-    /// Panics if `timeout` is under 1 ms.
+    /// # Panics
+    ///
+    /// Panics if `timeout` is zero.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        assert!(
-            timeout >= Duration::from_millis(1),
-            "connect_timeout must be at least 1 ms, got {timeout:?}"
-        );
-        self.connect_timeout = timeout.min(LONGEST);
+        self.connect_timeout = valid_timeout(timeout, "connect_timeout");
         self
     }
 
@@ -170,15 +171,14 @@ impl ClientConfig {
     ///
     /// It bounds the call as a whole: a server that trickles its answer a byte at a time
     /// cannot stretch it. For [`ThriftClient::call`](crate::ThriftClient::call) it covers
-    /// everything the closure sends and reads.
+    /// everything the closure sends and reads. A timeout under 1 ms is taken as 1 ms, as the
+    /// server's timeouts are.
     ///
-    /// Panics if `timeout` is under 1 ms.
+    /// # Panics
+    ///
+    /// Panics if `timeout` is zero.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        assert!(
-            timeout >= Duration::from_millis(1),
-            "read_timeout must be at least 1 ms, got {timeout:?}"
-        );
-        self.read_timeout = timeout.min(LONGEST);
+        self.read_timeout = valid_timeout(timeout, "read_timeout");
         self
     }
 
@@ -579,6 +579,12 @@ impl ClientConfig {
     }
 }
 
+/// `timeout`, unless zero: at least [`MIN_TIMEOUT`], at most [`LONGEST`].
+fn valid_timeout(timeout: Duration, setting: &str) -> Duration {
+    assert!(!timeout.is_zero(), "{setting} must be longer than zero");
+    timeout.clamp(MIN_TIMEOUT, LONGEST)
+}
+
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names =
@@ -660,9 +666,11 @@ mod tests {
     #[test]
     fn durations_past_a_century_are_a_century() {
         let c = ClientConfig::default()
+            .connect_timeout(Duration::MAX)
             .read_timeout(Duration::MAX)
             .pool_timeout(Duration::MAX)
             .deadline(Some(Duration::MAX));
+        assert_eq!(c.get_connect_timeout(), LONGEST);
         assert_eq!(c.get_read_timeout(), LONGEST);
         assert_eq!(c.get_pool_timeout(), LONGEST);
         assert_eq!(c.get_deadline(), Some(LONGEST));
@@ -675,15 +683,43 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "connect_timeout must be at least 1 ms")]
+    #[should_panic(expected = "connect_timeout must be longer than zero")]
     fn a_zero_connect_timeout_is_refused() {
         let _ = ClientConfig::default().connect_timeout(Duration::ZERO);
     }
 
     #[test]
-    #[should_panic(expected = "read_timeout must be at least 1 ms")]
-    fn a_read_timeout_under_a_millisecond_is_refused() {
-        let _ = ClientConfig::default().read_timeout(Duration::from_micros(999));
+    #[should_panic(expected = "read_timeout must be longer than zero")]
+    fn a_zero_read_timeout_is_refused() {
+        let _ = ClientConfig::default().read_timeout(Duration::ZERO);
+    }
+
+    #[test]
+    fn timeouts_under_a_millisecond_are_taken_as_one() {
+        let c = ClientConfig::default()
+            .connect_timeout(Duration::from_nanos(1))
+            .read_timeout(Duration::from_micros(999));
+        assert_eq!(c.get_connect_timeout(), MIN_TIMEOUT);
+        assert_eq!(c.get_read_timeout(), MIN_TIMEOUT);
+    }
+
+    #[test]
+    fn zero_is_a_valid_duration_for_the_other_settings() {
+        let c = ClientConfig::default()
+            .pool_timeout(Duration::ZERO)
+            .reuse_unchecked_within(Duration::ZERO)
+            .time_unit(Duration::ZERO)
+            .reset_timeout(Duration::ZERO)
+            .reset_backoff(2.0, Duration::ZERO)
+            .idle_timeout(Duration::ZERO)
+            .deadline(Some(Duration::ZERO));
+        assert_eq!(c.get_pool_timeout(), Duration::ZERO);
+        assert_eq!(c.get_reuse_unchecked_within(), Duration::ZERO);
+        assert_eq!(c.get_time_unit(), Duration::ZERO);
+        assert_eq!(c.get_reset_timeout(), Duration::ZERO);
+        assert_eq!(c.get_reset_backoff(), Some((2.0, Duration::ZERO)));
+        assert_eq!(c.get_idle_timeout(), Duration::ZERO);
+        assert_eq!(c.get_deadline(), Some(Duration::ZERO));
     }
 
     #[test]
