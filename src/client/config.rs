@@ -196,6 +196,8 @@ impl ClientConfig {
     /// The most connections kept open to one endpoint (gevent-thrift's `psize`). Defaults to
     /// 10.
     ///
+    /// # Panics
+    ///
     /// Panics if `size` is zero.
     #[doc(alias = "psize")]
     pub fn pool_size(mut self, size: u32) -> Self {
@@ -240,6 +242,8 @@ impl ClientConfig {
     /// Grows the open period by `factor` each time a probe fails, up to `cap`; a successful
     /// probe resets it. Defaults to no back-off (every open period is `reset_timeout`).
     ///
+    /// # Panics
+    ///
     /// Panics if `factor` is below 1 (or NaN).
     pub fn reset_backoff(mut self, factor: f64, cap: Duration) -> Self {
         assert!(
@@ -252,6 +256,8 @@ impl ClientConfig {
 
     /// Spreads each open period randomly by up to `fraction` of itself either way, so that
     /// many clients do not probe a recovering server in step. Defaults to 0 (no jitter).
+    ///
+    /// # Panics
     ///
     /// Panics if `fraction` is not within `0.0..=1.0`.
     pub fn reset_jitter(mut self, fraction: f64) -> Self {
@@ -280,6 +286,8 @@ impl ClientConfig {
     ///
     /// A larger request fails before anything is sent; a larger response fails the call and
     /// closes its connection.
+    ///
+    /// # Panics
     ///
     /// Panics if `bytes` is under 1 KiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
@@ -390,6 +398,8 @@ impl ClientConfig {
     /// whose retry the budget refuses fails with the error of its last attempt, and is counted
     /// in [`MultiStats::retries_refused`](crate::MultiStats::retries_refused). A share of
     /// `f64::INFINITY` lifts the budget.
+    ///
+    /// # Panics
     ///
     /// Panics if `share` is negative (or NaN).
     pub fn retry_budget(mut self, share: f64, per_second: u32) -> Self {
