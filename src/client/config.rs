@@ -227,20 +227,24 @@ impl ClientConfig {
     }
 
     /// The window in which failures are counted. Defaults to 60 s.
+    ///
+    /// Zero counts each failure alone, so only a [`maxfail`](Self::maxfail) of 0 opens the
+    /// breaker.
     pub fn time_unit(mut self, window: Duration) -> Self {
         self.time_unit = window.min(LONGEST);
         self
     }
 
     /// How long an open breaker rejects calls before letting one probe through.
-    /// Defaults to 10 s.
+    /// Defaults to 10 s. Zero lets the next call through as the probe.
     pub fn reset_timeout(mut self, timeout: Duration) -> Self {
         self.reset_timeout = timeout.min(LONGEST);
         self
     }
 
     /// Grows the open period by `factor` each time a probe fails, up to `cap`; a successful
-    /// probe resets it. Defaults to no back-off (every open period is `reset_timeout`).
+    /// probe resets it. Defaults to no back-off (every open period is `reset_timeout`). A
+    /// `cap` no longer than `reset_timeout`, zero included, keeps the period from growing.
     ///
     /// # Panics
     ///
@@ -374,13 +378,15 @@ impl ClientConfig {
     /// How long a multi-endpoint client keeps an endpoint it has not used. Defaults to 60 s.
     ///
     /// The client's reaper thread closes such an endpoint at most an eighth of this (and at
-    /// most a second) after its time, whether or not calls are made.
+    /// most a second) after its time, whether or not calls are made. Zero closes an endpoint
+    /// as soon as the reaper, looking every millisecond, finds no call using it.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout.min(LONGEST);
         self
     }
 
     /// A bound on a whole multi-endpoint call, every attempt together. Defaults to none.
+    /// `Some(Duration::ZERO)` fails every call before it tries an endpoint.
     ///
     /// Each attempt's pool wait, connect and response are cut to what is left; see
     /// [`MultiThriftClient`](crate::MultiThriftClient#deadline) for how a call it stops fails.
