@@ -325,11 +325,12 @@ impl ClientConfig {
     ///
     /// Resolving is part of connecting, and bounded by
     /// [`connect_timeout`](Self::connect_timeout) like the rest: a resolver that takes longer
-    /// fails the call with [`Timeout::Connect`](crate::Timeout::Connect). Names are resolved
-    /// on a thread of their own, at most one per endpoint at a time, which a hanging resolver
-    /// keeps until it returns; calls that connect meanwhile wait for it instead of starting
-    /// another. An endpoint that is an address (`127.0.0.1:9090`) needs no resolving and no
-    /// thread. Addresses are resolved again for every new connection, so a name that moves is
+    /// fails the call with [`Timeout::Connect`](crate::Timeout::Connect). Endpoints are
+    /// resolved on a thread of their own, at most one per endpoint at a time, which a hanging
+    /// resolver keeps until it returns; calls that connect meanwhile wait for it instead of
+    /// starting another. The resolver given here is asked for every endpoint, address or
+    /// name; only the system's takes an address (`127.0.0.1:9090`) as it is, with no thread.
+    /// Addresses are resolved again for every new connection, so a name that moves is
     /// followed.
     pub fn resolve_with(
         mut self,
