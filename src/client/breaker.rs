@@ -406,6 +406,34 @@ mod tests {
     }
 
     #[test]
+    fn a_zero_time_unit_counts_each_failure_alone() {
+        let (b, _clock) = breaker(ClientConfig::default().time_unit(Duration::ZERO));
+        for _ in 0..10 {
+            fail(&b);
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        let (b, _clock) = breaker(ClientConfig::default().time_unit(Duration::ZERO).maxfail(0));
+        fail(&b);
+        assert_eq!(b.state(), BreakerState::Open);
+    }
+
+    #[test]
+    fn a_zero_reset_timeout_probes_on_the_next_call() {
+        let config = ClientConfig::default()
+            .maxfail(0)
+            .reset_timeout(Duration::ZERO)
+            .reset_backoff(2.0, Duration::ZERO);
+        let (b, _clock) = breaker(config);
+        fail(&b);
+        for _ in 0..3 {
+            assert_eq!(b.state(), BreakerState::Open);
+            let probe = b.acquire().expect("a probe at once");
+            assert!(b.acquire().is_none(), "only one probe at a time");
+            b.record(probe, true);
+        }
+    }
+
+    #[test]
     fn one_probe_after_reset_timeout_then_closes_on_success() {
         let (b, clock) = breaker(ClientConfig::default().maxfail(0));
         fail(&b);

@@ -64,6 +64,9 @@ impl ErrorMatcher {
     }
 }
 
+/// The shortest connect or read timeout, as the server's shortest.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
 /// How a client connects, waits and gives up; shared by [`ThriftClient`](crate::ThriftClient)
 /// and [`MultiThriftClient`](crate::MultiThriftClient).
 ///
@@ -153,15 +156,13 @@ impl ClientConfig {
     /// the connection. Defaults to 100 ms.
     ///
     /// Every address the endpoint resolves to is tried in turn, each within what is left of
-    /// this time.
+    /// this time. A timeout under 1 ms is taken as 1 ms, as the server's timeouts are.
     ///
-    /// Panics if `timeout` is under 1 ms.
+    /// # Panics
+    ///
+    /// Panics if `timeout` is zero.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        assert!(
-            timeout >= Duration::from_millis(1),
-            "connect_timeout must be at least 1 ms, got {timeout:?}"
-        );
-        self.connect_timeout = timeout.min(LONGEST);
+        self.connect_timeout = valid_timeout(timeout, "connect_timeout");
         self
     }
 
@@ -170,15 +171,14 @@ impl ClientConfig {
     ///
     /// It bounds the call as a whole: a server that trickles its answer a byte at a time
     /// cannot stretch it. For [`ThriftClient::call`](crate::ThriftClient::call) it covers
-    /// everything the closure sends and reads.
+    /// everything the closure sends and reads. A timeout under 1 ms is taken as 1 ms, as the
+    /// server's timeouts are.
     ///
-    /// Panics if `timeout` is under 1 ms.
+    /// # Panics
+    ///
+    /// Panics if `timeout` is zero.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
-        assert!(
-            timeout >= Duration::from_millis(1),
-            "read_timeout must be at least 1 ms, got {timeout:?}"
-        );
-        self.read_timeout = timeout.min(LONGEST);
+        self.read_timeout = valid_timeout(timeout, "read_timeout");
         self
     }
 
@@ -195,6 +195,8 @@ impl ClientConfig {
 
     /// The most connections kept open to one endpoint (gevent-thrift's `psize`). Defaults to
     /// 10.
+    ///
+    /// # Panics
     ///
     /// Panics if `size` is zero.
     #[doc(alias = "psize")]
@@ -225,20 +227,26 @@ impl ClientConfig {
     }
 
     /// The window in which failures are counted. Defaults to 60 s.
+    ///
+    /// Zero counts each failure alone, so only a [`maxfail`](Self::maxfail) of 0 opens the
+    /// breaker.
     pub fn time_unit(mut self, window: Duration) -> Self {
         self.time_unit = window.min(LONGEST);
         self
     }
 
     /// How long an open breaker rejects calls before letting one probe through.
-    /// Defaults to 10 s.
+    /// Defaults to 10 s. Zero lets the next call through as the probe.
     pub fn reset_timeout(mut self, timeout: Duration) -> Self {
         self.reset_timeout = timeout.min(LONGEST);
         self
     }
 
     /// Grows the open period by `factor` each time a probe fails, up to `cap`; a successful
-    /// probe resets it. Defaults to no back-off (every open period is `reset_timeout`).
+    /// probe resets it. Defaults to no back-off (every open period is `reset_timeout`). A
+    /// `cap` no longer than `reset_timeout`, zero included, keeps the period from growing.
+    ///
+    /// # Panics
     ///
     /// Panics if `factor` is below 1 (or NaN).
     pub fn reset_backoff(mut self, factor: f64, cap: Duration) -> Self {
@@ -252,6 +260,8 @@ impl ClientConfig {
 
     /// Spreads each open period randomly by up to `fraction` of itself either way, so that
     /// many clients do not probe a recovering server in step. Defaults to 0 (no jitter).
+    ///
+    /// # Panics
     ///
     /// Panics if `fraction` is not within `0.0..=1.0`.
     pub fn reset_jitter(mut self, fraction: f64) -> Self {
@@ -280,6 +290,8 @@ impl ClientConfig {
     ///
     /// A larger request fails before anything is sent; a larger response fails the call and
     /// closes its connection.
+    ///
+    /// # Panics
     ///
     /// Panics if `bytes` is under 1 KiB.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
@@ -313,11 +325,12 @@ impl ClientConfig {
     ///
     /// Resolving is part of connecting, and bounded by
     /// [`connect_timeout`](Self::connect_timeout) like the rest: a resolver that takes longer
-    /// fails the call with [`Timeout::Connect`](crate::Timeout::Connect). Names are resolved
-    /// on a thread of their own, at most one per endpoint at a time, which a hanging resolver
-    /// keeps until it returns; calls that connect meanwhile wait for it instead of starting
-    /// another. An endpoint that is an address (`127.0.0.1:9090`) needs no resolving and no
-    /// thread. Addresses are resolved again for every new connection, so a name that moves is
+    /// fails the call with [`Timeout::Connect`](crate::Timeout::Connect). Endpoints are
+    /// resolved on a thread of their own, at most one per endpoint at a time, which a hanging
+    /// resolver keeps until it returns; calls that connect meanwhile wait for it instead of
+    /// starting another. The resolver given here is asked for every endpoint, address or
+    /// name; only the system's takes an address (`127.0.0.1:9090`) as it is, with no thread.
+    /// Addresses are resolved again for every new connection, so a name that moves is
     /// followed.
     pub fn resolve_with(
         mut self,
@@ -366,13 +379,15 @@ impl ClientConfig {
     /// How long a multi-endpoint client keeps an endpoint it has not used. Defaults to 60 s.
     ///
     /// The client's reaper thread closes such an endpoint at most an eighth of this (and at
-    /// most a second) after its time, whether or not calls are made.
+    /// most a second) after its time, whether or not calls are made. Zero closes an endpoint
+    /// as soon as the reaper, looking every millisecond, finds no call using it.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = timeout.min(LONGEST);
         self
     }
 
     /// A bound on a whole multi-endpoint call, every attempt together. Defaults to none.
+    /// `Some(Duration::ZERO)` fails every call before it tries an endpoint.
     ///
     /// Each attempt's pool wait, connect and response are cut to what is left; see
     /// [`MultiThriftClient`](crate::MultiThriftClient#deadline) for how a call it stops fails.
@@ -390,6 +405,8 @@ impl ClientConfig {
     /// whose retry the budget refuses fails with the error of its last attempt, and is counted
     /// in [`MultiStats::retries_refused`](crate::MultiStats::retries_refused). A share of
     /// `f64::INFINITY` lifts the budget.
+    ///
+    /// # Panics
     ///
     /// Panics if `share` is negative (or NaN).
     pub fn retry_budget(mut self, share: f64, per_second: u32) -> Self {
@@ -579,6 +596,12 @@ impl ClientConfig {
     }
 }
 
+/// `timeout`, unless zero: at least [`MIN_TIMEOUT`], at most [`LONGEST`].
+fn valid_timeout(timeout: Duration, setting: &str) -> Duration {
+    assert!(!timeout.is_zero(), "{setting} must be longer than zero");
+    timeout.clamp(MIN_TIMEOUT, LONGEST)
+}
+
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names =
@@ -660,9 +683,11 @@ mod tests {
     #[test]
     fn durations_past_a_century_are_a_century() {
         let c = ClientConfig::default()
+            .connect_timeout(Duration::MAX)
             .read_timeout(Duration::MAX)
             .pool_timeout(Duration::MAX)
             .deadline(Some(Duration::MAX));
+        assert_eq!(c.get_connect_timeout(), LONGEST);
         assert_eq!(c.get_read_timeout(), LONGEST);
         assert_eq!(c.get_pool_timeout(), LONGEST);
         assert_eq!(c.get_deadline(), Some(LONGEST));
@@ -675,15 +700,43 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "connect_timeout must be at least 1 ms")]
+    #[should_panic(expected = "connect_timeout must be longer than zero")]
     fn a_zero_connect_timeout_is_refused() {
         let _ = ClientConfig::default().connect_timeout(Duration::ZERO);
     }
 
     #[test]
-    #[should_panic(expected = "read_timeout must be at least 1 ms")]
-    fn a_read_timeout_under_a_millisecond_is_refused() {
-        let _ = ClientConfig::default().read_timeout(Duration::from_micros(999));
+    #[should_panic(expected = "read_timeout must be longer than zero")]
+    fn a_zero_read_timeout_is_refused() {
+        let _ = ClientConfig::default().read_timeout(Duration::ZERO);
+    }
+
+    #[test]
+    fn timeouts_under_a_millisecond_are_taken_as_one() {
+        let c = ClientConfig::default()
+            .connect_timeout(Duration::from_nanos(1))
+            .read_timeout(Duration::from_micros(999));
+        assert_eq!(c.get_connect_timeout(), MIN_TIMEOUT);
+        assert_eq!(c.get_read_timeout(), MIN_TIMEOUT);
+    }
+
+    #[test]
+    fn zero_is_a_valid_duration_for_the_other_settings() {
+        let c = ClientConfig::default()
+            .pool_timeout(Duration::ZERO)
+            .reuse_unchecked_within(Duration::ZERO)
+            .time_unit(Duration::ZERO)
+            .reset_timeout(Duration::ZERO)
+            .reset_backoff(2.0, Duration::ZERO)
+            .idle_timeout(Duration::ZERO)
+            .deadline(Some(Duration::ZERO));
+        assert_eq!(c.get_pool_timeout(), Duration::ZERO);
+        assert_eq!(c.get_reuse_unchecked_within(), Duration::ZERO);
+        assert_eq!(c.get_time_unit(), Duration::ZERO);
+        assert_eq!(c.get_reset_timeout(), Duration::ZERO);
+        assert_eq!(c.get_reset_backoff(), Some((2.0, Duration::ZERO)));
+        assert_eq!(c.get_idle_timeout(), Duration::ZERO);
+        assert_eq!(c.get_deadline(), Some(Duration::ZERO));
     }
 
     #[test]

@@ -470,13 +470,20 @@ fn unframed_hint(header: [u8; 4]) -> String {
     if header.iter().all(|b| b.is_ascii_graphic() || *b == b' ') {
         let text = String::from_utf8_lossy(&header);
         format!(" (its size bytes read {text:?}: the peer is not speaking framed Thrift)")
-    } else if header[..2] == [0x80, 0x01] || header[0] == 0x82 {
+    } else if header[..2] == [0x80, 0x01] || begins_compact_message(header) {
         " (its size bytes begin a Thrift message: the peer is speaking Thrift without frames, \
          the buffered transport)"
             .to_owned()
     } else {
         String::new()
     }
+}
+
+/// Whether `header` starts a compact protocol message: its id, then version 1 in the low
+/// five bits under a message type, 1 to 4, in the top three. The id alone could be any
+/// negative length.
+fn begins_compact_message(header: [u8; 4]) -> bool {
+    header[0] == 0x82 && matches!(header[1], 0x21 | 0x41 | 0x61 | 0x81)
 }
 
 impl Reader {
@@ -874,6 +881,24 @@ mod tests {
             err.contains("without frames, the buffered transport"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_compact_message_is_told_by_its_version_and_type_too() {
+        for type_and_version in [0x21, 0x41, 0x61, 0x81] {
+            let header = [0x82, type_and_version, 0x01, 0x03];
+            assert!(
+                unframed_hint(header).contains("without frames"),
+                "{header:x?}"
+            );
+        }
+        // Type 0 or 5, version 0 or 2.
+        for type_and_version in [0x01, 0xA1, 0x20, 0x22] {
+            let header = [0x82, type_and_version, 0x01, 0x03];
+            assert_eq!(unframed_hint(header), "", "{header:x?}");
+        }
+        let err = frame_error(&[0x82, 0x41, 0x01, 0x03, b'a', b'd', b'd']);
+        assert!(err.contains("without frames"), "{err}");
     }
 
     #[test]
