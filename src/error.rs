@@ -149,10 +149,11 @@ impl Error {
         matches!(self, Error::User(_))
     }
 
-    /// Whether the request certainly never reached the server: the connection could not be
-    /// made, no pooled connection was free, the breaker rejected the call, the request was
-    /// refused for its size, or the client was closed; for [`Error::Unavailable`], that no
-    /// attempt may have run. Such a call can be retried even if it must not run twice.
+    /// Whether the request certainly did not run: it never reached the server (the connection
+    /// could not be made, no pooled connection was free, the breaker rejected the call, the
+    /// request was refused for its size, or the client was closed), or it was a request the
+    /// server shed ([`Error::Overloaded`]); for [`Error::Unavailable`], that no attempt may
+    /// have run. Such a call can be retried even if it must not run twice.
     /// Always the opposite of [`may_have_run`](Self::may_have_run).
     pub fn is_unsent(&self) -> bool {
         if let Error::Unavailable(_) = self {

@@ -418,8 +418,9 @@ impl ClientConfig {
         self
     }
 
-    /// Retries only failures where the request was certainly never sent (connect failure,
-    /// open breaker, pool wait), for calls that must not run twice. Defaults to `false`.
+    /// Retries only failures where the request certainly did not run (connect failure, open
+    /// breaker, pool wait, a request the server shed), for calls that must not run twice.
+    /// Defaults to `false`.
     ///
     /// Service exceptions declared with [`retry_on`](Self::retry_on) are still retried: the
     /// service raising one says it did not do the work.

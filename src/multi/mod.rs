@@ -93,9 +93,10 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 /// the request was written (a response timeout, a connection reset mid-call, a garbled
 /// response), the first server may have done the work. For calls that must not run twice, set
 /// [`retry_unsent_only(true)`](ClientConfig::retry_unsent_only): then only failures where the
-/// request was certainly never sent are retried ([`Error::is_unsent`]: open breaker, connect
-/// failure, pool wait), plus exceptions declared with `retry_on`, since the service raising
-/// one says it did not do the work. Another failure then ends the call with `Unavailable`.
+/// request certainly did not run are retried ([`Error::is_unsent`]: open breaker, connect
+/// failure, pool wait, a request the server shed), plus exceptions declared with `retry_on`,
+/// since the service raising one says it did not do the work. Another failure then ends the
+/// call with `Unavailable`.
 ///
 /// # Deadline
 ///
