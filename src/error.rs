@@ -65,8 +65,8 @@ pub enum Error {
     Protocol(ProtocolError),
     /// The server answered with a `TApplicationException` (unknown method, internal error ...).
     Application(ApplicationError),
-    /// The server was overloaded and shed the request: it answered at once, without running
-    /// it, because the request waited longer for a worker than the server allows
+    /// The server was overloaded and shed the request: it answered without running it,
+    /// because the request waited longer for a worker than the server allows
     /// ([`ServerConfig::max_queue_wait`](crate::ServerConfig::max_queue_wait)). The request did
     /// not run, so it can be retried elsewhere even if it must not run twice; the breaker does
     /// not count it, since the server answered.

@@ -197,7 +197,8 @@ impl ServerConfig {
     /// How many client connections may be open at once.
     ///
     /// A connection over the limit is accepted and closed at once, so its client sees the
-    /// connection closed instead of waiting. Defaults to 10 000, well under the file-descriptor
+    /// connection closed instead of waiting (this crate's client fails the call with
+    /// [`Error::Transport`](crate::Error::Transport)). Defaults to 10 000, well under the file-descriptor
     /// limit servers are usually given.
     ///
     /// # Panics
@@ -227,8 +228,12 @@ impl ServerConfig {
     }
 
     /// The longest a request that has arrived may wait for a free worker before the server
-    /// sheds it: answers it at once with a `TApplicationException` saying it did not run,
-    /// instead of running it for a client that has likely given up. Defaults to 100 ms.
+    /// sheds it: answers it with a `TApplicationException` saying it did not run, instead of
+    /// running it for a client that has likely given up. Defaults to 100 ms.
+    ///
+    /// The worker that picks the connection up sheds the request when it finds it waited too
+    /// long; nothing sheds it the moment the time passes. While every handler is slow, no
+    /// worker gets to it, and its client may hit its own response timeout first.
     ///
     /// Under a load the workers cannot keep up with, requests queue; served in arrival order,
     /// each would wait longer than its client's timeout, and the workers would spend all their

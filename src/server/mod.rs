@@ -475,9 +475,10 @@ impl ThriftServer {
     /// the server not yet accepted, too), as are requests already running, for up to the
     /// configured [drain timeout](ServerConfig::drain_timeout); then their connections are
     /// closed. A response its client does not take at once is sent after the other
-    /// connections' answers, and given up on when the drain timeout ends. A request that was still arriving is not answered: its connection is closed. Returns once every thread has exited, or when the drain
-    /// timeout expires with workers still busy; those are left to finish on their own. The port
-    /// is free when this returns.
+    /// connections' answers, and given up on when the drain timeout ends. A request that was
+    /// still arriving is not answered: its connection is closed. Returns once every thread has
+    /// exited, or when the drain timeout expires with workers still busy; those are left to
+    /// finish on their own. The port is free when this returns.
     ///
     /// Calling it again, or on a server that never started, does nothing more; a concurrent
     /// call waits for the first to finish. A handler may stop its own server (or drop it):
