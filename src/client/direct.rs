@@ -32,6 +32,12 @@ use crate::wire::mirror::{copy_reader, Mirrored, ProtocolCopy};
 ///
 /// Without it, the compiler refuses `client.direct().add(1, 2)`: `Direct<...>` does not
 /// satisfy `TCalculatorSyncClientMarker`.
+///
+/// Invoke it in the crate that holds the generated module. It implements the marker trait
+/// for this crate's handle types, which the orphan rule allows only where the trait is
+/// local: from another crate it fails with E0117. When the generated code is in an IDL crate
+/// that a client and a server share, that crate invokes `impl_direct!` (and so depends on
+/// this crate).
 #[macro_export]
 macro_rules! impl_direct {
     ($($marker:path),+ $(,)?) => {
