@@ -3,9 +3,9 @@
 //! [`ServerConfig`]; these pages say what the settings are for.
 //!
 //! - [Your own service](start): from a `.thrift` file to a server and a client of your own,
-//!   what your `Cargo.toml` needs, and which Thrift compiler to use.
-//! - [The client](client): calls, direct method calls, errors, timeouts, the circuit
-//!   breaker, counters.
+//!   what your `Cargo.toml` needs, which Thrift compiler to use, and service exceptions.
+//! - [The client](client): calls, direct method calls, oneway methods, errors, timeouts, the
+//!   circuit breaker, counters.
 //! - [Many endpoints](many_endpoints): one client over several servers, retries and their
 //!   budget.
 #![cfg_attr(
