@@ -29,8 +29,8 @@ const _: () = {
     send_sync::<ThriftServer>();
 
     // Configuration, counters and errors.
-    send_sync::<ClientConfig>();
-    send_sync::<ServerConfig>();
+    send_sync_clone::<ClientConfig>();
+    send_sync_clone::<ServerConfig>();
     send_sync::<ClientStats>();
     send_sync::<MultiStats>();
     send_sync::<ServerStats>();

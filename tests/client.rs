@@ -959,7 +959,12 @@ fn a_reset_racing_a_forced_open_never_leaves_an_open_breaker_letting_calls_throu
             HOLDS_THE_LOCK.with(|h| h.set(true));
             calc.force_open();
         }));
+        let began = Instant::now();
         while !entered.load(Ordering::SeqCst) {
+            assert!(
+                began.elapsed() < Duration::from_secs(10),
+                "never read the clock"
+            );
             std::thread::yield_now();
         }
         let (reset, id) = on_cpu_0(Box::new(|calc| calc.reset_breaker()));

@@ -77,7 +77,16 @@ fn framed_binary(addr: SocketAddr) -> Client {
 
 /// Whether the server closes `stream` within `PATIENCE` (reading nothing more from it).
 fn closed_by_server(stream: &mut TcpStream) -> bool {
-    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    closed_by_server_within(stream, PATIENCE)
+}
+
+/// How soon a connection the server refuses must be closed: well before the default
+/// `request_timeout` (10 s), which would close it too, for another reason.
+const REFUSED_WITHIN: Duration = Duration::from_secs(5);
+
+/// Whether the server closes `stream` before `patience` runs out.
+fn closed_by_server_within(stream: &mut TcpStream, patience: Duration) -> bool {
+    stream.set_read_timeout(Some(patience)).unwrap();
     let mut byte = [0u8; 1];
     match stream.read(&mut byte) {
         Ok(0) => true,
@@ -1101,7 +1110,7 @@ fn connections_over_the_limit_are_closed_at_once() {
     }
     let mut over = raw(addr);
     assert!(
-        closed_by_server(&mut over),
+        closed_by_server_within(&mut over, REFUSED_WITHIN),
         "the connection over the limit was left open"
     );
     assert_eq!(server.stats().rejected_connections, 1);
@@ -1123,7 +1132,7 @@ fn assert_rejected_over(server: &ThriftServer, transport: Transport, bytes: &[u8
     let mut hostile = raw(server.local_addr());
     hostile.write_all(bytes).unwrap();
     assert!(
-        closed_by_server(&mut hostile),
+        closed_by_server_within(&mut hostile, REFUSED_WITHIN),
         "the server kept the connection open"
     );
     wait_for_stats(server, "the bad input counted", |s| s.errors > errors);
