@@ -776,6 +776,18 @@ mod tests {
         let _ = ClientConfig::default().retry_budget(-0.1, 10);
     }
 
+    #[test]
+    #[should_panic(expected = "retry_budget share must not be negative")]
+    fn a_nan_retry_share_is_refused() {
+        let _ = ClientConfig::default().retry_budget(f64::NAN, 10);
+    }
+
+    #[test]
+    #[should_panic(expected = "reset_jitter must be between 0 and 1")]
+    fn a_negative_jitter_is_refused() {
+        let _ = ClientConfig::default().reset_jitter(-0.1);
+    }
+
     /// A hand-written stand-in for a generated exception: `struct Busy { 1: string why }`.
     #[derive(Debug, PartialEq)]
     struct Busy(String);
