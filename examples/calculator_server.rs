@@ -105,8 +105,12 @@ fn main() -> ExitCode {
     let server = match ThriftServer::bind(&args.addr, processor, args.config) {
         Ok(server) => server,
         Err(err) => {
-            // A bind error names the address itself.
-            eprintln!("{err}");
+            // A bind error names the address itself; a lookup error does not.
+            if err.to_string().contains(args.addr.as_str()) {
+                eprintln!("{err}");
+            } else {
+                eprintln!("cannot listen on {}: {err}", args.addr);
+            }
             return ExitCode::FAILURE;
         }
     };

@@ -205,7 +205,7 @@ impl Error {
     /// Turns an error coming out of a generated client back into this type.
     ///
     /// Errors raised by this crate inside a direct call travel through the generated code as
-    /// `thrift::Error::User(Box<Error>)`; they are unwrapped. `on_timeout` says whether the
+    /// `thrift::Error::User(Box<Error>)`; they are unwrapped. `timed_out` says whether the
     /// connection's response deadline expired, which decides how a transport error reads.
     pub(crate) fn from_thrift(err: thrift::Error, timed_out: bool) -> Error {
         match err {

@@ -289,67 +289,80 @@ impl ServerConfig {
     }
 
     /// How many threads run requests; see [`workers`](Self::workers).
+    #[inline]
     pub fn get_workers(&self) -> usize {
         self.workers
     }
 
     /// How messages are delimited; see [`transport`](Self::transport).
+    #[inline]
     pub fn get_transport(&self) -> Transport {
         self.transport
     }
 
     /// How values are encoded; see [`protocol`](Self::protocol).
+    #[inline]
     pub fn get_protocol(&self) -> Protocol {
         self.protocol
     }
 
     /// The largest request; see [`max_message_size`](Self::max_message_size).
+    #[inline]
     pub fn get_max_message_size(&self) -> usize {
         self.max_message_size
     }
 
     /// How deeply a request may nest; see [`max_depth`](Self::max_depth).
+    #[inline]
     pub fn get_max_depth(&self) -> usize {
         self.max_depth
     }
 
     /// How long a connection may idle; see [`idle_timeout`](Self::idle_timeout).
+    #[inline]
     pub fn get_idle_timeout(&self) -> Duration {
         self.idle_timeout
     }
 
     /// How long a request may take to arrive; see [`request_timeout`](Self::request_timeout).
+    #[inline]
     pub fn get_request_timeout(&self) -> Duration {
         self.request_timeout
     }
 
     /// How many connections may be open; see [`max_connections`](Self::max_connections).
+    #[inline]
     pub fn get_max_connections(&self) -> usize {
         self.max_connections
     }
 
     /// The `listen` backlog; see [`backlog`](Self::backlog).
+    #[inline]
     pub fn get_backlog(&self) -> u32 {
         self.backlog
     }
 
     /// How long a request may wait for a worker; see [`max_queue_wait`](Self::max_queue_wait).
+    #[inline]
     pub fn get_max_queue_wait(&self) -> Duration {
         self.max_queue_wait
     }
 
     /// How long stopping waits; see [`drain_timeout`](Self::drain_timeout).
+    #[inline]
     pub fn get_drain_timeout(&self) -> Duration {
         self.drain_timeout
     }
 
     /// The most elements a container may declare; see
     /// [`max_container_elements`](Self::max_container_elements).
+    #[inline]
     pub fn get_max_container_elements(&self) -> usize {
         self.max_container_elements
     }
 
     /// What waiting connections may hold; see [`max_waiting_bytes`](Self::max_waiting_bytes).
+    #[inline]
     pub fn get_max_waiting_bytes(&self) -> usize {
         self.max_waiting_bytes
     }
