@@ -52,6 +52,18 @@ pub enum Error {
         /// What the operating system reported.
         source: io::Error,
     },
+    /// The connection was made but its TLS handshake failed: the server's certificate did not
+    /// verify (unknown CA, wrong name, expired), the server refused the client's certificate
+    /// or asked for one it was not given, or the peer does not speak TLS. No request was
+    /// sent. Counted as a failed connect, for the breaker and in
+    /// [`ClientStats::connect_errors`](crate::ClientStats::connect_errors).
+    Handshake {
+        /// The endpoint, as given to the client.
+        endpoint: Arc<str>,
+        /// Why: rustls' error (reach it with `source.get_ref()` and a downcast to
+        /// `rustls::Error`), or what the operating system or the peer did.
+        source: io::Error,
+    },
     /// A phase of the call ran out of time.
     Timeout(Timeout),
     /// The endpoint's circuit breaker is open; no request was sent.
@@ -138,6 +150,12 @@ impl Error {
         )
     }
 
+    /// Whether the TLS handshake failed ([`Error::Handshake`]); one that ran out of time is
+    /// [`Timeout::Connect`].
+    pub fn is_handshake(&self) -> bool {
+        matches!(self, Error::Handshake { .. })
+    }
+
     /// Whether an open circuit breaker turned the call away without trying the endpoint.
     pub fn is_circuit_open(&self) -> bool {
         matches!(self, Error::CircuitOpen { .. })
@@ -150,7 +168,7 @@ impl Error {
     }
 
     /// Whether the request certainly did not run: it never reached the server (the connection
-    /// could not be made, no pooled connection was free, the breaker rejected the call, the
+    /// could not be made or its TLS handshake failed, no pooled connection was free, the breaker rejected the call, the
     /// request was refused for its size, or the client was closed), or it was a request the
     /// server shed ([`Error::Overloaded`]); for [`Error::Unavailable`], that no attempt may
     /// have run. Such a call can be retried even if it must not run twice.
@@ -162,6 +180,7 @@ impl Error {
         matches!(
             self,
             Error::Connect { .. }
+                | Error::Handshake { .. }
                 | Error::Timeout(Timeout::Connect | Timeout::PoolWait)
                 | Error::CircuitOpen { .. }
                 | Error::RequestTooLarge { .. }
@@ -285,6 +304,9 @@ impl fmt::Display for Error {
             Error::Connect { endpoint, source } => {
                 write!(f, "connect to {endpoint} failed: {source}")
             }
+            Error::Handshake { endpoint, source } => {
+                write!(f, "TLS handshake with {endpoint} failed: {source}")
+            }
             Error::Timeout(phase) => write!(f, "{phase} timed out"),
             Error::CircuitOpen { endpoint } => write!(f, "circuit breaker for {endpoint} is open"),
             Error::Transport(e) => write!(f, "transport failed: {}", e.message),
@@ -376,10 +398,17 @@ mod tests {
         assert_eq!(response().timeout(), Some(Timeout::Response));
         assert_eq!(refused().timeout(), None);
         assert!(open().is_circuit_open() && !refused().is_circuit_open());
+        let handshake = || Error::Handshake {
+            endpoint: "a:1".into(),
+            source: io::Error::other("unknown CA"),
+        };
+        assert!(handshake().is_handshake() && !refused().is_handshake());
+        assert!(!handshake().is_connect());
         assert!(Error::User(Box::new(io::Error::other("x"))).is_service_exception());
         assert!(!response().is_service_exception());
         for unsent in [
             refused(),
+            handshake(),
             open(),
             Error::Timeout(Timeout::PoolWait),
             Error::Closed,

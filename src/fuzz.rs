@@ -48,7 +48,8 @@ pub fn with_client<R>(
     server.write_all(response)?;
     server.shutdown(Shutdown::Write)?;
     let timeout = Duration::from_secs(10);
-    let (state, reader, writer) = connection::split(stream, transport, timeout, max_message_size)?;
+    let (state, reader, writer) =
+        connection::split(stream, None, transport, timeout, max_message_size)?;
     state.arm(timeout);
     let limits = Limits {
         max_message_size,

@@ -73,8 +73,8 @@
 //!
 //! # Not there yet
 //!
-//! TLS, the THeader transport, client-side multiplexing, per-method metrics and load balancing
-//! are planned, not done.
+//! TLS on the server (the client speaks it), the THeader transport, client-side multiplexing,
+//! per-method metrics and load balancing are planned, not done.
 #![cfg_attr(
     feature = "discovery",
     doc = "",
@@ -108,6 +108,7 @@ mod handle;
 mod multi;
 mod poll;
 mod server;
+mod tls;
 mod wire;
 
 /// Entry points for the fuzz targets and property tests, with the `fuzzing` feature only;
@@ -127,4 +128,7 @@ pub use crate::error::{Error, Timeout, Unavailable};
 pub use crate::multi::direct::MultiDirect;
 pub use crate::multi::{MultiStats, MultiThriftClient};
 pub use crate::server::{ServerConfig, ServerStats, ThriftServer};
+pub use crate::tls::ClientTls;
 pub use crate::wire::{InputProtocol, OutputProtocol, Protocol, Transport};
+/// The rustls this crate speaks TLS with, for a [`ClientTls::from_config`] built by hand.
+pub use rustls;

@@ -95,7 +95,7 @@ pub struct ClientStats {
     pub user_exceptions: u64,
     /// Calls that failed in a way the breaker counts.
     pub failures: u64,
-    /// Connections that could not be opened (refused, unreachable).
+    /// Connections that could not be opened (refused, unreachable, a failed TLS handshake).
     pub connect_errors: u64,
     /// Connections that did not open within `connect_timeout`.
     pub connect_timeouts: u64,
@@ -329,7 +329,7 @@ impl<C> Endpoint<C> {
                 self.breaker.release(permit);
                 return err;
             }
-            Error::Connect { .. } => (&s.connect_errors, true),
+            Error::Connect { .. } | Error::Handshake { .. } => (&s.connect_errors, true),
             Error::Timeout(Timeout::Connect) => (&s.connect_timeouts, true),
             Error::Timeout(_) => (&s.response_timeouts, true),
             Error::Transport(_) => (&s.transport_errors, true),
@@ -401,6 +401,9 @@ impl<C> Drop for Endpoint<C> {
 pub(crate) fn error_of(err: thrift::Error, state: &ConnState) -> Error {
     if let Some((bytes, limit)) = state.refused_request() {
         return Error::RequestTooLarge { bytes, limit };
+    }
+    if let Some(refused) = state.handshake_refused() {
+        return refused;
     }
     Error::from_thrift(err, state.timed_out())
 }

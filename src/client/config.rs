@@ -13,6 +13,7 @@ use thrift::protocol::{
 
 use super::resolve::Resolver;
 use crate::clock::{Clock, LONGEST};
+use crate::tls::ClientTls;
 use crate::wire::{Limits, Protocol, Transport, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MESSAGE_SIZE};
 
 /// Recognises one of a user's exception types, as a value or as encoded bytes.
@@ -119,6 +120,7 @@ pub struct ClientConfig {
     deadline: Option<Duration>,
     retry_unsent_only: bool,
     retry_budget: (f64, u32),
+    tls: Option<ClientTls>,
 }
 
 impl Default for ClientConfig {
@@ -147,13 +149,14 @@ impl Default for ClientConfig {
             deadline: None,
             retry_unsent_only: false,
             retry_budget: (0.2, 10),
+            tls: None,
         }
     }
 }
 
 impl ClientConfig {
     /// How long connecting may take: resolving the endpoint's name and the endpoint accepting
-    /// the connection. Defaults to 100 ms.
+    /// the connection, and with [`tls`](Self::tls), the TLS handshake. Defaults to 100 ms.
     ///
     /// Every address the endpoint resolves to is tried in turn, each within what is left of
     /// this time. A timeout under 1 ms is taken as 1 ms, as the server's timeouts are.
@@ -429,6 +432,32 @@ impl ClientConfig {
         self
     }
 
+    /// Speaks TLS to every endpoint: each new connection verifies the server's certificate
+    /// and finishes its handshake within [`connect_timeout`](Self::connect_timeout), and a
+    /// pooled connection keeps its session, so a call on it pays no handshake. Defaults to
+    /// none: plaintext.
+    ///
+    /// The server's certificate must chain to a CA the [`ClientTls`] trusts and name the
+    /// endpoint's host (or the name set with [`ClientTls::server_name`]); an endpoint given
+    /// by IP address is checked against the certificate's IP subject-alternative names. A
+    /// handshake that fails is [`Error::Handshake`](crate::Error::Handshake), which the
+    /// breaker counts as a failed connect.
+    ///
+    /// ```no_run
+    /// use blocking_thrift::{ClientConfig, ClientTls};
+    ///
+    /// # fn demo() -> std::io::Result<()> {
+    /// let tls = ClientTls::ca_file("ca.pem")?
+    ///     // Mutual TLS: the certificate this client presents.
+    ///     .client_cert_files("client.pem", "client.key")?;
+    /// let config = ClientConfig::default().tls(tls);
+    /// # Ok(()) }
+    /// ```
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The [`connect_timeout`](Self::connect_timeout).
     #[inline]
     pub fn get_connect_timeout(&self) -> Duration {
@@ -549,6 +578,12 @@ impl ClientConfig {
         self.retry_unsent_only
     }
 
+    /// The [`tls`](Self::tls) settings, if connections speak TLS.
+    #[inline]
+    pub fn get_tls(&self) -> Option<&ClientTls> {
+        self.tls.as_ref()
+    }
+
     /// How endpoint names are resolved.
     #[inline]
     pub(crate) fn resolver(&self) -> &Resolver {
@@ -631,6 +666,7 @@ impl fmt::Debug for ClientConfig {
             .field("deadline", &self.deadline)
             .field("retry_unsent_only", &self.retry_unsent_only)
             .field("retry_budget", &self.retry_budget)
+            .field("tls", &self.tls.as_ref().map(ClientTls::get_server_name))
             .finish()
     }
 }

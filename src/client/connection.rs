@@ -1,19 +1,23 @@
 //! Client connections: connecting with a timeout, and the buffered, framed, deadline-bound
 //! reader and writer that the protocols sit on.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use rustix::buffer::spare_capacity;
 use rustix::net::RecvFlags;
+use rustls::ClientConnection;
 use socket2::{Domain, Socket, Type};
 
 use crate::clock::{monotonic_nanos, nanos};
 use crate::error::{Error, Timeout};
 use crate::poll::{wait_ready, Interest};
+use crate::tls::socket::{self, tls_error, HandshakeFailure, SockIo};
+use crate::tls::{server_name_of, ClientTls};
 use crate::wire::decode::{self, Source};
 use crate::wire::Transport;
 
@@ -122,10 +126,54 @@ fn connect_one(addr: SocketAddr, deadline: Instant) -> io::Result<TcpStream> {
     Ok(socket.into())
 }
 
+/// Makes a connected stream a TLS one: the handshake, within what is left of `deadline` (the
+/// connect's).
+pub(crate) fn secure(
+    endpoint: &Arc<str>,
+    stream: &TcpStream,
+    tls: &ClientTls,
+    deadline: Instant,
+) -> Result<Secured, Error> {
+    let failed = |source| Error::Handshake {
+        endpoint: endpoint.clone(),
+        source,
+    };
+    let name = server_name_of(tls, endpoint).map_err(failed)?;
+    let mut session =
+        ClientConnection::new(tls.get_config().clone(), name).map_err(|e| failed(tls_error(e)))?;
+    match socket::handshake(stream, &mut session, deadline) {
+        Ok(()) => Ok(Secured {
+            session: Mutex::new(session),
+            endpoint: endpoint.clone(),
+            heard: AtomicBool::new(false),
+            refusal: Mutex::new(None),
+        }),
+        Err(HandshakeFailure::Timeout) => Err(Error::Timeout(Timeout::Connect)),
+        Err(HandshakeFailure::Failed(source)) => Err(failed(source)),
+    }
+}
+
+/// A connection's TLS session, which its reader and writer share. The lock is never
+/// contended: one call reads and writes on one thread.
+#[derive(Debug)]
+pub(crate) struct Secured {
+    session: Mutex<ClientConnection>,
+    endpoint: Arc<str>,
+    /// Whether any response bytes have arrived on this connection.
+    heard: AtomicBool,
+    /// Why the server refused the handshake after all, as a TLS 1.3 server refusing the
+    /// client's certificate says only once the client has sent its request.
+    refusal: Mutex<Option<io::Error>>,
+}
+
 /// What a connection's reader, writer and owner share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
     stream: TcpStream,
+    /// The TLS session, if the connection speaks TLS.
+    tls: Option<Secured>,
+    /// The TLS session holds decrypted bytes that the reader has not taken yet.
+    tls_held: AtomicBool,
     /// When the current call's time runs out, on [`monotonic_nanos`]'s clock.
     deadline: AtomicU64,
     timed_out: AtomicBool,
@@ -161,6 +209,16 @@ impl ConnState {
 
     pub(crate) fn timed_out(&self) -> bool {
         self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// The handshake error the server's first answer turned out to be, if it was one.
+    pub(crate) fn handshake_refused(&self) -> Option<Error> {
+        let tls = self.tls.as_ref()?;
+        let source = tls.refusal.lock().take()?;
+        Some(Error::Handshake {
+            endpoint: tls.endpoint.clone(),
+            source,
+        })
     }
 
     pub(crate) fn is_broken(&self) -> bool {
@@ -226,6 +284,7 @@ impl ConnState {
 /// Wraps a connected stream for a client of the given transport.
 pub(crate) fn split(
     stream: TcpStream,
+    tls: Option<Secured>,
     transport: Transport,
     read_timeout: Duration,
     max_message_size: usize,
@@ -235,6 +294,8 @@ pub(crate) fn split(
     stream.set_write_timeout(Some(Duration::from_nanos(socket_timeout)))?;
     let state = Arc::new(ConnState {
         stream,
+        tls,
+        tls_held: AtomicBool::new(false),
         deadline: AtomicU64::new(u64::MAX),
         timed_out: AtomicBool::new(false),
         broken: AtomicBool::new(false),
@@ -332,6 +393,9 @@ fn bounded<T>(
 /// One read from the socket into `out`, bounded by the call's deadline; the peer closing the
 /// connection is an error, since a response is expected.
 fn receive(state: &ConnState, socket_timeout: &mut u64, out: &mut [u8]) -> io::Result<usize> {
+    if let Some(tls) = &state.tls {
+        return receive_tls(state, tls, socket_timeout, out);
+    }
     receive_with(state, socket_timeout, |s, flags| {
         rustix::net::recv(s, &mut *out, flags).map(|(n, _)| n)
     })
@@ -361,6 +425,96 @@ fn receive_with(
         ));
     }
     Ok(n)
+}
+
+/// One read of decrypted bytes into `out`: those the session holds already, or else what one
+/// read from the socket, bounded by the call's deadline, brings.
+fn receive_tls(
+    state: &ConnState,
+    tls: &Secured,
+    socket_timeout: &mut u64,
+    out: &mut [u8],
+) -> io::Result<usize> {
+    let mut session = tls.session.lock();
+    loop {
+        // Bytes the session holds are read first: the socket may have nothing more to give.
+        match session.reader().read(out) {
+            Ok(0) => return Err(closed(state)),
+            Ok(n) => {
+                tls.heard.store(true, Ordering::Relaxed);
+                let held = session
+                    .process_new_packets()
+                    .map_err(|e| refused(state, tls, &mut session, e))?
+                    .plaintext_bytes_to_read();
+                state.tls_held.store(held > 0, Ordering::Relaxed);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(closed(state)),
+            Err(e) => {
+                state.mark_broken();
+                return Err(e);
+            }
+        }
+        let n = bounded(state, socket_timeout, Interest::Read, |stream, block| {
+            session.read_tls(&mut SockIo { stream, block })
+        })?;
+        if n == 0 {
+            return Err(closed(state));
+        }
+        if let Err(e) = session.process_new_packets() {
+            return Err(refused(state, tls, &mut session, e));
+        }
+        // A key update to answer.
+        send_tls(state, &mut session, socket_timeout)?;
+    }
+}
+
+/// Sends what the session has to send, bounded by the call's deadline.
+fn send_tls(
+    state: &ConnState,
+    session: &mut ClientConnection,
+    socket_timeout: &mut u64,
+) -> io::Result<()> {
+    while session.wants_write() {
+        let n = bounded(state, socket_timeout, Interest::Write, |stream, block| {
+            session.write_tls(&mut SockIo { stream, block })
+        })?;
+        if n == 0 {
+            state.mark_broken();
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "connection closed while sending",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A TLS error on reading: the connection is done. Before any response bytes, it is the
+/// server refusing the handshake (TLS 1.3 tells a refused client certificate only then).
+#[cold]
+fn refused(
+    state: &ConnState,
+    tls: &Secured,
+    session: &mut ClientConnection,
+    e: rustls::Error,
+) -> io::Error {
+    state.mark_broken();
+    // The alert that tells the server why.
+    let _ = session.write_tls(&mut SockIo {
+        stream: &state.stream,
+        block: false,
+    });
+    if !tls.heard.load(Ordering::Relaxed) {
+        *tls.refusal.lock() = Some(tls_error(e.clone()));
+    }
+    tls_error(e)
+}
+
+fn closed(state: &ConnState) -> io::Error {
+    state.mark_broken();
+    io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")
 }
 
 /// Sets the socket's timeout for `interest`: its read or its write timeout.
@@ -508,7 +662,9 @@ impl Reader {
 
     #[inline]
     fn note_leftover(&self) {
-        let leftover = self.pos < self.end || self.frame.is_some_and(|left| left > 0);
+        let leftover = self.pos < self.end
+            || self.frame.is_some_and(|left| left > 0)
+            || self.state.tls_held.load(Ordering::Relaxed);
         self.state.leftover.store(leftover, Ordering::Relaxed);
     }
 
@@ -627,6 +783,9 @@ impl Reader {
     /// full, so a declared length alone never allocates much. It has [`DIRECT_TAIL`] bytes of
     /// room past the string, so the read that ends it usually takes the end of the message too.
     fn read_vec_direct(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        if self.state.tls.is_some() {
+            return self.read_vec_tls(len);
+        }
         let buffered = self.end - self.pos;
         let arrived = rustix::io::ioctl_fionread(&self.state.stream).map_or(0, |n| n as usize);
         let room = len.saturating_add(DIRECT_TAIL);
@@ -653,6 +812,25 @@ impl Reader {
             self.pos = 0;
             self.end = extra;
             out.truncate(len);
+        }
+        self.account(len);
+        Ok(out)
+    }
+}
+
+impl Reader {
+    /// [`read_vec_direct`](Self::read_vec_direct) over TLS: the session copies into memory
+    /// that is already initialised, so the vector is zero-filled a step at a time first.
+    #[cold]
+    fn read_vec_tls(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len.min(decode::READ_STEP));
+        out.extend_from_slice(&self.buf[self.pos..self.end]);
+        self.pos = self.end;
+        while out.len() < len {
+            let have = out.len();
+            out.resize(have + decode::next_step(have, len), 0);
+            let n = receive(&self.state, &mut self.socket_timeout, &mut out[have..])?;
+            out.truncate(have + n);
         }
         self.account(len);
         Ok(out)
@@ -749,6 +927,11 @@ impl Write for Writer {
         if self.framed {
             self.buf[..4].copy_from_slice(&(len as u32).to_be_bytes());
         }
+        if let Some(tls) = &self.state.tls {
+            send_secured(&self.state, tls, &mut self.socket_timeout, &self.buf)?;
+            self.reset();
+            return Ok(());
+        }
         let mut sent = 0;
         while sent < self.buf.len() {
             let rest = &self.buf[sent..];
@@ -780,6 +963,23 @@ impl Write for Writer {
     }
 }
 
+/// Sends `message` through the TLS session: as much as the session takes at a time (it holds
+/// at most 64 KiB), each piece sent before the next is taken.
+fn send_secured(
+    state: &ConnState,
+    tls: &Secured,
+    socket_timeout: &mut u64,
+    mut message: &[u8],
+) -> io::Result<()> {
+    let mut session = tls.session.lock();
+    while !message.is_empty() {
+        let n = session.writer().write(message)?;
+        message = &message[n..];
+        send_tls(state, &mut session, socket_timeout)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Read;
@@ -798,7 +998,7 @@ mod tests {
         peer.write_all(bytes).unwrap();
         peer.shutdown(std::net::Shutdown::Write).unwrap();
         let (state, reader, _writer) =
-            split(client, transport, Duration::from_secs(5), max).unwrap();
+            split(client, None, transport, Duration::from_secs(5), max).unwrap();
         state.arm(Duration::from_secs(5));
         (state, reader)
     }
@@ -946,8 +1146,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
-        let (state, reader, _writer) =
-            split(client, Transport::Framed, Duration::from_secs(30), 1 << 20).unwrap();
+        let (state, reader, _writer) = split(
+            client,
+            None,
+            Transport::Framed,
+            Duration::from_secs(30),
+            1 << 20,
+        )
+        .unwrap();
         state.arm(Duration::from_secs(30));
         let sender = std::thread::spawn(move || {
             for piece in [
@@ -993,7 +1199,7 @@ mod tests {
             let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
             let (mut peer, _) = listener.accept().unwrap();
             let (state, reader, _writer) =
-                split(client, transport, Duration::from_secs(30), 1 << 20).unwrap();
+                split(client, None, transport, Duration::from_secs(30), 1 << 20).unwrap();
             state.arm(Duration::from_secs(30));
             let (asked, asks) = std::sync::mpsc::channel::<()>();
             let sent = names.clone();
@@ -1031,8 +1237,14 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut peer, _) = listener.accept().unwrap();
-        let (state, _reader, mut writer) =
-            split(client, Transport::Framed, Duration::from_secs(5), 1 << 20).unwrap();
+        let (state, _reader, mut writer) = split(
+            client,
+            None,
+            Transport::Framed,
+            Duration::from_secs(5),
+            1 << 20,
+        )
+        .unwrap();
         state.arm(Duration::from_secs(5));
         let payload = vec![7u8; 64 * 1024];
         for round in 0..3u8 {

@@ -468,8 +468,13 @@ impl<C> Pool<C> {
         let deadline = Instant::now() + connect_timeout;
         let addrs = self.lookups.resolve(deadline)?;
         let stream = connection::connect(&self.endpoint, &addrs, deadline)?;
+        let tls = match self.config.get_tls() {
+            Some(tls) => Some(connection::secure(&self.endpoint, &stream, tls, deadline)?),
+            None => None,
+        };
         let (state, reader, writer) = connection::split(
             stream,
+            tls,
             self.config.get_transport(),
             self.config.get_read_timeout(),
             self.config.get_max_message_size(),

@@ -34,6 +34,7 @@ pub(crate) fn verdict(config: &ClientConfig, err: &Error) -> Verdict {
     match err {
         Error::Timeout(Timeout::Deadline) => Verdict::Deadline,
         Error::Connect { .. }
+        | Error::Handshake { .. }
         | Error::CircuitOpen { .. }
         | Error::Timeout(_)
         | Error::Overloaded(_) => Verdict::EndpointFailed {
