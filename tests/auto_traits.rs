@@ -8,9 +8,9 @@ use blocking_thrift::discovery::{
     ZooKeeper, ZooKeeperConfig,
 };
 use blocking_thrift::{
-    BreakerState, ClientConfig, ClientStats, Clock, Direct, Error, ManualClock, MultiDirect,
-    MultiStats, MultiThriftClient, Protocol, ServerConfig, ServerStats, ThriftClient, ThriftServer,
-    Timeout, Transport, Unavailable,
+    BreakerState, ClientConfig, ClientStats, ClientTls, Clock, Direct, Error, ManualClock,
+    MultiDirect, MultiStats, MultiThriftClient, Protocol, ServerConfig, ServerStats, ThriftClient,
+    ThriftServer, Timeout, Transport, Unavailable,
 };
 use support::Calc;
 
@@ -30,6 +30,7 @@ const _: () = {
 
     // Configuration, counters and errors.
     send_sync_clone::<ClientConfig>();
+    send_sync_clone::<ClientTls>();
     send_sync_clone::<ServerConfig>();
     send_sync::<ClientStats>();
     send_sync::<MultiStats>();

@@ -24,6 +24,7 @@ use thrift::transport::{
 pub mod service;
 
 pub mod server;
+pub mod tls;
 pub mod zookeeper;
 
 pub use service::calculator;

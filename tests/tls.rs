@@ -1,0 +1,291 @@
+//! The client over TLS, against a rustls server on the thrift crate's transports.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blocking_thrift::{
+    ClientConfig, ClientTls, Error, MultiThriftClient, Protocol, ThriftClient, Timeout, Transport,
+};
+use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
+use support::tls::{server_config, Ca, TlsServer};
+use support::{Calc, ALL_WIRE_FORMATS};
+
+fn client(endpoint: &str, config: ClientConfig) -> ThriftClient<Calc> {
+    ThriftClient::new(endpoint, CalculatorSyncClient::new, config)
+}
+
+fn trusting(ca: &Ca) -> ClientTls {
+    ClientTls::ca_pem(ca.pem.as_bytes()).unwrap()
+}
+
+/// A server whose certificate names localhost and 127.0.0.1, and a client trusting its CA.
+fn server(transport: Transport, protocol: Protocol) -> (TlsServer, ClientConfig) {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["localhost", "127.0.0.1"]);
+    let server = TlsServer::start(server_config(&leaf, None), transport, protocol);
+    let config = ClientConfig::default()
+        .transport(transport)
+        .protocol(protocol)
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(5))
+        .tls(trusting(&ca));
+    (server, config)
+}
+
+#[test]
+fn calls_go_over_tls_on_every_transport_and_protocol() {
+    for (transport, protocol) in ALL_WIRE_FORMATS {
+        let (server, config) = server(transport, protocol);
+        let calc = client(&server.endpoint(), config);
+        assert_eq!(
+            calc.call(|c| c.add(2, 3)).unwrap(),
+            5,
+            "{transport:?} {protocol:?}"
+        );
+        // Larger than a read, a TLS record and the session's 64 KiB send buffer.
+        let data: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        assert_eq!(calc.call(|c| c.echo(data.clone())).unwrap(), data);
+        assert_eq!(calc.call(|c| c.add(1, 1)).unwrap(), 2);
+        assert_eq!(
+            server.full.load(Ordering::SeqCst),
+            1,
+            "{transport:?} {protocol:?}"
+        );
+    }
+}
+
+#[test]
+fn pooled_calls_pay_no_second_handshake_and_a_new_connection_resumes() {
+    let (server, config) = server(Transport::Framed, Protocol::Binary);
+    let calc = client(&server.endpoint(), config.clone());
+    for n in 0..20 {
+        assert_eq!(calc.call(|c| c.add(n, 1)).unwrap(), n + 1);
+    }
+    assert_eq!(server.full.load(Ordering::SeqCst), 1);
+    assert_eq!(calc.stats().connections_open, 1);
+    // Another client from the same settings shares their session cache.
+    let again = client(&server.endpoint(), config);
+    assert_eq!(again.call(|c| c.add(1, 2)).unwrap(), 3);
+    assert_eq!(server.full.load(Ordering::SeqCst), 1);
+    assert_eq!(server.resumed.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn an_ip_endpoint_is_checked_against_ip_names_and_a_name_can_be_set() {
+    let ca = Ca::new("test CA");
+    let by_ip = TlsServer::start(
+        server_config(&ca.leaf(&["127.0.0.1"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let config = ClientConfig::default().tls(trusting(&ca));
+    assert_eq!(
+        client(&by_ip.endpoint(), config)
+            .call(|c| c.add(1, 2))
+            .unwrap(),
+        3
+    );
+
+    let by_name = TlsServer::start(
+        server_config(&ca.leaf(&["calc.test"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let config = ClientConfig::default().tls(trusting(&ca).server_name("calc.test"));
+    assert_eq!(
+        client(&by_name.endpoint(), config)
+            .call(|c| c.add(1, 2))
+            .unwrap(),
+        3
+    );
+}
+
+#[test]
+fn mutual_tls_presents_the_clients_certificate() {
+    let ca = Ca::new("server CA");
+    let clients = Ca::new("client CA");
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let server = TlsServer::start(
+        server_config(&leaf, Some(&clients)),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let me = clients.leaf(&["client.test"]);
+    let tls = trusting(&ca)
+        .client_cert_pem(me.cert.as_bytes(), me.key.as_bytes())
+        .unwrap();
+    let calc = client(&server.endpoint(), ClientConfig::default().tls(tls));
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+}
+
+/// Calls a client of `config` at `endpoint` once, expecting a handshake error; returns its text.
+fn refused(endpoint: &str, config: ClientConfig) -> String {
+    let calc = client(endpoint, config.maxfail(0));
+    let err = calc.call(|c| c.add(1, 2)).unwrap_err();
+    assert!(err.is_handshake(), "{err:?}");
+    assert!(err.is_unsent(), "{err}");
+    let stats = calc.stats();
+    assert_eq!((stats.failures, stats.connect_errors), (1, 1), "{err}");
+    assert!(
+        matches!(calc.call(|c| c.add(1, 2)), Err(Error::CircuitOpen { .. })),
+        "the breaker counts it"
+    );
+    err.to_string()
+}
+
+#[test]
+fn a_certificate_that_does_not_verify_is_a_handshake_error() {
+    let ca = Ca::new("test CA");
+    let config = |tls| ClientConfig::default().tls(tls);
+
+    let good = TlsServer::start(
+        server_config(&ca.leaf(&["127.0.0.1"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let other = Ca::new("another CA");
+    let err = refused(&good.endpoint(), config(trusting(&other)));
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(err.contains(&good.endpoint()), "{err}");
+
+    let misnamed = TlsServer::start(
+        server_config(&ca.leaf(&["elsewhere.test"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let err = refused(&misnamed.endpoint(), config(trusting(&ca)));
+    assert!(err.contains("not valid for name"), "{err}");
+
+    let expired = TlsServer::start(
+        server_config(&ca.expired_leaf(&["127.0.0.1"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let err = refused(&expired.endpoint(), config(trusting(&ca)));
+    assert!(err.contains("certificate expired"), "{err}");
+    // The server still serves clients that trust it.
+    let calc = client(&good.endpoint(), config(trusting(&ca)));
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+}
+
+#[test]
+fn a_missing_client_certificate_is_a_handshake_error() {
+    let ca = Ca::new("server CA");
+    let clients = Ca::new("client CA");
+    let server = TlsServer::start(
+        server_config(&ca.leaf(&["127.0.0.1"]), Some(&clients)),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let err = refused(
+        &server.endpoint(),
+        ClientConfig::default().tls(trusting(&ca)),
+    );
+    assert!(err.contains("CertificateRequired"), "{err}");
+    // One from a CA the server does not trust.
+    let stranger = Ca::new("stranger CA").leaf(&["client.test"]);
+    let tls = trusting(&ca)
+        .client_cert_pem(stranger.cert.as_bytes(), stranger.key.as_bytes())
+        .unwrap();
+    let err = refused(&server.endpoint(), ClientConfig::default().tls(tls));
+    assert!(err.contains("UnknownCA"), "{err}");
+}
+
+/// A plaintext server: reads what arrives, then answers `answer` (if any) and closes.
+fn plaintext_server(answer: Option<&'static [u8]>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut hello = [0; 512];
+            let _ = stream.read(&mut hello);
+            if let Some(answer) = answer {
+                let _ = stream.write_all(answer);
+            }
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn a_plaintext_server_is_a_handshake_error() {
+    let tls = trusting(&Ca::new("test CA"));
+    let closing = plaintext_server(None);
+    let err = refused(&closing, ClientConfig::default().tls(tls.clone()));
+    assert!(err.contains("is it serving TLS"), "{err}");
+    let answering = plaintext_server(Some(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
+    let err = refused(&answering, ClientConfig::default().tls(tls));
+    assert!(err.contains("InvalidContentType"), "{err}");
+}
+
+#[test]
+fn a_handshake_that_stalls_is_cut_at_the_connect_timeout() {
+    // Accepts (the kernel does), never answers the client's hello.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let tls = trusting(&Ca::new("test CA"));
+    let connect_timeout = Duration::from_millis(150);
+    support::assert_on_time(connect_timeout, move || {
+        let _listener = &listener;
+        let config = ClientConfig::default()
+            .connect_timeout(connect_timeout)
+            .tls(tls.clone());
+        let err = client(&endpoint, config).call(|c| c.add(1, 2)).unwrap_err();
+        assert_eq!(err.timeout(), Some(Timeout::Connect), "{err}");
+    });
+}
+
+#[test]
+fn the_response_timeout_holds_over_tls() {
+    let (server, config) = server(Transport::Framed, Protocol::Binary);
+    let read_timeout = Duration::from_millis(200);
+    let calc = Arc::new(client(
+        &server.endpoint(),
+        config.read_timeout(read_timeout).maxfail(1000),
+    ));
+    // Each call opens its connection (and pays its handshake) before its clock starts.
+    support::assert_on_time(read_timeout, move || {
+        let err = calc.call(|c| c.slow(2_000)).unwrap_err();
+        assert_eq!(err.timeout(), Some(Timeout::Response), "{err}");
+    });
+}
+
+#[test]
+fn one_tls_setting_serves_every_endpoint_of_a_multi_client() {
+    let ca = Ca::new("test CA");
+    let leaf = ca.leaf(&["127.0.0.1"]);
+    let servers: Vec<TlsServer> = (0..2)
+        .map(|_| {
+            TlsServer::start(
+                server_config(&leaf, None),
+                Transport::Framed,
+                Protocol::Binary,
+            )
+        })
+        .collect();
+    let endpoints: Vec<String> = servers.iter().map(TlsServer::endpoint).collect();
+    // Each call starts at the other endpoint.
+    let turn = AtomicUsize::new(0);
+    let multi: MultiThriftClient<Calc> = MultiThriftClient::new(
+        move || {
+            let mut order = endpoints.clone();
+            order.rotate_left(turn.fetch_add(1, Ordering::SeqCst) % 2);
+            order
+        },
+        CalculatorSyncClient::new,
+        ClientConfig::default().tls(trusting(&ca)),
+    );
+    for n in 0..20 {
+        assert_eq!(multi.call(|c| c.add(n, 1)).unwrap(), n + 1);
+    }
+    for server in &servers {
+        let handshakes = server.full.load(Ordering::SeqCst) + server.resumed.load(Ordering::SeqCst);
+        assert_eq!(handshakes, 1, "one pooled connection each");
+    }
+}
