@@ -305,7 +305,11 @@ impl fmt::Display for Error {
                 write!(f, "connect to {endpoint} failed: {source}")
             }
             Error::Handshake { endpoint, source } => {
-                write!(f, "TLS handshake with {endpoint} failed: {source}")
+                write!(f, "TLS handshake with {endpoint} failed: {source}")?;
+                if answered_without_tls(source) {
+                    f.write_str(" (the server answered without TLS)")?;
+                }
+                Ok(())
             }
             Error::Timeout(phase) => write!(f, "{phase} timed out"),
             Error::CircuitOpen { endpoint } => write!(f, "circuit breaker for {endpoint} is open"),
@@ -333,6 +337,19 @@ impl fmt::Display for Error {
             }
         }
     }
+}
+
+/// Whether a handshake failed on an answer that is no TLS record at all.
+fn answered_without_tls(source: &io::Error) -> bool {
+    let tls = source
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType
+        ))
+    )
 }
 
 /// Causes are part of the `Display` text, so no `source()`: see [`Error`].

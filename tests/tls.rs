@@ -15,6 +15,8 @@ use support::calculator::{CalculatorSyncClient, TCalculatorSyncClient};
 use support::tls::{server_config, Ca, TlsServer};
 use support::{Calc, ALL_WIRE_FORMATS};
 
+blocking_thrift::impl_direct!(support::calculator::TCalculatorSyncClientMarker);
+
 fn client(endpoint: &str, config: ClientConfig) -> ThriftClient<Calc> {
     ThriftClient::new(endpoint, CalculatorSyncClient::new, config)
 }
@@ -57,6 +59,31 @@ fn calls_go_over_tls_on_every_transport_and_protocol() {
             "{transport:?} {protocol:?}"
         );
     }
+}
+
+#[test]
+fn direct_calls_go_over_tls_and_report_a_refused_handshake() {
+    let (server, config) = server(Transport::Framed, Protocol::Compact);
+    let calc = client(&server.endpoint(), config);
+    let mut direct = calc.direct();
+    assert_eq!(direct.add(40, 2).unwrap(), 42);
+    assert_eq!(direct.echo(vec![1, 2, 3]).unwrap(), vec![1, 2, 3]);
+    assert_eq!(server.full.load(Ordering::SeqCst), 1);
+
+    let ca = Ca::new("server CA");
+    let strict = TlsServer::start(
+        server_config(&ca.leaf(&["127.0.0.1"]), Some(&Ca::new("client CA"))),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let calc = client(
+        &strict.endpoint(),
+        ClientConfig::default().tls(trusting(&ca)),
+    );
+    let err = calc.direct().add(1, 2).unwrap_err();
+    let ours = Error::in_direct(&err).expect("the crate's own error");
+    assert!(ours.is_handshake(), "{ours}");
+    assert_eq!(calc.stats().connect_errors, 1);
 }
 
 #[test]
@@ -221,7 +248,7 @@ fn a_plaintext_server_is_a_handshake_error() {
     assert!(err.contains("is it serving TLS"), "{err}");
     let answering = plaintext_server(Some(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
     let err = refused(&answering, ClientConfig::default().tls(tls));
-    assert!(err.contains("InvalidContentType"), "{err}");
+    assert!(err.contains("answered without TLS"), "{err}");
 }
 
 #[test]
