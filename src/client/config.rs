@@ -666,7 +666,7 @@ impl fmt::Debug for ClientConfig {
             .field("deadline", &self.deadline)
             .field("retry_unsent_only", &self.retry_unsent_only)
             .field("retry_budget", &self.retry_budget)
-            .field("tls", &self.tls.as_ref().map(ClientTls::get_server_name))
+            .field("tls", &self.tls)
             .finish()
     }
 }

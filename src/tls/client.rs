@@ -1,5 +1,6 @@
 //! The client's TLS settings: whom to trust, who the client is, which name to check.
 
+use std::fmt;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use rustls::{ClientConfig, RootCertStore};
 /// let tls = ClientTls::ca_pem(ca_pem)?.server_name("calculator.internal");
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientTls {
     config: Arc<ClientConfig>,
     /// The roots `config` trusts, when this crate built it: a client certificate rebuilds it.
@@ -162,6 +163,20 @@ impl ClientTls {
             roots: Some(roots),
             server_name: None,
         }
+    }
+}
+
+impl fmt::Debug for ClientTls {
+    /// What was set, not all of rustls' configuration.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("roots", &self.roots.as_ref().map(|roots| roots.len()))
+            .field(
+                "client_cert",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
     }
 }
 
