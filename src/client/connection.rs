@@ -442,11 +442,16 @@ fn receive_tls(
             Ok(0) => return Err(closed(state)),
             Ok(n) => {
                 tls.heard.store(true, Ordering::Relaxed);
-                let held = session
+                let io = session
                     .process_new_packets()
-                    .map_err(|e| refused(state, tls, &mut session, e))?
-                    .plaintext_bytes_to_read();
-                state.tls_held.store(held > 0, Ordering::Relaxed);
+                    .map_err(|e| refused(state, tls, &mut session, e))?;
+                state
+                    .tls_held
+                    .store(io.plaintext_bytes_to_read() > 0, Ordering::Relaxed);
+                if io.peer_has_closed() {
+                    // Its close_notify came with the response: the socket will not show it.
+                    state.mark_broken();
+                }
                 return Ok(n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
