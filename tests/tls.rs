@@ -103,6 +103,30 @@ fn pooled_calls_pay_no_second_handshake_and_a_new_connection_resumes() {
 }
 
 #[test]
+fn a_pooled_connection_the_server_closed_with_close_notify_is_not_reused() {
+    let ca = Ca::new("test CA");
+    let server = TlsServer::start_closing_after(
+        server_config(&ca.leaf(&["127.0.0.1"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+        1,
+    );
+    let config = ClientConfig::default()
+        .reuse_unchecked_within(Duration::ZERO)
+        .tls(trusting(&ca));
+    let calc = client(&server.endpoint(), config);
+    for n in 0..3 {
+        assert_eq!(calc.call(|c| c.add(n, 1)).unwrap(), n + 1);
+        // The close_notify comes with the response or just after it; either way it is seen
+        // before the next call.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let handshakes = server.full.load(Ordering::SeqCst) + server.resumed.load(Ordering::SeqCst);
+    assert_eq!(handshakes, 3);
+    assert_eq!(calc.stats().failures, 0);
+}
+
+#[test]
 fn an_ip_endpoint_is_checked_against_ip_names_and_a_name_can_be_set() {
     let ca = Ca::new("test CA");
     let by_ip = TlsServer::start(
@@ -281,6 +305,34 @@ fn the_response_timeout_holds_over_tls() {
         let err = calc.call(|c| c.slow(2_000)).unwrap_err();
         assert_eq!(err.timeout(), Some(Timeout::Response), "{err}");
     });
+}
+
+#[test]
+fn a_multi_client_moves_past_an_endpoint_whose_handshake_fails() {
+    let ca = Ca::new("test CA");
+    let stranger = Ca::new("another CA");
+    let bad = TlsServer::start(
+        server_config(&stranger.leaf(&["127.0.0.1"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let good = TlsServer::start(
+        server_config(&ca.leaf(&["127.0.0.1"]), None),
+        Transport::Framed,
+        Protocol::Binary,
+    );
+    let endpoints = [bad.endpoint(), good.endpoint()];
+    let multi: MultiThriftClient<Calc> = MultiThriftClient::new(
+        move || endpoints.clone(),
+        CalculatorSyncClient::new,
+        ClientConfig::default()
+            .retry_unsent_only(true)
+            .tls(trusting(&ca)),
+    );
+    assert_eq!(multi.call(|c| c.add(1, 2)).unwrap(), 3);
+    // The server reads the client's alert after the call has moved on.
+    let refused_once = || bad.failed.load(Ordering::SeqCst) == 1;
+    assert!(support::wait_until(Duration::from_secs(5), refused_once));
 }
 
 #[test]

@@ -114,6 +114,16 @@ pub struct TlsServer {
 
 impl TlsServer {
     pub fn start(config: Arc<ServerConfig>, transport: Transport, protocol: Protocol) -> TlsServer {
+        Self::start_closing_after(config, transport, protocol, usize::MAX)
+    }
+
+    /// A server that ends each connection with a `close_notify` after `calls` calls.
+    pub fn start_closing_after(
+        config: Arc<ServerConfig>,
+        transport: Transport,
+        protocol: Protocol,
+        calls: usize,
+    ) -> TlsServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let full = Arc::new(AtomicUsize::new(0));
@@ -141,12 +151,8 @@ impl TlsServer {
                         Some(HandshakeKind::Resumed) => resumed.fetch_add(1, Ordering::SeqCst),
                         _ => full.fetch_add(1, Ordering::SeqCst),
                     };
-                    serve(
-                        StreamOwned::new(session, stream),
-                        transport,
-                        protocol,
-                        service,
-                    );
+                    let stream = StreamOwned::new(session, stream);
+                    serve(stream, transport, protocol, service, calls);
                 });
             }
         });
@@ -188,10 +194,20 @@ fn serve(
     transport: Transport,
     protocol: Protocol,
     service: Arc<CalculatorService>,
+    calls: usize,
 ) {
     let shared = Shared(Arc::new(Mutex::new(stream)));
-    let (input, output) = thrift_transports(transport, shared.clone(), shared);
+    let (input, output) = thrift_transports(transport, shared.clone(), shared.clone());
     let (mut i_prot, mut o_prot) = thrift_protocols(protocol, input, output);
     let processor = calculator::CalculatorSyncProcessor::new(service);
-    while processor.process(&mut *i_prot, &mut *o_prot).is_ok() {}
+    for _ in 0..calls {
+        if processor.process(&mut *i_prot, &mut *o_prot).is_err() {
+            return;
+        }
+    }
+    let mut stream = shared.0.lock().unwrap();
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
+    // Held open: the client must see the close_notify itself, not a closed socket.
+    std::thread::sleep(std::time::Duration::from_secs(5));
 }
