@@ -13,7 +13,8 @@ use thrift::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Timeout {
-    /// The endpoint did not accept a connection within `connect_timeout`.
+    /// The endpoint did not accept a connection, or with TLS finish its handshake, within
+    /// `connect_timeout`.
     Connect,
     /// Every pooled connection stayed busy for `pool_timeout`.
     PoolWait,

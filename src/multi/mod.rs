@@ -71,7 +71,8 @@ type EndpointsFn = dyn Fn(&mut dyn FnMut(&str) -> ControlFlow<()>) + Send + Sync
 ///
 /// These failures move on to the next endpoint:
 /// - the endpoint's breaker is open ([`Error::CircuitOpen`]), the connection could not be made
-///   ([`Error::Connect`], [`Timeout::Connect`]) or no pooled connection came free
+///   ([`Error::Connect`], [`Timeout::Connect`]), its TLS handshake failed
+///   ([`Error::Handshake`]) or no pooled connection came free
 ///   ([`Timeout::PoolWait`]): the request was never sent; or the server shed it for overload
 ///   ([`Error::Overloaded`]): it did not run;
 /// - the response did not come within `read_timeout` ([`Timeout::Response`]), the connection
