@@ -442,15 +442,18 @@ fn receive_tls(
             Ok(0) => return Err(closed(state)),
             Ok(n) => {
                 tls.heard.store(true, Ordering::Relaxed);
-                let io = session
-                    .process_new_packets()
-                    .map_err(|e| refused(state, tls, &mut session, e))?;
-                state
-                    .tls_held
-                    .store(io.plaintext_bytes_to_read() > 0, Ordering::Relaxed);
-                if io.peer_has_closed() {
-                    // Its close_notify came with the response: the socket will not show it.
-                    state.mark_broken();
+                // The bytes read are good whatever follows them: a later error, or a
+                // close_notify that came with the response (which the socket will not show),
+                // only ends the connection after this call.
+                match session.process_new_packets() {
+                    Ok(io) => {
+                        let held = io.plaintext_bytes_to_read() > 0;
+                        state.tls_held.store(held, Ordering::Relaxed);
+                        if io.peer_has_closed() {
+                            state.mark_broken();
+                        }
+                    }
+                    Err(_) => state.mark_broken(),
                 }
                 return Ok(n);
             }
