@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use blocking_thrift::rustls;
 use blocking_thrift::{
     ClientConfig, ClientTls, Error, MultiThriftClient, Protocol, ThriftClient, Timeout, Transport,
 };
@@ -273,6 +274,39 @@ fn a_plaintext_server_is_a_handshake_error() {
     let answering = plaintext_server(Some(b"HTTP/1.1 400 Bad Request\r\n\r\n"));
     let err = refused(&answering, ClientConfig::default().tls(tls));
     assert!(err.contains("answered without TLS"), "{err}");
+}
+
+#[test]
+fn bytes_after_the_response_in_the_session_fail_the_call() {
+    let ca = Ca::new("test CA");
+    let config = server_config(&ca.leaf(&["127.0.0.1"]), None);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let session = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(session, stream);
+        let mut header = [0; 4];
+        tls.read_exact(&mut header).unwrap();
+        let mut request = vec![0; u32::from_be_bytes(header) as usize];
+        tls.read_exact(&mut request).unwrap();
+        // Version, "add", the request's sequence number, field 0 (i32) = 3, stop.
+        let mut reply = vec![0x80, 0x01, 0x00, 0x02, 0, 0, 0, 3];
+        reply.extend(b"add");
+        reply.extend(&request[11..15]);
+        reply.extend([8, 0, 0, 0, 0, 0, 3, 0]);
+        let mut frame = (reply.len() as u32).to_be_bytes().to_vec();
+        frame.extend(reply);
+        // Two records, sent together: the response, then bytes nobody asked for.
+        tls.conn.writer().write_all(&frame).unwrap();
+        tls.conn.writer().write_all(b"junk").unwrap();
+        tls.flush().unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let calc = client(&endpoint, ClientConfig::default().tls(trusting(&ca)));
+    let err = calc.call(|c| c.add(1, 2)).unwrap_err();
+    assert!(matches!(err, Error::Protocol(_)), "{err:?}");
+    assert!(err.to_string().contains("belong to no response"), "{err}");
 }
 
 #[test]
