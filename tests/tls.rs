@@ -402,3 +402,31 @@ fn one_tls_setting_serves_every_endpoint_of_a_multi_client() {
         assert_eq!(handshakes, 1, "one pooled connection each");
     }
 }
+
+#[test]
+fn a_bad_record_after_the_request_may_have_run_the_call() {
+    // The server reads the request (and may have run it), then sends a record that does not
+    // decrypt: no refusal of the client, so the call is not taken for one never sent.
+    let ca = Ca::new("test CA");
+    let config = server_config(&ca.leaf(&["127.0.0.1"]), None);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let session = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(session, stream);
+        let mut header = [0; 4];
+        tls.read_exact(&mut header).unwrap();
+        let mut request = vec![0; u32::from_be_bytes(header) as usize];
+        tls.read_exact(&mut request).unwrap();
+        // An application-data record of 32 bytes that no key made.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend([0x5a; 32]);
+        tls.sock.write_all(&record).unwrap();
+        std::thread::sleep(Duration::from_secs(5));
+    });
+    let calc = client(&endpoint, ClientConfig::default().tls(trusting(&ca)));
+    let err = calc.call(|c| c.add(1, 2)).unwrap_err();
+    assert!(!err.is_handshake(), "{err:?}");
+    assert!(err.may_have_run(), "{err:?}");
+}

@@ -473,8 +473,12 @@ fn receive_tls(
         if let Err(e) = session.process_new_packets() {
             return Err(refused(state, tls, &mut session, e));
         }
-        // A key update to answer.
-        send_tls(state, &mut session, socket_timeout)?;
+        // An answer the session owes (an alert refusing renegotiation, say), sent on a
+        // timeout record of its own: `socket_timeout` is the socket's receive timeout.
+        if session.wants_write() {
+            let mut send_timeout = u64::MAX;
+            send_tls(state, &mut session, &mut send_timeout)?;
+        }
     }
 }
 
@@ -514,10 +518,31 @@ fn refused(
         stream: &state.stream,
         block: false,
     });
-    if !tls.heard.load(Ordering::Relaxed) {
+    if !tls.heard.load(Ordering::Relaxed) && refuses_the_client(&e) {
         *tls.refusal.lock() = Some(tls_error(e.clone()));
     }
     tls_error(e)
+}
+
+/// Whether `e` is a server refusing the client's certificate or the handshake, which a TLS 1.3
+/// server tells only after the client's first request: that request never ran. Any other
+/// error before the response may come after the request ran, so it stays a transport error.
+fn refuses_the_client(e: &rustls::Error) -> bool {
+    use rustls::AlertDescription as Alert;
+    matches!(
+        e,
+        rustls::Error::AlertReceived(
+            Alert::CertificateRequired
+                | Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::AccessDenied
+                | Alert::HandshakeFailure
+        )
+    )
 }
 
 fn closed(state: &ConnState) -> io::Error {
