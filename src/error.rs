@@ -55,8 +55,9 @@ pub enum Error {
     },
     /// The connection was made but its TLS handshake failed: the server's certificate did not
     /// verify (unknown CA, wrong name, expired), the server refused the client's certificate
-    /// or asked for one it was not given, or the peer does not speak TLS. No request was
-    /// sent. Counted as a failed connect, for the breaker and in
+    /// or asked for one it was not given, or the peer does not speak TLS. The request did not
+    /// run (under TLS 1.3 a refused client certificate is told only once the request was
+    /// written). Counted as a failed connect, for the breaker and in
     /// [`ClientStats::connect_errors`](crate::ClientStats::connect_errors).
     Handshake {
         /// The endpoint, as given to the client.

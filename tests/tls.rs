@@ -104,6 +104,23 @@ fn pooled_calls_pay_no_second_handshake_and_a_new_connection_resumes() {
 }
 
 #[test]
+fn oneway_calls_keep_their_pooled_connection_though_they_never_read_its_session_tickets() {
+    // A TLS 1.3 server sends its session tickets after the handshake; a oneway call reads
+    // nothing, so they wait on the idle connection when the next call checks it.
+    let (server, config) = server(Transport::Framed, Protocol::Binary);
+    let config = config.pool_size(1).reuse_unchecked_within(Duration::ZERO);
+    let calc = client(&server.endpoint(), config);
+    for _ in 0..5 {
+        calc.call(|c| c.zip()).unwrap();
+        // Time for the tickets to arrive before the next call looks at the connection.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
+    let handshakes = server.full.load(Ordering::SeqCst) + server.resumed.load(Ordering::SeqCst);
+    assert_eq!(handshakes, 1);
+}
+
+#[test]
 fn a_pooled_connection_the_server_closed_with_close_notify_is_not_reused() {
     let ca = Ca::new("test CA");
     let server = TlsServer::start_closing_after(

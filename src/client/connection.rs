@@ -166,6 +166,33 @@ pub(crate) struct Secured {
     refusal: Mutex<Option<io::Error>>,
 }
 
+impl Secured {
+    /// Reads what an idle connection received, without waiting: `true` if it was only
+    /// records the session keeps to itself (tickets, key updates), no data and no close.
+    #[cold]
+    fn takes_in_idle_records(&self, stream: &TcpStream) -> bool {
+        let mut session = self.session.lock();
+        // A peer that keeps sending is not waited out.
+        for _ in 0..IDLE_READS {
+            match session.read_tls(&mut SockIo {
+                stream,
+                block: false,
+            }) {
+                Ok(0) => return false,
+                Ok(_) => match session.process_new_packets() {
+                    Ok(io) if io.plaintext_bytes_to_read() == 0 && !io.peer_has_closed() => {}
+                    _ => return false,
+                },
+                Err(e) => return e.kind() == io::ErrorKind::WouldBlock,
+            }
+        }
+        false
+    }
+}
+
+/// The most reads an idle TLS connection's check makes.
+const IDLE_READS: usize = 8;
+
 /// What a connection's reader, writer and owner share.
 #[derive(Debug)]
 pub(crate) struct ConnState {
@@ -263,8 +290,13 @@ impl ConnState {
         let peek = RecvFlags::PEEK | RecvFlags::DONTWAIT;
         match rustix::net::recv(&self.stream, &mut byte[..], peek) {
             Err(e) => e == rustix::io::Errno::AGAIN,
-            // 0: the peer closed; more: bytes nobody asked for.
-            Ok(_) => false,
+            Ok((0, _)) => false,
+            // Bytes nobody asked for, unless they are TLS records the session takes in
+            // silently: a TLS 1.3 server's session tickets, which oneway calls never read.
+            Ok(_) => self
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.takes_in_idle_records(&self.stream)),
         }
     }
 
@@ -859,11 +891,13 @@ impl Reader {
         let mut out = Vec::with_capacity(len.min(decode::READ_STEP));
         out.extend_from_slice(&self.buf[self.pos..self.end]);
         self.pos = self.end;
-        while out.len() < len {
-            let have = out.len();
-            out.resize(have + decode::next_step(have, len), 0);
-            let n = receive(&self.state, &mut self.socket_timeout, &mut out[have..])?;
-            out.truncate(have + n);
+        // Each step is zero-filled once: a read brings at most a record, far less than a step.
+        let mut filled = out.len();
+        while filled < len {
+            if filled == out.len() {
+                out.resize(filled + decode::next_step(filled, len), 0);
+            }
+            filled += receive(&self.state, &mut self.socket_timeout, &mut out[filled..])?;
         }
         self.account(len);
         Ok(out)
