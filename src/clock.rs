@@ -10,6 +10,16 @@ use parking_lot::Mutex;
 /// still representable. Longer ones, `Duration::MAX` for "never" included, are taken as this.
 pub(crate) const LONGEST: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// The shortest timeout either side keeps: the server's timers' resolution.
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// A timeout setting's value: refused if zero, else at least [`MIN_TIMEOUT`] and at most
+/// [`LONGEST`].
+pub(crate) fn valid_timeout(timeout: Duration, setting: &str) -> Duration {
+    assert!(!timeout.is_zero(), "{setting} must be longer than zero");
+    timeout.clamp(MIN_TIMEOUT, LONGEST)
+}
+
 /// Where breakers and idle-endpoint reaping get the time from.
 ///
 /// Defaults to [`Instant::now`]. Tests hand in a clock they step by hand, a [`ManualClock`],

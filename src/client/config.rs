@@ -12,7 +12,7 @@ use thrift::protocol::{
 };
 
 use super::resolve::Resolver;
-use crate::clock::{Clock, LONGEST};
+use crate::clock::{valid_timeout, Clock, LONGEST};
 use crate::tls::ClientTls;
 use crate::wire::{Limits, Protocol, Transport, DEFAULT_MAX_DEPTH, DEFAULT_MAX_MESSAGE_SIZE};
 
@@ -64,9 +64,6 @@ impl ErrorMatcher {
         }
     }
 }
-
-/// The shortest connect or read timeout, as the server's shortest.
-const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 /// How a client connects, waits and gives up; shared by [`ThriftClient`](crate::ThriftClient)
 /// and [`MultiThriftClient`](crate::MultiThriftClient).
@@ -632,12 +629,6 @@ impl ClientConfig {
     }
 }
 
-/// `timeout`, unless zero: at least [`MIN_TIMEOUT`], at most [`LONGEST`].
-fn valid_timeout(timeout: Duration, setting: &str) -> Duration {
-    assert!(!timeout.is_zero(), "{setting} must be longer than zero");
-    timeout.clamp(MIN_TIMEOUT, LONGEST)
-}
-
 impl fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let names =
@@ -674,6 +665,7 @@ impl fmt::Debug for ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::MIN_TIMEOUT;
     use thrift::protocol::{
         TFieldIdentifier, TInputProtocol, TOutputProtocol, TStructIdentifier, TType,
     };

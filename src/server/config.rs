@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::clock::LONGEST;
+use crate::clock::{valid_timeout, LONGEST};
 use crate::wire::Limits;
 use crate::{Protocol, Transport};
 
@@ -47,9 +47,6 @@ pub struct ServerConfig {
     max_container_elements: usize,
     max_queue_wait: Duration,
 }
-
-/// The smallest timeout the server uses: its timers' resolution.
-const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -368,15 +365,10 @@ impl ServerConfig {
     }
 }
 
-/// `timeout`, unless zero: at least [`MIN_TIMEOUT`], at most [`LONGEST`].
-fn valid_timeout(timeout: Duration, setting: &str) -> Duration {
-    assert!(!timeout.is_zero(), "{setting} must be longer than zero");
-    timeout.clamp(MIN_TIMEOUT, LONGEST)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::MIN_TIMEOUT;
 
     #[test]
     #[should_panic(expected = "at least one worker")]
