@@ -450,11 +450,7 @@ fn receive_with(
         recv(s, flags).map_err(Into::into)
     })?;
     if n == 0 {
-        state.mark_broken();
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "server closed the connection",
-        ));
+        return Err(closed(state));
     }
     Ok(n)
 }
@@ -577,6 +573,8 @@ fn refuses_the_client(e: &rustls::Error) -> bool {
     )
 }
 
+/// The server closed the connection while a response was expected: the connection is done.
+#[cold]
 fn closed(state: &ConnState) -> io::Error {
     state.mark_broken();
     io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection")
