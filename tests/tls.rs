@@ -110,10 +110,13 @@ fn oneway_calls_keep_their_pooled_connection_though_they_never_read_its_session_
     let (server, config) = server(Transport::Framed, Protocol::Binary);
     let config = config.pool_size(1).reuse_unchecked_within(Duration::ZERO);
     let calc = client(&server.endpoint(), config);
-    for _ in 0..5 {
+    for done in 1..=5 {
         calc.call(|c| c.zip()).unwrap();
-        // Time for the tickets to arrive before the next call looks at the connection.
-        std::thread::sleep(Duration::from_millis(20));
+        // Once the server has run it, the tickets it sent before reading it have arrived.
+        assert!(support::wait_until(Duration::from_secs(10), || server
+            .service
+            .zips()
+            == done));
     }
     assert_eq!(calc.call(|c| c.add(1, 2)).unwrap(), 3);
     let handshakes = server.full.load(Ordering::SeqCst) + server.resumed.load(Ordering::SeqCst);
@@ -296,17 +299,7 @@ fn a_plaintext_server_is_a_handshake_error() {
 #[test]
 fn bytes_after_the_response_in_the_session_fail_the_call() {
     let ca = Ca::new("test CA");
-    let config = server_config(&ca.leaf(&["127.0.0.1"]), None);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let endpoint = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let session = rustls::ServerConnection::new(config).unwrap();
-        let mut tls = rustls::StreamOwned::new(session, stream);
-        let mut header = [0; 4];
-        tls.read_exact(&mut header).unwrap();
-        let mut request = vec![0; u32::from_be_bytes(header) as usize];
-        tls.read_exact(&mut request).unwrap();
+    let endpoint = answering_one_request(&ca, |tls, request| {
         // Version, "add", the request's sequence number, field 0 (i32) = 3, stop.
         let mut reply = vec![0x80, 0x01, 0x00, 0x02, 0, 0, 0, 3];
         reply.extend(b"add");
@@ -318,7 +311,6 @@ fn bytes_after_the_response_in_the_session_fail_the_call() {
         tls.conn.writer().write_all(&frame).unwrap();
         tls.conn.writer().write_all(b"junk").unwrap();
         tls.flush().unwrap();
-        std::thread::sleep(Duration::from_secs(5));
     });
     let calc = client(&endpoint, ClientConfig::default().tls(trusting(&ca)));
     let err = calc.call(|c| c.add(1, 2)).unwrap_err();
@@ -425,6 +417,26 @@ fn a_bad_record_after_the_request_may_have_run_the_call() {
     // The server reads the request (and may have run it), then sends a record that does not
     // decrypt: no refusal of the client, so the call is not taken for one never sent.
     let ca = Ca::new("test CA");
+    let endpoint = answering_one_request(&ca, |tls, _| {
+        // An application-data record of 32 bytes that no key made.
+        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+        record.extend([0x5a; 32]);
+        tls.sock.write_all(&record).unwrap();
+    });
+    let calc = client(&endpoint, ClientConfig::default().tls(trusting(&ca)));
+    let err = calc.call(|c| c.add(1, 2)).unwrap_err();
+    assert!(!err.is_handshake(), "{err:?}");
+    assert!(err.may_have_run(), "{err:?}");
+}
+
+/// A TLS server for one framed request: `answer` gets the stream and the request's bytes; the
+/// connection then stays open a while, so that only what `answer` sent decides the call.
+fn answering_one_request(
+    ca: &Ca,
+    answer: impl FnOnce(&mut rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>, &[u8])
+        + Send
+        + 'static,
+) -> String {
     let config = server_config(&ca.leaf(&["127.0.0.1"]), None);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
@@ -436,14 +448,8 @@ fn a_bad_record_after_the_request_may_have_run_the_call() {
         tls.read_exact(&mut header).unwrap();
         let mut request = vec![0; u32::from_be_bytes(header) as usize];
         tls.read_exact(&mut request).unwrap();
-        // An application-data record of 32 bytes that no key made.
-        let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
-        record.extend([0x5a; 32]);
-        tls.sock.write_all(&record).unwrap();
+        answer(&mut tls, &request);
         std::thread::sleep(Duration::from_secs(5));
     });
-    let calc = client(&endpoint, ClientConfig::default().tls(trusting(&ca)));
-    let err = calc.call(|c| c.add(1, 2)).unwrap_err();
-    assert!(!err.is_handshake(), "{err:?}");
-    assert!(err.may_have_run(), "{err:?}");
+    endpoint
 }

@@ -110,6 +110,8 @@ pub struct TlsServer {
     pub resumed: Arc<AtomicUsize>,
     /// Handshakes that failed.
     pub failed: Arc<AtomicUsize>,
+    /// The handler every connection shares.
+    pub service: Arc<CalculatorService>,
 }
 
 impl TlsServer {
@@ -131,6 +133,7 @@ impl TlsServer {
         let failed = Arc::new(AtomicUsize::new(0));
         let counters = (full.clone(), resumed.clone(), failed.clone());
         let service = Arc::new(CalculatorService::new("tls"));
+        let shared = service.clone();
         // Detached: it ends with the test's process.
         std::thread::spawn(move || {
             for stream in listener.incoming() {
@@ -161,6 +164,7 @@ impl TlsServer {
             full,
             resumed,
             failed,
+            service: shared,
         }
     }
 
